@@ -1,0 +1,98 @@
+/**
+ * The backend interface: the kernels the cache runs, over one layer's storage. CPU backends work on
+ * host arrays in place; a device backend implements the same calls over device-resident storage.
+ * @module
+ */
+import type { DType, HostArray } from '../core/dtype.js';
+import type { ImportanceTracker } from '../trackers/tracker.js';
+
+/**
+ * The storage of one layer for every sequence slot. Element `[s][h][t]` of the per-token arrays is at
+ * `(s * kvHeads + h) * capacity + t`; keys and values hold `headDim` elements per token in that order.
+ * Slots `[0, lengths[s * kvHeads + h])` of a head are kept, in increasing position order.
+ */
+export interface LayerStore {
+  readonly dtype: DType;
+  readonly maxSequences: number;
+  readonly kvHeads: number;
+  readonly headDim: number;
+  /** Token slots per (sequence, KV head). */
+  readonly capacity: number;
+  /** Tracker words per token slot. */
+  readonly auxWords: number;
+  /** `[seq][kvHead][capacity][headDim]` elements of `dtype`, as raw bytes. */
+  readonly keys: Uint8Array;
+  readonly values: Uint8Array;
+  /** Original position of each kept token. */
+  readonly positions: Int32Array;
+  /** Tracker score of each kept token (lower is evicted first). */
+  readonly scores: Float32Array;
+  /** `[seq][kvHead][capacity][auxWords]` tracker words. */
+  readonly aux: Uint32Array;
+  /** `[seq][kvHead]` tokens kept. */
+  readonly lengths: Int32Array;
+  /** `[seq]` observations made so far (the tracker's clock). */
+  readonly steps: Float64Array;
+}
+
+/** Sizes needed to allocate a {@link LayerStore}. */
+export interface LayerStoreSpec {
+  readonly dtype: DType;
+  readonly maxSequences: number;
+  readonly kvHeads: number;
+  readonly headDim: number;
+  readonly capacity: number;
+  readonly auxWords: number;
+}
+
+/** Attention settings shared by decode and prefill. */
+export interface AttentionSpec {
+  /** Query heads; a multiple of the store's `kvHeads`. */
+  readonly queryHeads: number;
+  /** Softmax scale applied to q.k (usually `1 / sqrt(headDim)`). */
+  readonly scale: number;
+}
+
+/**
+ * The kernel table every backend implements. Arguments are validated by the caller (the cache);
+ * native implementations validate again at their boundary so that nothing can corrupt memory.
+ */
+export interface Backend {
+  readonly name: 'reference' | 'cpu' | 'cuda';
+  /** Allocates zeroed storage for one layer. */
+  allocate(spec: LayerStoreSpec): LayerStore;
+  /**
+   * Appends `count` tokens to every KV head of sequence `seq`: `k` and `v` are `[count][kvHeads][headDim]`
+   * (f32, or the store's 16-bit dtype as bits), positions `firstPosition + i`. Initialises tracker state.
+   */
+  append(
+    store: LayerStore, seq: number, k: HostArray, v: HostArray, count: number, firstPosition: number,
+    tracker: ImportanceTracker,
+  ): void;
+  /**
+   * Attention of one query row `q` (`[queryHeads][headDim]`) over every kept token of `seq`; writes `out`
+   * (same layout and type as `q`), then feeds the probabilities to the tracker and advances the clock.
+   */
+  decode(store: LayerStore, seq: number, q: HostArray, out: HostArray, attention: AttentionSpec, tracker: ImportanceTracker): void;
+  /**
+   * Causal attention of `rows` query rows (`[rows][queryHeads][headDim]`) whose tokens are the last `rows`
+   * kept tokens of each head: row `i` sees the slots up to `length - rows + i`. Each row is one observation.
+   */
+  prefill(
+    store: LayerStore, seq: number, q: HostArray, rows: number, out: HostArray, attention: AttentionSpec,
+    tracker: ImportanceTracker,
+  ): void;
+  /**
+   * Feeds probabilities computed by the engine: `probs` is `[queryHeads][stride]`, row `h` covering the
+   * kept slots of KV head `h / group`. One observation.
+   */
+  observe(store: LayerStore, seq: number, probs: Float32Array, stride: number, queryHeads: number, tracker: ImportanceTracker): void;
+  /**
+   * Drops `count` tokens from every KV head of `seq`: the lowest scores among slots `[sinks, length - recent)`
+   * (ties to the lower slot), then compacts keeping order. With `scope === 'layer'` one choice, made on the
+   * mean score over heads, applies to all heads (their lengths must be equal).
+   */
+  evict(store: LayerStore, seq: number, count: number, sinks: number, recent: number, scope: 'head' | 'layer'): void;
+  /** Frees what the backend holds; idempotent. */
+  dispose(): void;
+}
