@@ -1,0 +1,516 @@
+/**
+ * The KV cache: fixed-budget storage of keys and values for a batch of sequences, with eviction
+ * decided by a budget policy and an importance tracker.
+ * @module
+ */
+import type { Backend, LayerStore } from '../backend/backend.js';
+import { selectBackend } from '../backend/select.js';
+import { Lifetime } from '../core/disposable.js';
+import { type DType, type HostArray, bytesPerElement } from '../core/dtype.js';
+import { BudgetError, CapacityError, DTypeError, SequenceError, ShapeError } from '../core/errors.js';
+import { type Geometry, checkInt } from '../core/geometry.js';
+import type { BudgetPolicy } from '../policies/policy.js';
+import type { ImportanceTracker } from '../trackers/tracker.js';
+import { scissorhands } from '../trackers/scissorhands.js';
+import { type KVCacheOptions, type ResolvedOptions, resolveOptions } from './options.js';
+import type { CacheStats, LayerStats } from './stats.js';
+
+/**
+ * Live read-only views of what one KV head of one layer keeps for a sequence (valid until the next
+ * call that changes the cache).
+ * @example
+ * ```ts
+ * const { length, keys, positions } = cache.view(seq, 0, 0);
+ * ```
+ */
+export interface HeadView {
+  readonly length: number;
+  /** `[length][headDim]` stored keys (Float32Array for f32, Uint16Array bits for f16/bf16). */
+  readonly keys: HostArray;
+  readonly values: HostArray;
+  readonly positions: Int32Array;
+}
+
+/**
+ * Copies of what one KV head keeps: original positions and their importance scores.
+ * @example
+ * ```ts
+ * const { positions, scores } = cache.inspect(seq, 3, 1);
+ * ```
+ */
+export interface HeadInspection {
+  readonly positions: Int32Array;
+  readonly scores: Float32Array;
+}
+
+/**
+ * A KV cache with a fixed memory budget. Memory for every sequence slot is reserved at creation from
+ * the policy's capacities, and nothing is allocated on the decode path.
+ *
+ * Per decode step and layer an engine calls {@link KVCache.attend} with the new token's query, key and
+ * value (RoPE already applied); the cache drops tokens if the policy says so, appends, attends over what
+ * it kept, and updates the tracker from the same attention probabilities.
+ *
+ * @example
+ * ```ts
+ * import { KVCache, fixedBudget, scissorhands } from 'scissorhands';
+ * using cache = KVCache.create({
+ *   geometry: { layers: 2, queryHeads: 4, kvHeads: 2, headDim: 8 },
+ *   tracker: scissorhands(),
+ *   policy: fixedBudget({ tokens: 32 }),
+ * });
+ * const seq = cache.open();
+ * const q = new Float32Array(4 * 8), k = new Float32Array(2 * 8), v = new Float32Array(2 * 8);
+ * for (let layer = 0; layer < 2; layer++) cache.attend(seq, layer, q, k, v);
+ * console.log(cache.stats().tokensKept);
+ * ```
+ */
+export class KVCache implements Disposable {
+  readonly geometry: Geometry;
+  readonly dtype: DType;
+  readonly maxSequences: number;
+  readonly tracker: ImportanceTracker;
+  readonly policy: BudgetPolicy;
+  readonly #options: ResolvedOptions;
+  readonly #backend: Backend;
+  readonly #stores: LayerStore[];
+  readonly #open: Uint8Array;
+  /** `[layer][seq]` tokens seen: the next token's position. */
+  readonly #seen: Float64Array;
+  readonly #evictions: Float64Array;
+  readonly #life = new Lifetime('KVCache');
+  readonly #group: number;
+  readonly #attention: { queryHeads: number; scale: number };
+
+  private constructor(options: ResolvedOptions, backend: Backend) {
+    this.#options = options;
+    this.geometry = options.geometry;
+    this.dtype = options.dtype;
+    this.maxSequences = options.maxSequences;
+    this.tracker = options.tracker;
+    this.policy = options.policy;
+    this.#backend = backend;
+    const { layers, kvHeads, headDim, queryHeads } = options.geometry;
+    this.#stores = options.capacities.map((capacity) =>
+      backend.allocate({
+        dtype: options.dtype, maxSequences: options.maxSequences, kvHeads, headDim, capacity,
+        auxWords: options.tracker.auxWords,
+      }));
+    this.#open = new Uint8Array(options.maxSequences);
+    this.#seen = new Float64Array(layers * options.maxSequences);
+    this.#evictions = new Float64Array(layers);
+    this.#group = queryHeads / kvHeads;
+    this.#attention = { queryHeads, scale: options.scale };
+  }
+
+  /**
+   * Creates a cache and reserves its memory.
+   * @throws {@link KvError} with a code naming the first bad option; `KV_LOAD` when `backend: 'cpu'`
+   * is asked for and the native addon cannot be loaded.
+   * @example
+   * ```ts
+   * const cache = KVCache.create({ geometry, policy: fixedBudget({ tokens: 512 }), maxSequences: 8 });
+   * ```
+   */
+  static create(options: KVCacheOptions): KVCache {
+    const resolved = resolveOptions(options, () => scissorhands());
+    return new KVCache(resolved, selectBackend(resolved.backend));
+  }
+
+  /**
+   * Name of the backend running this cache.
+   * @example
+   * ```ts
+   * cache.backend; // 'cpu'
+   * ```
+   */
+  get backend(): string {
+    return this.#backend.name;
+  }
+
+  /**
+   * Opens a sequence slot and returns its id.
+   * @throws {@link CapacityError} when all `maxSequences` slots are open.
+   * @example
+   * ```ts
+   * const seq = cache.open();
+   * ```
+   */
+  open(): number {
+    this.#life.check();
+    const seq = this.#open.indexOf(0);
+    if (seq < 0) throw new CapacityError(`all ${this.maxSequences} sequence slots are open`);
+    this.#open[seq] = 1;
+    this.#clear(seq);
+    return seq;
+  }
+
+  /**
+   * Empties a sequence, keeping its slot open (positions restart at 0).
+   * @example
+   * ```ts
+   * cache.reset(seq);
+   * ```
+   */
+  reset(seq: number): void {
+    this.#checkSeq(seq);
+    this.#clear(seq);
+  }
+
+  /**
+   * Closes a sequence and frees its slot for {@link KVCache.open}.
+   * @example
+   * ```ts
+   * cache.close(seq);
+   * ```
+   */
+  close(seq: number): void {
+    this.#checkSeq(seq);
+    this.#clear(seq);
+    this.#open[seq] = 0;
+  }
+
+  /**
+   * Whether a sequence id is open.
+   * @example
+   * ```ts
+   * if (!cache.isOpen(seq)) seq = cache.open();
+   * ```
+   */
+  isOpen(seq: number): boolean {
+    this.#life.check();
+    return Number.isInteger(seq) && seq >= 0 && seq < this.maxSequences && this.#open[seq] === 1;
+  }
+
+  /**
+   * One decode step of one layer: drops tokens if the policy says so, appends `k`/`v`, attends with `q`
+   * over the kept tokens, and updates the tracker with the attention probabilities.
+   * @param q `[queryHeads][headDim]`, RoPE applied.
+   * @param k `[kvHeads][headDim]`, RoPE applied.
+   * @param v `[kvHeads][headDim]`.
+   * @param out Optional `[queryHeads][headDim]` output of `q`'s type.
+   * @returns The attention output.
+   * @example
+   * ```ts
+   * const out = cache.attend(seq, layer, q, k, v);
+   * ```
+   */
+  attend(seq: number, layer: number, q: HostArray, k: HostArray, v: HostArray, out?: HostArray): HostArray {
+    const store = this.#store(seq, layer);
+    const { queryHeads, kvHeads, headDim } = this.geometry;
+    this.#checkArray(q, 'q', queryHeads * headDim);
+    this.#checkArray(k, 'k', kvHeads * headDim, q);
+    this.#checkArray(v, 'v', kvHeads * headDim, q);
+    const output = this.#output(out, q, queryHeads * headDim);
+    this.#makeRoom(store, seq, layer, 1);
+    this.#append(store, seq, layer, k, v, 1);
+    this.#backend.decode(store, seq, q, output, this.#attention, this.tracker);
+    return output;
+  }
+
+  /**
+   * Causal attention for a block of prompt tokens. When the block does not fit the budget it goes in
+   * chunks, evicting between them, so the cache never holds more than its capacity.
+   * @param q `[rows][queryHeads][headDim]`.
+   * @param k `[rows][kvHeads][headDim]`.
+   * @param v `[rows][kvHeads][headDim]`.
+   * @returns `[rows][queryHeads][headDim]` outputs.
+   * @example
+   * ```ts
+   * const out = cache.prefill(seq, layer, qBlock, kBlock, vBlock);
+   * ```
+   */
+  prefill(seq: number, layer: number, q: HostArray, k: HostArray, v: HostArray, out?: HostArray): HostArray {
+    const store = this.#store(seq, layer);
+    const { queryHeads, kvHeads, headDim } = this.geometry;
+    const rows = this.#rows(k, 'k', kvHeads * headDim);
+    this.#checkArray(q, 'q', rows * queryHeads * headDim);
+    this.#checkArray(k, 'k', rows * kvHeads * headDim, q);
+    this.#checkArray(v, 'v', rows * kvHeads * headDim, q);
+    const output = this.#output(out, q, rows * queryHeads * headDim);
+    const qRow = queryHeads * headDim;
+    const kvRow = kvHeads * headDim;
+    for (let done = 0; done < rows;) {
+      const length = store.lengths[seq * kvHeads]!;
+      const left = rows - done;
+      const fits = length + left <= store.capacity
+        && this.policy.evictions({ layer, length, incoming: left, seen: this.#seenOf(seq, layer) }) === 0;
+      const chunk = fits ? left : Math.min(left, this.#options.prefillChunks[layer]!);
+      this.#makeRoom(store, seq, layer, chunk);
+      this.#append(store, seq, layer, k.subarray(done * kvRow, (done + chunk) * kvRow), v.subarray(done * kvRow, (done + chunk) * kvRow), chunk);
+      this.#backend.prefill(
+        store, seq, q.subarray(done * qRow, (done + chunk) * qRow), chunk,
+        output.subarray(done * qRow, (done + chunk) * qRow), this.#attention, this.tracker,
+      );
+      done += chunk;
+    }
+    return output;
+  }
+
+  /**
+   * Appends keys and values without attending, for engines that run their own attention (follow with
+   * {@link KVCache.observe}). Drops tokens first if the policy says so.
+   * @param k `[rows][kvHeads][headDim]`.
+   * @example
+   * ```ts
+   * cache.append(seq, layer, k, v);
+   * const { keys, values, length } = cache.view(seq, layer, 0);
+   * ```
+   */
+  append(seq: number, layer: number, k: HostArray, v: HostArray): void {
+    const store = this.#store(seq, layer);
+    const { kvHeads, headDim } = this.geometry;
+    const rows = this.#rows(k, 'k', kvHeads * headDim);
+    this.#checkArray(k, 'k', rows * kvHeads * headDim);
+    this.#checkArray(v, 'v', rows * kvHeads * headDim, k);
+    const room = store.capacity - this.policy.sinks;
+    if (rows > room) throw new BudgetError(`cannot append ${rows} tokens at once; at most ${room} fit beside the sinks`, 'k');
+    this.#makeRoom(store, seq, layer, rows);
+    this.#append(store, seq, layer, k, v, rows);
+  }
+
+  /**
+   * Feeds attention probabilities computed by the engine for the latest query row (one observation).
+   * @param probs `[queryHeads][stride]`: row `h` holds the probabilities over the kept tokens of KV head
+   * `h / (queryHeads / kvHeads)`, in slot order (as {@link KVCache.view} lists them).
+   * @param stride Elements per row; default the current length.
+   * @example
+   * ```ts
+   * cache.observe(seq, layer, probs);
+   * ```
+   */
+  observe(seq: number, layer: number, probs: Float32Array, stride?: number): void {
+    const store = this.#store(seq, layer);
+    const length = store.lengths[seq * this.geometry.kvHeads]!;
+    const rowStride = stride === undefined ? length : checkInt(stride, 'stride', Math.max(1, length));
+    if (!(probs instanceof Float32Array)) throw new DTypeError('expected a Float32Array', 'probs');
+    this.#checkLength(probs, 'probs', this.geometry.queryHeads * rowStride);
+    this.#backend.observe(store, seq, probs, rowStride, this.geometry.queryHeads, this.tracker);
+  }
+
+  /**
+   * Tokens kept by one KV head.
+   * @example
+   * ```ts
+   * cache.length(seq, 0); // tokens kept by head 0 of layer 0
+   * ```
+   */
+  length(seq: number, layer: number, kvHead = 0): number {
+    const store = this.#store(seq, layer);
+    return store.lengths[seq * this.geometry.kvHeads + this.#head(kvHead)]!;
+  }
+
+  /**
+   * Tokens a sequence has seen at a layer: the position the next token gets.
+   * @example
+   * ```ts
+   * const position = cache.seen(seq, 0);
+   * ```
+   */
+  seen(seq: number, layer = 0): number {
+    this.#store(seq, layer);
+    return this.#seenOf(seq, layer);
+  }
+
+  /**
+   * Live views of what one KV head keeps.
+   * @example
+   * ```ts
+   * const { keys, values, positions, length } = cache.view(seq, layer, kvHead);
+   * ```
+   */
+  view(seq: number, layer: number, kvHead: number): HeadView {
+    const store = this.#store(seq, layer);
+    const h = this.#head(kvHead);
+    const slot = seq * this.geometry.kvHeads + h;
+    const length = store.lengths[slot]!;
+    const d = this.geometry.headDim;
+    const first = slot * store.capacity;
+    const bytes = bytesPerElement(this.dtype);
+    const elements = (raw: Uint8Array): HostArray => {
+      const offset = raw.byteOffset + first * d * bytes;
+      return this.dtype === 'f32'
+        ? new Float32Array(raw.buffer, offset, length * d)
+        : new Uint16Array(raw.buffer, offset, length * d);
+    };
+    return {
+      length,
+      keys: elements(store.keys),
+      values: elements(store.values),
+      positions: store.positions.subarray(first, first + length),
+    };
+  }
+
+  /**
+   * Copies of the positions and scores one KV head keeps, to see or plot what the cache kept.
+   * @example
+   * ```ts
+   * const { positions, scores } = cache.inspect(seq, layer, 0);
+   * ```
+   */
+  inspect(seq: number, layer: number, kvHead: number): HeadInspection {
+    const store = this.#store(seq, layer);
+    const slot = seq * this.geometry.kvHeads + this.#head(kvHead);
+    const first = slot * store.capacity;
+    const end = first + store.lengths[slot]!;
+    return { positions: store.positions.slice(first, end), scores: store.scores.slice(first, end) };
+  }
+
+  /**
+   * A snapshot of memory and token counts.
+   * @example
+   * ```ts
+   * const { bytesReserved, bytesUsed, compression } = cache.stats();
+   * ```
+   */
+  stats(): CacheStats {
+    this.#life.check();
+    const { kvHeads, headDim } = this.geometry;
+    const bytesPerToken = 2 * headDim * bytesPerElement(this.dtype);
+    const metaPerToken = 8 + 4 * this.tracker.auxWords;
+    let bytesReserved = this.#seen.byteLength + this.#evictions.byteLength + this.#open.byteLength;
+    let tokensKept = 0;
+    let tokensSeen = 0;
+    let evictions = 0;
+    const layers: LayerStats[] = this.#stores.map((store, layer) => {
+      bytesReserved += store.keys.byteLength + store.values.byteLength + store.positions.byteLength
+        + store.scores.byteLength + store.aux.byteLength + store.lengths.byteLength + store.steps.byteLength;
+      const kept = new Array<number>(kvHeads).fill(0);
+      let seen = 0;
+      for (let seq = 0; seq < this.maxSequences; seq++) {
+        if (this.#open[seq] !== 1) continue;
+        seen += this.#seenOf(seq, layer);
+        for (let h = 0; h < kvHeads; h++) kept[h]! += store.lengths[seq * kvHeads + h]!;
+      }
+      tokensKept += kept.reduce((a, b) => a + b, 0);
+      tokensSeen += seen * kvHeads;
+      evictions += this.#evictions[layer]!;
+      return { layer, capacity: store.capacity, tokensKept: kept, tokensSeen: seen, evictions: this.#evictions[layer]! };
+    });
+    return {
+      backend: this.#backend.name,
+      bytesReserved,
+      bytesUsed: tokensKept * (bytesPerToken + metaPerToken),
+      bytesFull: tokensSeen * bytesPerToken,
+      bytesPerToken,
+      tokensKept,
+      tokensSeen,
+      evictions,
+      compression: tokensKept === 0 ? 1 : tokensSeen / tokensKept,
+      openSequences: this.#open.reduce((a, b) => a + b, 0),
+      layers,
+    };
+  }
+
+  /**
+   * Frees the cache's memory; idempotent. Any later call throws {@link DisposedError}.
+   * @example
+   * ```ts
+   * cache.dispose();
+   * ```
+   */
+  dispose(): void {
+    if (!this.#life.end()) return;
+    this.#stores.length = 0;
+    this.#backend.dispose();
+  }
+
+  /** Same as {@link KVCache.dispose}, for `using`. */
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
+  #seenOf(seq: number, layer: number): number {
+    return this.#seen[layer * this.maxSequences + seq]!;
+  }
+
+  #clear(seq: number): void {
+    const { kvHeads } = this.geometry;
+    this.#stores.forEach((store, layer) => {
+      store.lengths.fill(0, seq * kvHeads, (seq + 1) * kvHeads);
+      store.steps[seq] = 0;
+      this.#seen[layer * this.maxSequences + seq] = 0;
+    });
+  }
+
+  /** Asks the policy for evictions before `incoming` tokens arrive, checks its answer, and evicts. */
+  #makeRoom(store: LayerStore, seq: number, layer: number, incoming: number): void {
+    const length = store.lengths[seq * this.geometry.kvHeads]!;
+    const seen = this.#seenOf(seq, layer);
+    const count = this.policy.evictions({ layer, length, incoming, seen });
+    const sinks = Math.min(this.policy.sinks, length);
+    const recent = Math.min(length - sinks, Math.max(0, this.policy.recent - incoming));
+    const candidates = length - sinks - recent;
+    if (!Number.isInteger(count) || count < 0 || count > candidates) {
+      throw new BudgetError(
+        `policy ${this.policy.name} asked to evict ${String(count)} tokens; ${candidates} are not protected`, 'policy');
+    }
+    if (length - count + incoming > store.capacity) {
+      throw new BudgetError(
+        `policy ${this.policy.name} leaves ${length - count} tokens; ${incoming} more do not fit in ${store.capacity}`, 'policy');
+    }
+    if (count === 0) return;
+    this.#backend.evict(store, seq, count, sinks, recent, this.tracker.scope);
+    this.#evictions[layer]! += count * this.geometry.kvHeads;
+  }
+
+  #append(store: LayerStore, seq: number, layer: number, k: HostArray, v: HostArray, rows: number): void {
+    const at = layer * this.maxSequences + seq;
+    this.#backend.append(store, seq, k, v, rows, this.#seen[at]!, this.tracker);
+    this.#seen[at]! += rows;
+  }
+
+  #store(seq: number, layer: number): LayerStore {
+    this.#life.check();
+    this.#checkSeq(seq);
+    checkInt(layer, 'layer', 0, this.geometry.layers - 1);
+    return this.#stores[layer]!;
+  }
+
+  #checkSeq(seq: number): void {
+    this.#life.check();
+    if (!Number.isInteger(seq) || seq < 0 || seq >= this.maxSequences) {
+      throw new SequenceError(`expected a sequence id in [0, ${this.maxSequences}), got ${String(seq)}`, 'seq');
+    }
+    if (this.#open[seq] !== 1) throw new SequenceError(`sequence ${seq} is not open`, 'seq');
+  }
+
+  #head(kvHead: number): number {
+    return checkInt(kvHead, 'kvHead', 0, this.geometry.kvHeads - 1);
+  }
+
+  #rows(array: unknown, argument: string, rowLength: number): number {
+    if (!(array instanceof Float32Array) && !(array instanceof Uint16Array)) {
+      throw new DTypeError('expected a Float32Array or Uint16Array', argument);
+    }
+    if (array.length === 0 || array.length % rowLength !== 0) {
+      throw new ShapeError(`expected a positive multiple of ${rowLength} elements, got ${array.length}`, argument);
+    }
+    return array.length / rowLength;
+  }
+
+  #checkArray(array: unknown, argument: string, expected: number, like?: HostArray): void {
+    if (array instanceof Float32Array) {
+      if (like !== undefined && !(like instanceof Float32Array)) throw new DTypeError('expected the same array type as q', argument);
+    } else if (array instanceof Uint16Array) {
+      if (this.dtype === 'f32') throw new DTypeError('Uint16Array inputs need an f16 or bf16 cache', argument);
+      if (like !== undefined && !(like instanceof Uint16Array)) throw new DTypeError('expected the same array type as q', argument);
+    } else {
+      throw new DTypeError('expected a Float32Array or Uint16Array', argument);
+    }
+    this.#checkLength(array, argument, expected);
+  }
+
+  #checkLength(array: HostArray, argument: string, expected: number): void {
+    if (array.length !== expected) throw new ShapeError(`expected ${expected} elements, got ${array.length}`, argument);
+  }
+
+  #output(out: HostArray | undefined, q: HostArray, length: number): HostArray {
+    if (out === undefined) return q instanceof Float32Array ? new Float32Array(length) : new Uint16Array(length);
+    if (!(out instanceof Float32Array || out instanceof Uint16Array) || out.constructor !== q.constructor) {
+      throw new DTypeError('expected the same array type as q', 'out');
+    }
+    this.#checkLength(out, 'out', length);
+    return out;
+  }
+}

@@ -1,0 +1,53 @@
+/**
+ * What a cache reports about its memory and what it kept.
+ * @module
+ */
+
+/**
+ * Per-layer figures, summed over the open sequences.
+ * @example
+ * ```ts
+ * for (const l of cache.stats().layers) console.log(l.layer, l.tokensKept);
+ * ```
+ */
+export interface LayerStats {
+  readonly layer: number;
+  /** Token slots reserved per (sequence, KV head). */
+  readonly capacity: number;
+  /** Tokens kept per KV head, summed over open sequences. */
+  readonly tokensKept: readonly number[];
+  /** Tokens seen, summed over open sequences. */
+  readonly tokensSeen: number;
+  /** Token-head entries dropped since creation. */
+  readonly evictions: number;
+}
+
+/**
+ * A snapshot of a cache's memory use.
+ * @example
+ * ```ts
+ * const s = cache.stats();
+ * console.log(`${(s.bytesUsed / 2 ** 20).toFixed(1)} MiB used, ${s.compression.toFixed(1)}x fewer tokens`);
+ * ```
+ */
+export interface CacheStats {
+  readonly backend: string;
+  /** Bytes reserved at creation (keys, values, positions, scores, tracker state, lengths); constant. */
+  readonly bytesReserved: number;
+  /** Bytes that hold kept tokens: keys, values and the per-token metadata. */
+  readonly bytesUsed: number;
+  /** Bytes a full cache of the same dtype would need for every token seen (keys and values only). */
+  readonly bytesFull: number;
+  /** Bytes of keys and values per kept token and KV head. */
+  readonly bytesPerToken: number;
+  /** Token-head entries kept, over layers, heads and open sequences. */
+  readonly tokensKept: number;
+  /** Token-head entries seen, over layers, heads and open sequences. */
+  readonly tokensSeen: number;
+  /** Token-head entries dropped since creation. */
+  readonly evictions: number;
+  /** `tokensSeen / tokensKept` (1 when nothing is kept). */
+  readonly compression: number;
+  readonly openSequences: number;
+  readonly layers: readonly LayerStats[];
+}
