@@ -1,0 +1,10 @@
+/**
+ * Budget policies: the interface, the built-ins and their registry.
+ * @module
+ */
+export * from './policy.js';
+export { evictionCandidates } from './budget.js';
+export { fixedBudget, type FixedBudgetOptions, type FixedBudgetPolicy } from './fixed-budget.js';
+export { ratioBudget, type RatioBudgetOptions, type RatioBudgetPolicy } from './ratio-budget.js';
+export { fullCache, type FullCacheOptions, type FullCachePolicy } from './full-cache.js';
+export { policies, type PolicyFactories } from './registry.js';

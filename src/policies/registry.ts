@@ -1,0 +1,30 @@
+/**
+ * The policy registry: built-in budget policies by name, and room for users' own.
+ * @module
+ */
+import { Registry } from '../core/registry.js';
+import { fixedBudget } from './fixed-budget.js';
+import { fullCache } from './full-cache.js';
+import type { BudgetPolicy } from './policy.js';
+import { ratioBudget } from './ratio-budget.js';
+
+const builtins = { fixedBudget, ratioBudget, fullCache };
+
+/**
+ * The built-in policy factories by name; each name is also the `name` of the policies it makes.
+ * @example
+ * ```ts
+ * const make: PolicyFactories['fixedBudget'] = policies.get('fixedBudget');
+ * ```
+ */
+export type PolicyFactories = typeof builtins;
+
+/**
+ * Budget-policy factories by name: the built-ins (`fixedBudget`, `ratioBudget`, `fullCache`) and
+ * whatever is registered. Registered factories must validate their options.
+ * @example
+ * ```ts
+ * const policy = policies.create('fixedBudget', { tokens: 512, recent: 10 });
+ * ```
+ */
+export const policies: Registry<BudgetPolicy, PolicyFactories> = new Registry('policy', builtins);
