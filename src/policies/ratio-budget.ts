@@ -47,7 +47,7 @@ export interface RatioBudgetPolicy extends BudgetPolicy {
   budget(seen: number): number;
 }
 
-/** `ceil(ratio * n)`, forgiving the last bits of binary rounding so that 0.1 * 30 gives 3, not 4. */
+/** `ceil(ratio * n)`, forgiving the last bits of binary rounding so that 0.07 * 100 gives 7, not 8. */
 function ceilRatio(ratio: number, n: number): number {
   return Math.ceil(ratio * n * (1 - 2 ** -40));
 }
