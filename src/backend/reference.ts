@@ -165,11 +165,12 @@ export function createReferenceBackend(): Backend {
         const base = (seq * kvHeads + kvHead) * capacity;
         const n = store.lengths[seq * kvHeads + kvHead]! - hidden;
         const qAt = (row * queryHeads + h) * headDim;
+        const query = Float64Array.from({ length: headDim }, (_, d) => inputValue(dtype, q, qAt + d));
         const logits = new Float64Array(n);
         let max = -Infinity;
         for (let j = 0; j < n; j++) {
           let dot = 0;
-          for (let d = 0; d < headDim; d++) dot += inputValue(dtype, q, qAt + d) * stored(keys, (base + j) * headDim + d);
+          for (let d = 0; d < headDim; d++) dot += query[d]! * stored(keys, (base + j) * headDim + d);
           logits[j] = attention.scale * dot;
           max = Math.max(max, logits[j]!);
         }

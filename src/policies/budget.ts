@@ -25,15 +25,27 @@ export function evictionCandidates(
 /**
  * Protected windows of a token budget, validated: the smallest budget that still leaves one candidate
  * for a single-token step is `sinks + max(recent, 1)` (the incoming token is never a candidate).
+ * @example
+ * ```ts
+ * const { sinks, recent, floor } = protectionOptions({ sinks: 4, recent: 0 }); // floor 5
+ * ```
  */
 export interface Protection {
+  /** First tokens never dropped. */
   readonly sinks: number;
+  /** Newest tokens never dropped, incoming ones included. */
   readonly recent: number;
   /** `sinks + max(recent, 1)`: budgets below this cannot take a decode step once full. */
   readonly floor: number;
 }
 
-/** Reads and checks `sinks` (default 0) and `recent` (default 10). */
+/**
+ * Reads and checks `sinks` (default 0) and `recent` (default 10).
+ * @example
+ * ```ts
+ * const protection = protectionOptions(readOptions(options, ['tokens', 'sinks', 'recent']));
+ * ```
+ */
 export function protectionOptions(o: OptionBag): Protection {
   const sinks = intOption(o, 'sinks', 0, 0);
   const recent = intOption(o, 'recent', 10, 0);
@@ -43,6 +55,10 @@ export function protectionOptions(o: OptionBag): Protection {
 /**
  * Reads `drop` (default 1) and checks it against the largest budget: at most
  * `capacity - floor + 1`, every candidate of a full single-token step.
+ * @example
+ * ```ts
+ * const drop = dropOption(o, 512, protection);
+ * ```
  */
 export function dropOption(o: OptionBag, capacity: number, protection: Protection): number {
   const drop = intOption(o, 'drop', 1, 1);
@@ -62,6 +78,10 @@ export function dropOption(o: OptionBag, capacity: number, protection: Protectio
  * the candidates. When even the overflow exceeds the candidates (a chunk too large for a budget that is
  * still growing) the cache holds more than the budget until later steps catch up; the cache's
  * capacity is never exceeded, since it only appends chunks that fit.
+ * @example
+ * ```ts
+ * evictionCount(512, 51, { sinks: 0, recent: 10 }, { layer: 0, length: 512, incoming: 1, seen: 700 }); // 51
+ * ```
  */
 export function evictionCount(budget: number, drop: number, policy: Pick<BudgetPolicy, 'sinks' | 'recent'>, context: EvictionContext): number {
   const overflow = context.length + context.incoming - budget;

@@ -35,7 +35,9 @@ export interface FixedBudgetOptions {
  * ```
  */
 export interface FixedBudgetPolicy extends BudgetPolicy {
+  /** The budget, also the capacity. */
   readonly tokens: number;
+  /** Tokens dropped at least once the budget is exceeded. */
   readonly drop: number;
 }
 

@@ -26,6 +26,7 @@ export interface FullCacheOptions {
  * ```
  */
 export interface FullCachePolicy extends BudgetPolicy {
+  /** Tokens reserved, the most a sequence can hold. */
   readonly maxTokens: number;
 }
 

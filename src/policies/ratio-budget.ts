@@ -39,9 +39,13 @@ export interface RatioBudgetOptions {
  * ```
  */
 export interface RatioBudgetPolicy extends BudgetPolicy {
+  /** Fraction of the seen tokens kept. */
   readonly ratio: number;
+  /** Sequence length at which the budget reaches the capacity. */
   readonly maxTokens: number;
+  /** Smallest budget. */
   readonly minTokens: number;
+  /** Tokens dropped at least once the budget is exceeded. */
   readonly drop: number;
   /** The budget once `seen` tokens have been seen (incoming included). */
   budget(seen: number): number;

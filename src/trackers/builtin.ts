@@ -15,6 +15,7 @@ import type { GqaReduce, ImportanceTracker, TrackerKernel } from './tracker.js';
  * ```
  */
 export interface BuiltinTracker extends ImportanceTracker {
+  /** The native rule; always present on built-ins. */
   readonly kernel: TrackerKernel;
 }
 
@@ -31,12 +32,24 @@ export type NoOptions = Readonly<Record<string, never>>;
 /** The `gqa` values the built-ins accept. */
 const GQA_REDUCES: readonly GqaReduce[] = ['mean', 'max'];
 
-/** Reads the `gqa` option (default `'mean'`, as the oracle's records use the mean of a group). */
+/**
+ * Reads the `gqa` option (default `'mean'`, as the oracle's records use the mean of a group).
+ * @example
+ * ```ts
+ * const gqa = gqaOption(readOptions(options, ['gqa']));
+ * ```
+ */
 export function gqaOption(options: OptionBag): GqaReduce {
   return choiceOption(options, 'gqa', 'mean', GQA_REDUCES);
 }
 
-/** The observe hook of trackers that do not read attention (never called for them by the backends). */
+/**
+ * The observe hook of trackers that do not read attention (never called for them by the backends).
+ * @example
+ * ```ts
+ * const tracker = { ...fields, onAppend, onObserve: ignoreObservation };
+ * ```
+ */
 export function ignoreObservation(): void {
   // Scores of key- and position-based trackers are fixed at append time.
 }
