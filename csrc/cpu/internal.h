@@ -1,0 +1,78 @@
+// Declarations shared by the CPU kernel files; not part of the kernel API.
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+
+#include "scissorhands/layer_view.h"
+#include "scissorhands/tracker.h"
+
+namespace sh::cpu {
+
+// Row stride (in floats) of the padded f32 rows the attention primitives work on: the head size
+// rounded up to whole 8-float vectors, padding zeroed, so inner loops have no tails.
+inline size_t padded_dim(int32_t head_dim) { return (static_cast<size_t>(head_dim) + 7) & ~static_cast<size_t>(7); }
+
+// The vectorisable inner loops of attention, one table per instruction set.
+struct Primitives {
+  // Decodes count stored rows of head_dim elements into f32 rows of stride dp, zero-padded.
+  void (*to_f32)(DType dtype, const uint8_t* src, size_t count, size_t head_dim, size_t dp, float* dst);
+  // s[q * s_stride + t] = scale * dot(qs + q * dp, k + t * dp) for q < nq, t < nt.
+  void (*dots)(const float* k, size_t nt, const float* qs, size_t nq, size_t dp, float scale, float* s, size_t s_stride);
+  // Turns scores s[0..n) into probabilities in place (n >= 1).
+  void (*softmax)(float* s, size_t n);
+  // acc[c] += sum over t < nt of p[t] * v[t * dp + c], for c < dp.
+  void (*accumulate)(const float* v, size_t nt, const float* p, size_t dp, float* acc);
+};
+
+const Primitives& scalar_primitives();
+// Only valid where the CPU has AVX2, FMA and F16C.
+const Primitives& avx2_primitives();
+
+// The GQA-combined probability of slot j from the G rows p[g * stride + j] (docs/semantics.md).
+inline float combine_gqa(const float* p, size_t group, size_t stride, size_t j, GqaReduce reduce) {
+  if (reduce == GqaReduce::Max) {
+    // Math.max semantics: NaN wins, +0 beats -0.
+    float best = p[j];
+    for (size_t g = 1; g < group && best == best; ++g) {
+      const float x = p[g * stride + j];
+      if (x > best || x != x || (x == best && std::signbit(best) && !std::signbit(x))) best = x;
+    }
+    return best;
+  }
+  float acc = 0.0f;
+  for (size_t g = 0; g < group; ++g) acc = acc + p[g * stride + j];
+  return acc / static_cast<float>(group);
+}
+
+// Feeds one observation of one KV head (n slots attended, clock value step) to the tracker. p holds the
+// group's G probability rows at the given stride. A Custom tracker gets the combined probabilities in
+// custom_out (n floats) instead; a tracker that does not observe is left alone.
+void observe_head(const LayerView& view, int32_t seq, int32_t head, const float* p, size_t group, size_t stride,
+                  size_t n, uint64_t step, const TrackerSpec& tracker, float* custom_out);
+
+// Initialises the score of a token just stored at slot of (seq, head) (zero, then the tracker's rule);
+// key is the stored key decoded to f32.
+void init_slot(const LayerView& view, int32_t seq, int32_t head, int32_t slot, int32_t position, const float* key,
+               const TrackerSpec& tracker);
+
+// Aux words the tracker needs per token (0 unless Scissorhands).
+inline uint32_t tracker_aux_words(const TrackerSpec& tracker) {
+  return tracker.kind == TrackerKind::Scissorhands ? (tracker.window + 31) / 32 : 0;
+}
+
+// Tokens kept by (seq, head), clamped into [0, capacity] so that a store mutated under our feet can
+// never index out of bounds (callers have checked the value already).
+inline int32_t kept(const LayerView& view, int32_t seq, int32_t head) {
+  const int32_t n = view.lengths[static_cast<size_t>(seq) * static_cast<size_t>(view.kv_heads) + static_cast<size_t>(head)];
+  return n < 0 ? 0 : n > view.capacity ? view.capacity : n;
+}
+
+// True when every head's length is in [0, capacity] (and at least min_length).
+bool lengths_valid(const LayerView& view, int32_t seq, int32_t min_length);
+
+// True when steps[seq] is an integer clock that can advance by `by` and stay exact.
+bool step_valid(const LayerView& view, int32_t seq, int32_t by);
+
+}  // namespace sh::cpu

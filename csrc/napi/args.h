@@ -1,0 +1,76 @@
+// Reading and checking the arguments of one call. Every check failure throws a JS error with a stable
+// KV_* code naming the argument; nothing that passes these checks can make a kernel read or write out
+// of bounds.
+#pragma once
+
+#include <napi.h>
+
+#include <cstdint>
+#include <string>
+
+#include "addon.h"
+#include "scissorhands/layer_view.h"
+#include "scissorhands/status.h"
+#include "scissorhands/tracker.h"
+
+namespace sh::napi {
+
+// Stable codes of src/core/errors.ts.
+inline constexpr const char* kShape = "KV_SHAPE";
+inline constexpr const char* kDType = "KV_DTYPE";
+inline constexpr const char* kArgument = "KV_ARGUMENT";
+inline constexpr const char* kBudget = "KV_BUDGET";
+inline constexpr const char* kBackend = "KV_BACKEND";
+
+class Args {
+ public:
+  Args(Addon& addon, const Napi::CallbackInfo& info);
+
+  [[noreturn]] void fail(const char* code, const std::string& argument, const std::string& message) const;
+
+  // An integer in [min, max].
+  int64_t integer(size_t i, const char* name, int64_t min, int64_t max) const;
+  // A finite number.
+  double finite(size_t i, const char* name) const;
+  // One of two strings: false for `first`, true for `second`.
+  bool choice(size_t i, const char* name, const char* first, const char* second) const;
+
+  // The LayerStore's sizes and arrays. Reading properties may run JS (getters), which could detach a
+  // buffer, so every property is read first (read_store, tracker) and only then are data pointers taken
+  // (resolve), with no JS running until the kernel returns.
+  struct StoreRefs {
+    LayerView view;
+    napi_value arrays[7];
+  };
+  StoreRefs read_store(size_t i) const;
+  // Every array's element type, length and alignment; fills the view's pointers.
+  LayerView resolve(const StoreRefs& refs) const;
+  // The kept lengths of seq are in [min_length, capacity] and its clock is an exact integer.
+  void check_state(const LayerView& view, int32_t seq, int32_t min_length) const;
+  TrackerSpec tracker(size_t i, const LayerView& view) const;
+  // q, k, v, out: a Float32Array, or a Uint16Array of the store's 16-bit dtype, of exactly `length`.
+  HostSpan host(size_t i, const char* name, const LayerView& view, uint64_t length) const;
+  // out: the same array type as `like`, of exactly `length`.
+  HostSpan host_like(size_t i, const char* name, HostSpan like, uint64_t length) const;
+  // A Float32Array of exactly `length` elements; null/undefined gives nullptr when optional.
+  float* floats(size_t i, const char* name, uint64_t length, bool optional) const;
+
+  // Throws for a kernel's failure status (the checks above make these rare).
+  void check(Status status, const char* what) const;
+
+  napi_env env() const { return env_; }
+
+ private:
+  napi_value property(napi_value object, Key key) const;
+  int64_t integer_value(napi_value value, const std::string& name, int64_t min, int64_t max) const;
+  // The typed array's data if `value` is one of `type` with exactly `length` elements.
+  void* typed(napi_value value, const std::string& name, napi_typedarray_type type, const char* type_name,
+              uint64_t length) const;
+
+  Addon& addon_;
+  napi_env env_;
+  napi_value argv_[12];
+  size_t argc_;
+};
+
+}  // namespace sh::napi
