@@ -1,0 +1,853 @@
+/**
+ * A plain model of {@link KVCache} for model-based tests: what every (sequence, layer, KV head) keeps,
+ * predicted from the documented semantics (docs/semantics.md) rather than from any backend.
+ * @module
+ */
+import type { BackendName } from '../backend/select.js';
+import type { KVCache } from '../cache/kv-cache.js';
+import type { DType, HostArray } from '../core/dtype.js';
+import { BudgetError, CapacityError, KvError, KvErrorCode } from '../core/errors.js';
+import type { Geometry } from '../core/geometry.js';
+import type { BudgetPolicy, EvictionContext } from '../policies/policy.js';
+import { TrackerKind, type ImportanceTracker } from '../trackers/tracker.js';
+import { type CacheConfig, createCache } from './config.js';
+import { arrayBits, decodeBits, decodeHost, storedBits } from './data.js';
+import { type CacheOperation, applyOperation, cloneOperation, describeOperation } from './operation.js';
+import { attentionTolerance, referenceAttention } from './reference-attention.js';
+
+/**
+ * The properties the model checks after every operation.
+ * - `capacity`: no head ever keeps more tokens than its layer's capacity.
+ * - `protected`: the first `sinks` positions and the newest `recent` positions are always kept.
+ * - `positions`: kept positions are unique, strictly increasing and below the tokens seen.
+ * - `data`: kept keys and values are bit-identical to what was appended at those positions (in every
+ *   open sequence, so an operation on one sequence cannot disturb another); inputs are left untouched.
+ * - `attention`: outputs equal a full-precision attention over exactly the kept keys and values.
+ * - `policy`: tokens are evicted only when, and exactly as many as, the policy asks (lengths, seen
+ *   counts and eviction counters follow the policy's answers).
+ * - `eviction`: the evicted tokens are the lowest-scored candidates (by the scores the cache reported
+ *   just before); for score-free built-ins (streamingLLM, keyNorm, random) positions and scores are
+ *   predicted exactly from their rules.
+ * - `layerScope`: a `scope: 'layer'` tracker keeps the same positions on every head of a layer.
+ * - `stats`: `stats()` agrees with what is kept: token counts are sums of lengths, bytes used never
+ *   exceed bytes reserved, bytes reserved never change.
+ * - `oracle`: a second cache on the oracle backend, given the same operations, keeps the same positions
+ *   and scores and returns the same outputs (exactly on the same backend, within tolerance across backends).
+ * @example
+ * ```ts
+ * const checks: InvariantName[] = ['capacity', 'protected'];
+ * ```
+ */
+export type InvariantName =
+  | 'capacity' | 'protected' | 'positions' | 'data' | 'attention' | 'policy' | 'eviction' | 'layerScope' | 'stats' | 'oracle';
+
+/**
+ * Every {@link InvariantName}.
+ * @example
+ * ```ts
+ * new KVCacheModel(config, { checks: INVARIANTS.filter((c) => c !== 'oracle') });
+ * ```
+ */
+export const INVARIANTS: readonly InvariantName[] = [
+  'capacity', 'protected', 'positions', 'data', 'attention', 'policy', 'eviction', 'layerScope', 'stats', 'oracle',
+];
+
+/**
+ * A broken invariant: which one, and what was seen.
+ * @example
+ * ```ts
+ * try { model.step(cache, op); } catch (e) { if (e instanceof InvariantError) console.log(e.invariant); }
+ * ```
+ */
+export class InvariantError extends Error {
+  readonly invariant: InvariantName;
+  constructor(invariant: InvariantName, message: string) {
+    super(`[${invariant}] ${message}`);
+    this.invariant = invariant;
+    this.name = 'InvariantError';
+  }
+}
+
+/**
+ * Options of {@link KVCacheModel}.
+ * @example
+ * ```ts
+ * const options: KVCacheModelOptions = { oracle: 'reference', checks: ['capacity'] };
+ * ```
+ */
+export interface KVCacheModelOptions {
+  /**
+   * Backend of the oracle cache, or `false` for none; default `'reference'`. The oracle replays every
+   * operation; its kept positions, scores and outputs are compared with the cache under test.
+   */
+  readonly oracle?: BackendName | false;
+  /**
+   * Whether a disagreement with the oracle is recorded in {@link KVCacheModel.divergences} (and the
+   * oracle dropped for the rest of the run) instead of failing. Default: only when the cache under test
+   * runs on another backend than the oracle and the tracker reads attention, where float near-ties
+   * (a probability within an ulp of Scissorhands' `1/n`, two accumulated scores within an ulp) may
+   * legitimately be broken differently.
+   */
+  readonly tolerateDivergence?: boolean;
+  /** Invariants to check; default all of {@link INVARIANTS}. */
+  readonly checks?: readonly InvariantName[];
+}
+
+interface Token {
+  readonly position: number;
+  readonly key: Uint32Array;
+  readonly value: Uint32Array;
+}
+
+interface LayerState {
+  seen: number;
+  /** Kept positions per KV head, in slot order. */
+  kept: number[][];
+  /** Every token appended since the last reset, per KV head, by position. */
+  history: Map<number, Token>[];
+}
+
+interface Chunk {
+  readonly start: number;
+  readonly rows: number;
+  readonly evict: number;
+  readonly sinks: number;
+  readonly recent: number;
+}
+
+interface Plan {
+  readonly chunks: readonly Chunk[];
+  /** The cache must throw a budget error after the planned chunks. */
+  readonly fails: boolean;
+  /** Rows from this one on attended over what is kept at the end. */
+  readonly settledFrom: number;
+}
+
+type Score = (layer: number, kvHead: number, token: Token) => number;
+
+const mix = (x: number): number => {
+  x ^= x >>> 16;
+  x = Math.imul(x, 0x7feb352d);
+  x ^= x >>> 15;
+  x = Math.imul(x, 0x846ca68b);
+  x ^= x >>> 16;
+  return x >>> 0;
+};
+
+/** The scores of score-free built-ins, written from docs/semantics.md (not from the trackers' code). */
+function scoreRule(tracker: ImportanceTracker, dtype: DType): Score | undefined {
+  const kernel = tracker.kernel;
+  if (kernel === undefined) return undefined;
+  switch (kernel.kind) {
+    case TrackerKind.Position:
+      return (_l, _h, t) => Math.fround(t.position);
+    case TrackerKind.Random: {
+      const seed = kernel.seed >>> 0;
+      return (l, h, t) => (mix(mix(mix(seed ^ l) ^ h) ^ t.position) >>> 8) / 2 ** 24;
+    }
+    case TrackerKind.KeyNorm:
+      return (_l, _h, t) => {
+        const key = decodeBits(dtype, t.key);
+        let sum = 0;
+        for (let i = 0; i < key.length; i++) sum += key[i]! * key[i]!;
+        return -Math.fround(Math.sqrt(sum));
+      };
+    default:
+      return undefined;
+  }
+}
+
+/** Lower first, NaN lowest, then the lower slot. */
+function compareScores(a: number, b: number): number {
+  const an = Number.isNaN(a);
+  const bn = Number.isNaN(b);
+  if (an || bn) return an === bn ? 0 : an ? -1 : 1;
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+/** Slots evicted from each head: the `count` lowest `(score, slot)` among `[sinks, length - recent)`. */
+export function chooseEvicted(
+  scores: readonly (ArrayLike<number>)[], length: number, count: number, sinks: number, recent: number, scope: 'head' | 'layer',
+): Set<number>[] {
+  const pick = (s: ArrayLike<number>): Set<number> => {
+    const slots: number[] = [];
+    for (let j = sinks; j < length - recent; j++) slots.push(j);
+    slots.sort((a, b) => compareScores(s[a]!, s[b]!) || a - b);
+    return new Set(slots.slice(0, count));
+  };
+  if (scope === 'head') return scores.map(pick);
+  const mean = new Float32Array(length);
+  for (let j = 0; j < length; j++) {
+    let acc = 0;
+    for (const s of scores) acc = Math.fround(acc + s[j]!);
+    mean[j] = Math.fround(acc / scores.length);
+  }
+  const chosen = pick(mean);
+  return scores.map(() => chosen);
+}
+
+function sameList(a: ArrayLike<number>, b: ArrayLike<number>): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+const show = (a: ArrayLike<number>): string => `[${Array.from(a).join(',')}]`;
+
+/**
+ * A plain model of a {@link KVCache}, for `fc.commands` / `fc.modelRun`: it tracks open slots, the
+ * tokens seen per (sequence, layer), what every KV head keeps and the bits of every key and value
+ * appended, and predicts from the policy how many tokens each operation evicts. Which tokens go is
+ * predicted exactly for the score-free built-ins (position, key norm, random); for trackers that read
+ * attention (or users' trackers) the model checks the cache's choice against the lowest-score rule
+ * and, through an oracle cache on the reference backend, against an independent run.
+ *
+ * Drive it with {@link KVCacheModel.step}: it runs the operation on the cache under test and on the
+ * oracle, checks the results, then checks every invariant (see {@link InvariantName}).
+ *
+ * @example
+ * ```ts
+ * import { KVCacheModel, createCache } from 'scissorhands/testing';
+ * using model = new KVCacheModel(config);
+ * using cache = createCache(config, 'cpu');
+ * model.step(cache, { op: 'open' });
+ * model.step(cache, { op: 'attend', seq: 0, layer: 0, q, k, v });
+ * ```
+ */
+export class KVCacheModel implements Disposable {
+  readonly config: CacheConfig;
+  readonly geometry: Geometry;
+  readonly dtype: DType;
+  /** The model's own policy instance, asked the same questions as the cache's. */
+  readonly policy: BudgetPolicy;
+  /** The model's own tracker instance (for its scope, input and kernel). */
+  readonly tracker: ImportanceTracker;
+  readonly capacities: readonly number[];
+  readonly prefillChunks: readonly number[];
+  readonly checks: ReadonlySet<InvariantName>;
+  /** Disagreements with the oracle that were tolerated (see {@link KVCacheModelOptions.tolerateDivergence}). */
+  readonly divergences: string[] = [];
+  /** Operations stepped so far. */
+  steps = 0;
+  /** What the last `attend` or `prefill` returned (for determinism checks). */
+  lastOutput: HostArray | undefined;
+  readonly #open: boolean[];
+  readonly #state: (LayerState[] | undefined)[];
+  readonly #evictions: number[];
+  readonly #score: Score | undefined;
+  readonly #tolerate: boolean | undefined;
+  #oracle: KVCache | undefined;
+  #bytesReserved: number | undefined;
+  #log: string[] = [];
+
+  constructor(config: CacheConfig, options: KVCacheModelOptions = {}) {
+    this.config = config;
+    this.geometry = config.geometry;
+    this.dtype = config.dtype;
+    this.policy = config.policy.create();
+    this.tracker = config.tracker.create();
+    this.checks = new Set(options.checks ?? INVARIANTS);
+    this.#tolerate = options.tolerateDivergence;
+    const sinks = this.policy.sinks;
+    const recent = this.policy.recent;
+    this.capacities = Array.from({ length: this.geometry.layers }, (_, layer) => this.policy.capacity(layer, this.geometry));
+    this.prefillChunks = this.capacities.map((capacity) => {
+      const room = capacity - sinks;
+      const chunk = config.prefillChunk ?? Math.max(1, Math.floor((room - recent) / 4));
+      return Math.min(chunk, room);
+    });
+    this.#open = new Array<boolean>(config.maxSequences).fill(false);
+    this.#state = new Array<LayerState[] | undefined>(config.maxSequences).fill(undefined);
+    this.#evictions = new Array<number>(this.geometry.layers).fill(0);
+    this.#score = scoreRule(this.tracker, this.dtype);
+    const oracle = options.oracle ?? 'reference';
+    this.#oracle = oracle === false || !this.checks.has('oracle') ? undefined : createCache(config, oracle);
+  }
+
+  /**
+   * Open sequence ids, in increasing order.
+   * @example
+   * ```ts
+   * const seq = model.openSequences()[0];
+   * ```
+   */
+  openSequences(): number[] {
+    return this.#open.flatMap((open, seq) => (open ? [seq] : []));
+  }
+
+  /**
+   * Sequence ids that are not open.
+   * @example
+   * ```ts
+   * model.closedSequences(); // [1, 2]
+   * ```
+   */
+  closedSequences(): number[] {
+    return this.#open.flatMap((open, seq) => (open ? [] : [seq]));
+  }
+
+  /**
+   * Tokens kept (per KV head) by a sequence at a layer, as the model has it.
+   * @example
+   * ```ts
+   * const n = model.length(seq, layer);
+   * ```
+   */
+  length(seq: number, layer: number): number {
+    return this.#layer(seq, layer).kept[0]!.length;
+  }
+
+  /**
+   * Tokens seen by a sequence at a layer.
+   * @example
+   * ```ts
+   * model.seen(seq, 0);
+   * ```
+   */
+  seen(seq: number, layer: number): number {
+    return this.#layer(seq, layer).seen;
+  }
+
+  /**
+   * Whether the oracle still replays the operations (it is dropped after a tolerated divergence).
+   * @example
+   * ```ts
+   * if (!model.oracleInSync) console.log(model.divergences);
+   * ```
+   */
+  get oracleInSync(): boolean {
+    return this.#oracle !== undefined;
+  }
+
+  /**
+   * Runs one operation on the cache under test, on the oracle and on the model, and checks the
+   * results and then every invariant. Throws {@link InvariantError} (or the cache's own unexpected
+   * error) on the first problem.
+   * @example
+   * ```ts
+   * model.step(cache, { op: 'prefill', seq, layer: 0, q, k, v });
+   * ```
+   */
+  step(real: KVCache, op: CacheOperation): void {
+    this.steps += 1;
+    this.lastOutput = undefined;
+    this.#log.push(describeOperation(op));
+    if (this.#log.length > 12) this.#log.shift();
+    switch (op.op) {
+      case 'open': this.#stepOpen(real); break;
+      case 'close':
+      case 'reset': this.#stepClear(real, op); break;
+      case 'observe': this.#stepObserve(real, op); break;
+      default: this.#stepAppend(real, op); break;
+    }
+    this.verify(real);
+  }
+
+  /**
+   * Checks every enabled invariant on the whole cache, then aligns the model's view of which tokens
+   * are kept with the cache's (so that one wrong choice is reported once, where it happened).
+   * @example
+   * ```ts
+   * model.verify(cache);
+   * ```
+   */
+  verify(real: KVCache): void {
+    const { layers, kvHeads } = this.geometry;
+    for (let seq = 0; seq < this.#open.length; seq++) {
+      const isOpen = real.isOpen(seq);
+      if (isOpen !== this.#open[seq]) this.#fail('policy', `isOpen(${seq}) is ${isOpen}, the model says ${this.#open[seq]}`);
+      const state = this.#state[seq];
+      if (state === undefined) continue;
+      for (let layer = 0; layer < layers; layer++) {
+        const ls = state[layer]!;
+        const seen = real.seen(seq, layer);
+        if (seen !== ls.seen && this.checks.has('policy')) this.#fail('policy', `seen(${seq}, ${layer}) is ${seen}, expected ${ls.seen}`);
+        const keptPositions: Int32Array[] = [];
+        for (let h = 0; h < kvHeads; h++) {
+          const { positions, scores } = real.inspect(seq, layer, h);
+          keptPositions.push(positions);
+          this.#checkHead(real, seq, layer, h, ls, positions, scores);
+        }
+        if (this.checks.has('layerScope') && this.tracker.scope === 'layer') {
+          for (let h = 1; h < kvHeads; h++) {
+            if (!sameList(keptPositions[h]!, keptPositions[0]!)) {
+              this.#fail('layerScope', `(seq ${seq}, layer ${layer}) head ${h} keeps ${show(keptPositions[h]!)}, head 0 keeps ${show(keptPositions[0]!)}`);
+            }
+          }
+        }
+        ls.kept = keptPositions.map((p) => Array.from(p));
+        ls.seen = seen;
+      }
+    }
+    this.#checkStats(real);
+    this.#compareOracle(real);
+  }
+
+  /**
+   * Disposes the oracle cache.
+   * @example
+   * ```ts
+   * model.dispose();
+   * ```
+   */
+  dispose(): void {
+    this.#oracle?.dispose();
+    this.#oracle = undefined;
+  }
+
+  /** Same as {@link KVCacheModel.dispose}, for `using`. */
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
+  // ---- operations ----------------------------------------------------------------------------
+
+  #stepOpen(real: KVCache): void {
+    const free = this.#open.indexOf(false);
+    if (free < 0) {
+      this.#expectError(() => real.open(), KvErrorCode.Capacity, CapacityError, 'open() with every slot open');
+      const oracle = this.#oracle;
+      if (oracle !== undefined) this.#expectError(() => oracle.open(), KvErrorCode.Capacity, CapacityError, 'oracle open() with every slot open');
+      return;
+    }
+    const seq = real.open();
+    if (seq !== free) this.#fail('policy', `open() returned ${seq}, expected the lowest free slot ${free}`);
+    const oracleSeq = this.#oracle?.open();
+    if (oracleSeq !== undefined && oracleSeq !== seq) this.#fail('oracle', `oracle open() returned ${oracleSeq}, expected ${seq}`);
+    this.#open[seq] = true;
+    this.#state[seq] = this.#emptyState();
+  }
+
+  #stepClear(real: KVCache, op: { readonly op: 'close' | 'reset'; readonly seq: number }): void {
+    applyOperation(real, op);
+    if (this.#oracle !== undefined) applyOperation(this.#oracle, op);
+    if (op.op === 'close') {
+      this.#open[op.seq] = false;
+      this.#state[op.seq] = undefined;
+    } else {
+      this.#state[op.seq] = this.#emptyState();
+    }
+  }
+
+  #stepObserve(real: KVCache, op: Extract<CacheOperation, { op: 'observe' }>): void {
+    const copy = cloneOperation(op);
+    applyOperation(real, op);
+    this.#checkUntouched(op, copy);
+    if (this.#oracle !== undefined) applyOperation(this.#oracle, copy);
+  }
+
+  #stepAppend(real: KVCache, op: Extract<CacheOperation, { op: 'attend' | 'prefill' | 'append' }>): void {
+    const { seq, layer } = op;
+    const { kvHeads, headDim } = this.geometry;
+    const ls = this.#layer(seq, layer);
+    const rows = op.k.length / (kvHeads * headDim);
+    const plan = this.#plan(ls, layer, rows, op.op);
+    const before = this.#capture(real, seq, layer);
+    const copy = cloneOperation(op);
+    const oracleOp = cloneOperation(op);
+
+    if (plan.fails) {
+      const what = `${describeOperation(op)} with ${ls.kept[0]!.length} kept of capacity ${this.capacities[layer]}`;
+      this.#expectError(() => applyOperation(real, op), KvErrorCode.Budget, BudgetError, what);
+      if (this.#oracle !== undefined) this.#expectError(() => applyOperation(this.#oracle!, oracleOp), KvErrorCode.Budget, BudgetError, `oracle ${what}`);
+      const seenAfter = real.seen(seq, layer);
+      if (seenAfter === ls.seen) return; // the cache refused the whole operation
+      // The cache went through the chunks that fit before refusing the rest.
+      this.#apply(real, ls, seq, layer, op, plan, before);
+      return;
+    }
+
+    const result = applyOperation(real, op);
+    this.#checkUntouched(op, copy);
+    const oracleResult = this.#oracle === undefined ? undefined : applyOperation(this.#oracle, oracleOp);
+    const seenBefore = ls.seen;
+    this.#apply(real, ls, seq, layer, op, plan, before);
+    if (op.op === 'append') return;
+    const out = result as HostArray;
+    this.lastOutput = out;
+    if (op.out !== undefined && out !== op.out) this.#fail('attention', `${op.op} did not return the out array it was given`);
+    this.#checkAttention(real, op, out, plan, seenBefore);
+    if (oracleResult !== undefined) this.#compareOutputs(real, op, out, oracleResult as HostArray);
+  }
+
+  /** The chunks the cache goes through, from the policy's answers (mirrors the documented prefill loop). */
+  #plan(ls: LayerState, layer: number, rows: number, kind: 'attend' | 'prefill' | 'append'): Plan {
+    const capacity = this.capacities[layer]!;
+    const chunks: Chunk[] = [];
+    if (kind === 'append' && rows > capacity - this.policy.sinks) return { chunks, fails: true, settledFrom: 0 };
+    let length = ls.kept[0]!.length;
+    let seen = ls.seen;
+    let settledFrom = 0;
+    for (let done = 0; done < rows;) {
+      const left = rows - done;
+      let chunk = left;
+      if (kind === 'prefill') {
+        const fits = length + left <= capacity && this.#ask({ layer, length, incoming: left, seen }) === 0;
+        chunk = fits ? left : Math.min(left, this.prefillChunks[layer]!);
+      }
+      const count = this.#ask({ layer, length, incoming: chunk, seen });
+      const sinks = Math.min(this.policy.sinks, length);
+      const recent = Math.min(length - sinks, Math.max(0, this.policy.recent - chunk));
+      const candidates = length - sinks - recent;
+      if (!Number.isInteger(count) || count < 0 || count > candidates) {
+        this.#fail('policy', `policy ${this.policy.name} answered ${String(count)} to ${JSON.stringify({ layer, length, incoming: chunk, seen })}, `
+          + `but only ${candidates} tokens are outside the ${sinks} sinks and ${recent} recent ones`);
+      }
+      if (length - count + chunk > capacity) return { chunks, fails: true, settledFrom };
+      if (count > 0) settledFrom = done;
+      chunks.push({ start: done, rows: chunk, evict: count, sinks, recent });
+      length += chunk - count;
+      seen += chunk;
+      done += chunk;
+    }
+    return { chunks, fails: false, settledFrom };
+  }
+
+  #ask(context: EvictionContext): number {
+    return this.policy.evictions(context);
+  }
+
+  /** Applies planned chunks to the model: evictions (predicted, or the cache's checked choice) and appends. */
+  #apply(
+    real: KVCache, ls: LayerState, seq: number, layer: number, op: Extract<CacheOperation, { op: 'attend' | 'prefill' | 'append' }>,
+    plan: Plan, before: { positions: Int32Array[]; scores: Float32Array[] },
+  ): void {
+    const { kvHeads, headDim } = this.geometry;
+    const kBits = storedBits(this.dtype, op.k);
+    const vBits = storedBits(this.dtype, op.v);
+    const preKept = ls.kept.map((k) => k.slice());
+    const firstPosition = ls.seen;
+    let predicted = true;
+    for (const chunk of plan.chunks) {
+      if (chunk.evict > 0) {
+        this.#evictions[layer]! += chunk.evict * kvHeads;
+        if (this.#score === undefined) {
+          predicted = false; // which tokens go is the tracker's call: positions come from the cache below
+        } else {
+          const score = this.#score;
+          const scores = ls.kept.map((kept, h) => kept.map((p) => score(layer, h, ls.history[h]!.get(p)!)));
+          const length = ls.kept[0]!.length;
+          const evicted = chooseEvicted(scores, length, chunk.evict, chunk.sinks, chunk.recent, this.tracker.scope);
+          ls.kept = ls.kept.map((kept, h) => kept.filter((_, slot) => !evicted[h]!.has(slot)));
+        }
+      }
+      for (let r = chunk.start; r < chunk.start + chunk.rows; r++) {
+        const position = ls.seen;
+        for (let h = 0; h < kvHeads; h++) {
+          const at = (r * kvHeads + h) * headDim;
+          ls.history[h]!.set(position, { position, key: kBits.slice(at, at + headDim), value: vBits.slice(at, at + headDim) });
+          if (predicted) ls.kept[h]!.push(position);
+        }
+        ls.seen += 1;
+      }
+    }
+    const length = preKept[0]!.length + plan.chunks.reduce((n, c) => n + c.rows - c.evict, 0);
+    if (!predicted) {
+      // Which tokens went is the tracker's call: take the cache's, and check what can be checked.
+      const lastNew = ls.seen;
+      ls.kept = [];
+      for (let h = 0; h < kvHeads; h++) {
+        const positions = Array.from(real.inspect(seq, layer, h).positions);
+        if (positions.length !== length && this.checks.has('policy')) {
+          this.#fail('policy', `${describeOperation(op)}: head ${h} keeps ${positions.length} tokens, the policy's answers leave ${length}`);
+        }
+        const allowed = new Set(preKept[h]);
+        for (const p of positions) {
+          if (!allowed.has(p) && !(p >= firstPosition && p < lastNew) && this.checks.has('positions')) {
+            this.#fail('positions', `${describeOperation(op)}: head ${h} keeps position ${p}, which was neither kept before nor appended now`);
+          }
+        }
+        ls.kept.push(positions);
+      }
+    }
+    // The lowest-score rule, checkable when the only eviction came first (so it used the scores seen before).
+    const evicting = plan.chunks.filter((c) => c.evict > 0);
+    const first = evicting[0];
+    if (this.checks.has('eviction') && evicting.length === 1 && first !== undefined && first.start === 0) {
+      const preLength = before.positions[0]!.length;
+      const expected = chooseEvicted(before.scores, preLength, first.evict, first.sinks, first.recent, this.tracker.scope);
+      for (let h = 0; h < kvHeads; h++) {
+        const after = new Set(real.inspect(seq, layer, h).positions);
+        const dropped = Array.from(before.positions[h]!).filter((p) => !after.has(p));
+        const want = Array.from(before.positions[h]!).filter((_, slot) => expected[h]!.has(slot));
+        if (!sameList(dropped, want)) {
+          this.#fail('eviction', `${describeOperation(op)}: head ${h} dropped positions ${show(dropped)}, but the lowest-scored candidates were ${show(want)} `
+            + `(positions ${show(before.positions[h]!)}, scores ${show(before.scores[h]!)}, sinks ${first.sinks}, recent ${first.recent}, scope ${this.tracker.scope})`);
+        }
+      }
+    }
+  }
+
+  // ---- checks --------------------------------------------------------------------------------
+
+  #checkHead(real: KVCache, seq: number, layer: number, h: number, ls: LayerState, positions: Int32Array, scores: Float32Array): void {
+    const where = `(seq ${seq}, layer ${layer}, head ${h})`;
+    const capacity = this.capacities[layer]!;
+    if (this.checks.has('capacity') && positions.length > capacity) {
+      this.#fail('capacity', `${where} keeps ${positions.length} tokens, capacity ${capacity}`);
+    }
+    const modelKept = ls.kept[h]!;
+    if (this.checks.has('policy') && positions.length !== modelKept.length) {
+      this.#fail('policy', `${where} keeps ${positions.length} tokens, the policy's answers leave ${modelKept.length}`);
+    }
+    const length = real.length(seq, layer, h);
+    if (length !== positions.length) this.#fail('positions', `${where} length() is ${length}, inspect() lists ${positions.length}`);
+    if (this.checks.has('positions')) {
+      for (let j = 0; j < positions.length; j++) {
+        const p = positions[j]!;
+        if (p < 0 || p >= ls.seen) this.#fail('positions', `${where} keeps position ${p} outside [0, ${ls.seen})`);
+        if (j > 0 && p <= positions[j - 1]!) this.#fail('positions', `${where} positions not strictly increasing: ${show(positions)}`);
+      }
+    }
+    if (this.checks.has('protected')) {
+      const kept = new Set(positions);
+      const sinks = Math.min(this.policy.sinks, ls.seen);
+      for (let p = 0; p < sinks; p++) if (!kept.has(p)) this.#fail('protected', `${where} dropped sink position ${p}: keeps ${show(positions)}`);
+      for (let p = Math.max(0, ls.seen - this.policy.recent); p < ls.seen; p++) {
+        if (!kept.has(p)) this.#fail('protected', `${where} dropped recent position ${p} (seen ${ls.seen}, recent ${this.policy.recent}): keeps ${show(positions)}`);
+      }
+    }
+    if (this.checks.has('eviction') && this.#score !== undefined) {
+      if (!sameList(positions, modelKept)) {
+        this.#fail('eviction', `${where} keeps ${show(positions)}, the ${this.tracker.name} rule keeps ${show(modelKept)}`);
+      }
+      for (let j = 0; j < positions.length; j++) {
+        const token = ls.history[h]!.get(positions[j]!);
+        if (token === undefined) continue;
+        const want = this.#score(layer, h, token);
+        const got = scores[j]!;
+        if (!(got === want || (Number.isNaN(got) && Number.isNaN(want)))) {
+          this.#fail('eviction', `${where} position ${positions[j]} has score ${got}, the ${this.tracker.name} rule gives ${want}`);
+        }
+      }
+    }
+    if (this.checks.has('data')) {
+      const view = real.view(seq, layer, h);
+      if (view.length !== positions.length || !sameList(view.positions, positions)) {
+        this.#fail('data', `${where} view() lists positions ${show(view.positions)}, inspect() ${show(positions)}`);
+      }
+      const d = this.geometry.headDim;
+      const keys = arrayBits(view.keys);
+      const values = arrayBits(view.values);
+      if (keys.length !== positions.length * d || values.length !== positions.length * d) {
+        this.#fail('data', `${where} view() has ${keys.length} key and ${values.length} value elements for ${positions.length} tokens`);
+      }
+      for (let j = 0; j < positions.length; j++) {
+        const token = ls.history[h]!.get(positions[j]!);
+        if (token === undefined) {
+          this.#fail('data', `${where} keeps position ${positions[j]}, never appended since the last reset`);
+        }
+        if (!sameList(keys.subarray(j * d, (j + 1) * d), token.key) || !sameList(values.subarray(j * d, (j + 1) * d), token.value)) {
+          this.#fail('data', `${where} slot ${j} (position ${positions[j]}) holds key ${show(keys.subarray(j * d, (j + 1) * d))} / value `
+            + `${show(values.subarray(j * d, (j + 1) * d))}, appended ${show(token.key)} / ${show(token.value)}`);
+        }
+      }
+    }
+  }
+
+  #checkStats(real: KVCache): void {
+    if (!this.checks.has('stats') && !this.checks.has('policy')) return;
+    const stats = real.stats();
+    const { kvHeads, headDim } = this.geometry;
+    const bytesPerToken = 2 * headDim * (this.dtype === 'f32' ? 4 : 2);
+    let tokensKept = 0;
+    let tokensSeen = 0;
+    const open = this.openSequences();
+    if (this.checks.has('policy')) {
+      const evictions = this.#evictions.reduce((a, b) => a + b, 0);
+      if (stats.evictions !== evictions) this.#fail('policy', `stats().evictions is ${stats.evictions}, the policy asked for ${evictions}`);
+      stats.layers.forEach((l, layer) => {
+        if (l.evictions !== this.#evictions[layer]) this.#fail('policy', `stats().layers[${layer}].evictions is ${l.evictions}, the policy asked for ${this.#evictions[layer]}`);
+      });
+    }
+    if (!this.checks.has('stats')) return;
+    const fail = (message: string): never => this.#fail('stats', message);
+    if (stats.backend !== real.backend) fail(`stats().backend is ${stats.backend}, the cache runs on ${real.backend}`);
+    if (stats.layers.length !== this.geometry.layers) fail(`stats().layers has ${stats.layers.length} entries`);
+    stats.layers.forEach((l, layer) => {
+      if (l.layer !== layer) fail(`stats().layers[${layer}].layer is ${l.layer}`);
+      if (l.capacity !== this.capacities[layer]) fail(`stats().layers[${layer}].capacity is ${l.capacity}, the policy reserves ${this.capacities[layer]}`);
+      let seen = 0;
+      for (let h = 0; h < kvHeads; h++) {
+        let kept = 0;
+        for (const seq of open) kept += real.length(seq, layer, h);
+        if (l.tokensKept[h] !== kept) fail(`stats().layers[${layer}].tokensKept[${h}] is ${l.tokensKept[h]}, the lengths sum to ${kept}`);
+        tokensKept += kept;
+      }
+      for (const seq of open) seen += real.seen(seq, layer);
+      if (l.tokensSeen !== seen) fail(`stats().layers[${layer}].tokensSeen is ${l.tokensSeen}, expected ${seen}`);
+      tokensSeen += seen * kvHeads;
+    });
+    if (stats.tokensKept !== tokensKept) fail(`stats().tokensKept is ${stats.tokensKept}, the lengths sum to ${tokensKept}`);
+    if (stats.tokensSeen !== tokensSeen) fail(`stats().tokensSeen is ${stats.tokensSeen}, expected ${tokensSeen}`);
+    if (stats.openSequences !== open.length) fail(`stats().openSequences is ${stats.openSequences}, expected ${open.length}`);
+    if (stats.bytesPerToken !== bytesPerToken) fail(`stats().bytesPerToken is ${stats.bytesPerToken}, expected ${bytesPerToken}`);
+    if (stats.bytesFull !== tokensSeen * bytesPerToken) fail(`stats().bytesFull is ${stats.bytesFull}, expected ${tokensSeen * bytesPerToken}`);
+    if (!(stats.bytesUsed >= tokensKept * bytesPerToken)) fail(`stats().bytesUsed ${stats.bytesUsed} is less than the kept keys and values (${tokensKept * bytesPerToken})`);
+    if (!(stats.bytesUsed <= stats.bytesReserved)) fail(`stats().bytesUsed ${stats.bytesUsed} exceeds bytesReserved ${stats.bytesReserved}`);
+    const minimum = this.capacities.reduce((a, c) => a + c, 0) * this.config.maxSequences * kvHeads * bytesPerToken;
+    if (!(stats.bytesReserved >= minimum)) fail(`stats().bytesReserved ${stats.bytesReserved} is less than the keys and values of every slot (${minimum})`);
+    this.#bytesReserved ??= stats.bytesReserved;
+    if (stats.bytesReserved !== this.#bytesReserved) fail(`stats().bytesReserved changed from ${this.#bytesReserved} to ${stats.bytesReserved}`);
+    const compression = tokensKept === 0 ? 1 : tokensSeen / tokensKept;
+    if (Math.abs(stats.compression - compression) > 1e-12 * compression) fail(`stats().compression is ${stats.compression}, expected ${compression}`);
+  }
+
+  #checkAttention(real: KVCache, op: Extract<CacheOperation, { op: 'attend' | 'prefill' }>, out: HostArray, plan: Plan, seenBefore: number): void {
+    if (!this.checks.has('attention')) return;
+    const { queryHeads, kvHeads, headDim } = this.geometry;
+    const group = queryHeads / kvHeads;
+    const rows = op.q.length / (queryHeads * headDim);
+    if (!(out instanceof (op.q instanceof Float32Array ? Float32Array : Uint16Array)) || out.length !== op.q.length) {
+      this.#fail('attention', `${op.op} returned ${out.constructor.name}[${out.length}] for q ${op.q.constructor.name}[${op.q.length}]`);
+    }
+    const q = decodeHost(op.q, this.dtype);
+    const o = decodeHost(out, this.dtype);
+    const outType = out instanceof Float32Array ? 'f32' : this.dtype;
+    const scale = 1 / Math.sqrt(headDim);
+    const views = Array.from({ length: kvHeads }, (_, h) => {
+      const view = real.view(op.seq, op.layer, h);
+      return { positions: Array.from(view.positions), keys: decodeHost(view.keys, this.dtype), values: decodeHost(view.values, this.dtype) };
+    });
+    for (let r = plan.settledFrom; r < rows; r++) {
+      const position = seenBefore + r;
+      for (let qh = 0; qh < queryHeads; qh++) {
+        const view = views[Math.floor(qh / group)]!;
+        let visible = 0;
+        while (visible < view.positions.length && view.positions[visible]! <= position) visible++;
+        const ref = referenceAttention(q, view.keys, view.values, visible, headDim, scale, (r * queryHeads + qh) * headDim);
+        const tol = attentionTolerance(ref, headDim, outType);
+        for (let i = 0; i < headDim; i++) {
+          const got = o[(r * queryHeads + qh) * headDim + i]!;
+          const want = ref.out[i]!;
+          if (!(Math.abs(got - want) <= tol(want))) {
+            this.#fail('attention', `${describeOperation(op)}: row ${r} query head ${qh} element ${i} is ${got}, attention over the `
+              + `${visible} kept tokens ${show(view.positions.slice(0, visible))} gives ${want} (tolerance ${tol(want)})`);
+          }
+        }
+      }
+    }
+  }
+
+  #compareOutputs(real: KVCache, op: Extract<CacheOperation, { op: 'attend' | 'prefill' }>, out: HostArray, expected: HostArray): void {
+    if (!this.checks.has('oracle') || this.#oracle === undefined) return;
+    const oracle = this.#oracle;
+    const { kvHeads, headDim } = this.geometry;
+    for (let h = 0; h < kvHeads; h++) {
+      if (!sameList(real.inspect(op.seq, op.layer, h).positions, oracle.inspect(op.seq, op.layer, h).positions)) return; // reported by verify()
+    }
+    const same = real.backend === oracle.backend;
+    const a = decodeHost(out, this.dtype);
+    const b = decodeHost(expected, this.dtype);
+    let qMax = 0;
+    let kMax = 0;
+    let vMax = 0;
+    for (const x of decodeHost(op.q, this.dtype)) qMax = Math.max(qMax, Math.abs(x));
+    for (let h = 0; h < kvHeads; h++) {
+      for (const x of decodeHost(real.view(op.seq, op.layer, h).keys, this.dtype)) kMax = Math.max(kMax, Math.abs(x));
+      for (const x of decodeHost(real.view(op.seq, op.layer, h).values, this.dtype)) vMax = Math.max(vMax, Math.abs(x));
+    }
+    const bound = attentionTolerance(
+      { out: new Float64Array(0), probs: new Float64Array(this.capacities[op.layer]!), logitMagnitude: qMax * kMax * Math.sqrt(headDim), valueMagnitude: vMax },
+      headDim, out instanceof Float32Array ? 'f32' : this.dtype,
+    );
+    for (let i = 0; i < a.length; i++) {
+      const ok = same ? Object.is(a[i], b[i]) || (a[i] === b[i]) : Math.abs(a[i]! - b[i]!) <= 2 * bound(b[i]!);
+      if (!ok) {
+        this.#fail('oracle', `${describeOperation(op)}: output element ${i} is ${a[i]} on ${real.backend}, ${b[i]} on the ${oracle.backend} oracle`);
+      }
+    }
+  }
+
+  #compareOracle(real: KVCache): void {
+    const oracle = this.#oracle;
+    if (oracle === undefined || !this.checks.has('oracle')) return;
+    const same = real.backend === oracle.backend;
+    const tolerate = this.#tolerate ?? (!same && this.tracker.input === 'attention');
+    for (const seq of this.openSequences()) {
+      for (let layer = 0; layer < this.geometry.layers; layer++) {
+        if (real.seen(seq, layer) !== oracle.seen(seq, layer)) {
+          this.#fail('oracle', `seen(${seq}, ${layer}) is ${real.seen(seq, layer)}, ${oracle.seen(seq, layer)} on the oracle`);
+        }
+        for (let h = 0; h < this.geometry.kvHeads; h++) {
+          const a = real.inspect(seq, layer, h);
+          const b = oracle.inspect(seq, layer, h);
+          let problem: string | undefined;
+          if (!sameList(a.positions, b.positions)) {
+            problem = `keeps ${show(a.positions)} on ${real.backend}, ${show(b.positions)} on the ${oracle.backend} oracle`;
+          } else {
+            for (let j = 0; j < a.scores.length && problem === undefined; j++) {
+              const x = a.scores[j]!;
+              const y = b.scores[j]!;
+              const ok = same
+                ? Object.is(x, y) || (Number.isNaN(x) && Number.isNaN(y))
+                : x === y || (Number.isNaN(x) && Number.isNaN(y)) || Math.abs(x - y) <= 1e-4 * (1 + Math.abs(y));
+              if (!ok) problem = `position ${a.positions[j]} scores ${x} on ${real.backend}, ${y} on the ${oracle.backend} oracle`;
+            }
+          }
+          if (problem === undefined) continue;
+          const message = `(seq ${seq}, layer ${layer}, head ${h}) ${problem}`;
+          if (!tolerate) this.#fail('oracle', message);
+          this.divergences.push(`after ${this.#log.at(-1) ?? '?'} (step ${this.steps}): ${message}`);
+          this.dispose();
+          return;
+        }
+      }
+    }
+  }
+
+  #checkUntouched(op: CacheOperation, copy: CacheOperation): void {
+    if (!this.checks.has('data')) return;
+    const pairs: [string, ArrayLike<number>, ArrayLike<number>][] = [];
+    if ('k' in op && 'k' in copy) pairs.push(['k', op.k, copy.k], ['v', op.v, copy.v]);
+    if ('q' in op && 'q' in copy) pairs.push(['q', op.q, copy.q]);
+    if ('probs' in op && 'probs' in copy) pairs.push(['probs', op.probs, copy.probs]);
+    for (const [name, a, b] of pairs) {
+      for (let i = 0; i < a.length; i++) {
+        if (!Object.is(a[i], b[i])) this.#fail('data', `${describeOperation(op)} changed its input ${name}[${i}] from ${b[i]} to ${a[i]}`);
+      }
+    }
+  }
+
+  // ---- helpers -------------------------------------------------------------------------------
+
+  #capture(real: KVCache, seq: number, layer: number): { positions: Int32Array[]; scores: Float32Array[] } {
+    const positions: Int32Array[] = [];
+    const scores: Float32Array[] = [];
+    for (let h = 0; h < this.geometry.kvHeads; h++) {
+      const i = real.inspect(seq, layer, h);
+      positions.push(i.positions);
+      scores.push(i.scores);
+    }
+    return { positions, scores };
+  }
+
+  #expectError(call: () => unknown, code: KvErrorCode, type: new (...args: never[]) => KvError, what: string): void {
+    try {
+      call();
+    } catch (error) {
+      if (error instanceof type && error.code === code) return;
+      throw error;
+    }
+    this.#fail('policy', `${what} succeeded; expected ${type.name} (${code})`);
+  }
+
+  #emptyState(): LayerState[] {
+    const { layers, kvHeads } = this.geometry;
+    return Array.from({ length: layers }, () => ({
+      seen: 0,
+      kept: Array.from({ length: kvHeads }, () => []),
+      history: Array.from({ length: kvHeads }, () => new Map<number, Token>()),
+    }));
+  }
+
+  #layer(seq: number, layer: number): LayerState {
+    const state = this.#state[seq];
+    if (state === undefined) throw new RangeError(`KVCacheModel: sequence ${seq} is not open`);
+    return state[layer]!;
+  }
+
+  #fail(invariant: InvariantName, message: string): never {
+    throw new InvariantError(invariant, `${message}\n  last operations: ${this.#log.join('; ')}`);
+  }
+}
