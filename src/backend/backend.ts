@@ -12,6 +12,8 @@ import type { ImportanceTracker } from '../trackers/tracker.js';
  * Slots `[0, lengths[s * kvHeads + h])` of a head are kept, in increasing position order.
  */
 export interface LayerStore {
+  /** Index of the layer this store serves (trackers see it, e.g. the `random` tracker's hash). */
+  readonly layer: number;
   readonly dtype: DType;
   readonly maxSequences: number;
   readonly kvHeads: number;
@@ -37,6 +39,7 @@ export interface LayerStore {
 
 /** Sizes needed to allocate a {@link LayerStore}. */
 export interface LayerStoreSpec {
+  readonly layer: number;
   readonly dtype: DType;
   readonly maxSequences: number;
   readonly kvHeads: number;

@@ -11,13 +11,6 @@ import { MAX_HEAD_DIM, checkInt } from '../core/geometry.js';
 import type { ImportanceTracker } from '../trackers/tracker.js';
 import type { AttentionSpec, Backend, LayerStore, LayerStoreSpec } from './backend.js';
 
-/**
- * The layer a store belongs to, which trackers see (the `random` tracker draws from it). Stores that
- * do not say are layer 0.
- */
-function layerOf(store: LayerStore | LayerStoreSpec): number {
-  return (store as { readonly layer?: number }).layer ?? 0;
-}
 
 /** Stored elements as numbers: an f32 view, or the 16-bit words of an f16/bf16 store. */
 function elements(dtype: DType, bytes: Uint8Array): Float32Array | Uint16Array {
@@ -124,7 +117,7 @@ export function createReferenceBackend(): Backend {
           combined[j] = tracker.gqa === 'mean' ? Math.fround(acc / group) : acc;
         }
         const { scores, aux } = stateOf(store, seq, kvHead);
-        tracker.onObserve({ seq, layer: layerOf(store), kvHead, length: n, step, probs: combined, scores, aux });
+        tracker.onObserve({ seq, layer: store.layer, kvHead, length: n, step, probs: combined, scores, aux });
       }
     }
     store.steps[seq] = step + 1;
@@ -238,7 +231,7 @@ export function createReferenceBackend(): Backend {
       const headDim = checkInt(spec.headDim, 'headDim', 1, MAX_HEAD_DIM);
       const capacity = checkInt(spec.capacity, 'capacity', 1);
       const auxWords = checkInt(spec.auxWords, 'auxWords', 0, 1 << 16);
-      const layer = checkInt(layerOf(spec), 'layer', 0);
+      const layer = checkInt(spec.layer, 'layer', 0);
       const tokens = maxSequences * kvHeads * capacity;
       const elementBytes = bytesPerElement(dtype);
       try {
@@ -300,7 +293,7 @@ export function createReferenceBackend(): Backend {
           const slot = length + i;
           const key = new Float32Array(headDim);
           for (let d = 0; d < headDim; d++) key[d] = decodeElement(dtype, keys[(base + slot) * headDim + d]!);
-          tracker.onAppend({ seq, layer: layerOf(store), kvHead: h, index: slot, position: firstPosition + i, key, scores, aux });
+          tracker.onAppend({ seq, layer: store.layer, kvHead: h, index: slot, position: firstPosition + i, key, scores, aux });
         }
       }
     },

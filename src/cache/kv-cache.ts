@@ -91,9 +91,9 @@ export class KVCache implements Disposable {
     this.policy = options.policy;
     this.#backend = backend;
     const { layers, kvHeads, headDim, queryHeads } = options.geometry;
-    this.#stores = options.capacities.map((capacity) =>
+    this.#stores = options.capacities.map((capacity, layer) =>
       backend.allocate({
-        dtype: options.dtype, maxSequences: options.maxSequences, kvHeads, headDim, capacity,
+        layer, dtype: options.dtype, maxSequences: options.maxSequences, kvHeads, headDim, capacity,
         auxWords: options.tracker.auxWords,
       }));
     this.#open = new Uint8Array(options.maxSequences);

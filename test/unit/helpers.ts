@@ -20,7 +20,7 @@ export function setup(options: {
     headDim: options.headDim ?? 4,
     capacity: options.capacity ?? 16,
     auxWords: options.auxWords ?? 0,
-    ...(options.layer === undefined ? {} : { layer: options.layer }),
+    layer: options.layer ?? 0,
   };
   return { backend, store: backend.allocate(spec) };
 }

@@ -20,7 +20,7 @@ describe('reference allocate', () => {
 
   it('rejects impossible specs naming the field', () => {
     const backend = createReferenceBackend();
-    const spec = { dtype: 'f32', maxSequences: 1, kvHeads: 1, headDim: 4, capacity: 4, auxWords: 0 } as const;
+    const spec = { layer: 0, dtype: 'f32', maxSequences: 1, kvHeads: 1, headDim: 4, capacity: 4, auxWords: 0 } as const;
     expectKvError(() => backend.allocate({ ...spec, dtype: 'f8' as 'f32' }), KvErrorCode.DType, 'dtype');
     expectKvError(() => backend.allocate({ ...spec, headDim: 513 }), KvErrorCode.Argument, 'headDim');
     expectKvError(() => backend.allocate({ ...spec, capacity: 0 }), KvErrorCode.Argument, 'capacity');
@@ -33,7 +33,7 @@ describe('reference allocate', () => {
     const backend = createReferenceBackend();
     backend.dispose();
     backend.dispose();
-    expectKvError(() => backend.allocate({ dtype: 'f32', maxSequences: 1, kvHeads: 1, headDim: 4, capacity: 4, auxWords: 0 }), KvErrorCode.Disposed);
+    expectKvError(() => backend.allocate({ layer: 0, dtype: 'f32', maxSequences: 1, kvHeads: 1, headDim: 4, capacity: 4, auxWords: 0 }), KvErrorCode.Disposed);
   });
 });
 
