@@ -22,6 +22,33 @@ const TRACKERS: readonly [string, () => ImportanceTracker][] = [
   ['random({ seed: 7 })', () => random({ seed: 7 })],
 ];
 
+/** Users' trackers, written in TypeScript against the documented interface (the backends call their hooks). */
+const CUSTOM: readonly [string, () => ImportanceTracker][] = [
+  // The example of the ImportanceTracker docs: keep the tokens attended to most recently.
+  ['custom lastSeen (attention, gqa max)', () => ({
+    name: 'lastSeen', input: 'attention', scope: 'head', auxWords: 0, gqa: 'max',
+    onAppend(t) { t.scores[t.index] = t.position; },
+    onObserve(o) { for (let j = 0; j < o.length; j++) if (o.probs[j]! > 0.05) o.scores[j] = o.step; },
+  })],
+  // Layer scope with aux words: counts observations above the mean in aux, scores by that count.
+  ['custom hits (attention, scope layer, 2 aux words)', () => ({
+    name: 'hits', input: 'attention', scope: 'layer', auxWords: 2, gqa: 'mean',
+    onAppend(t) { t.scores[t.index] = 0; t.aux[t.index * 2 + 1] = t.position; },
+    onObserve(o) {
+      for (let j = 0; j < o.length; j++) {
+        if (o.probs[j]! * o.length >= 1) o.aux[j * 2] = o.aux[j * 2]! + 1;
+        o.scores[j] = o.aux[j * 2]! + o.aux[j * 2 + 1]! / 1e6;
+      }
+    },
+  })],
+  // Reads the key as stored: the L1 norm, largest kept.
+  ['custom l1 (keys)', () => ({
+    name: 'l1', input: 'keys', scope: 'head', auxWords: 0, gqa: 'mean',
+    onAppend(t) { let s = 0; for (const x of t.key) s += Math.abs(x); t.scores[t.index] = s; },
+    onObserve() {},
+  })],
+];
+
 const POLICIES: readonly [string, () => BudgetPolicy][] = [
   ['fixedBudget({ tokens: 10, sinks: 2, recent: 3, drop: 2 })', () => fixedBudget({ tokens: 10, sinks: 2, recent: 3, drop: 2 })],
   ['fixedBudget({ tokens: 6, recent: 0 })', () => fixedBudget({ tokens: 6, recent: 0 })],
@@ -29,5 +56,5 @@ const POLICIES: readonly [string, () => BudgetPolicy][] = [
   ['fullCache({ maxTokens: 12 })', () => fullCache({ maxTokens: 12 })],
 ];
 
-for (const [title, factory] of TRACKERS) runConformance(`tracker ${title}`, trackerConformance(factory, options), { describe, it });
+for (const [title, factory] of [...TRACKERS, ...CUSTOM]) runConformance(`tracker ${title}`, trackerConformance(factory, options), { describe, it });
 for (const [title, factory] of POLICIES) runConformance(`policy ${title}`, policyConformance(factory, options), { describe, it });
