@@ -1,9 +1,9 @@
 // Decode and prefill attention (docs/semantics.md), with the tracker fed in the same pass.
 //
 // Work is done per KV head, so each key and value is read from memory once for all G query heads of its
-// group: the keys are decoded tile by tile into a small f32 buffer that stays in L1 while every query
-// of the block is dotted against it (scores of the whole row land in scratch), then the softmax turns
-// scores into probabilities in place, then the values are streamed the same way into f32 accumulators.
+// group: the primitives decode f16/bf16 in registers as they dot every key with all the queries of the
+// block (the scores of the whole row land in scratch), the softmax turns scores into probabilities in
+// place, then every value row is loaded once and accumulated into all the queries' outputs.
 // Prefill runs the same code on blocks of rows (each row with its causal length). The probabilities are
 // then combined over the group and handed to the tracker rule, one observation per row, in row order.
 #include <algorithm>
@@ -37,7 +37,8 @@ struct Plan {
   size_t block_rows;
   size_t s_stride;
   uint64_t first_step;
-  // f32 store whose rows need no padding: the primitives read keys and values in place.
+  // Rows are whole vectors: the primitives read keys and values in place (else tiles are first
+  // decoded into padded f32 rows).
   bool in_place;
   size_t scratch_floats;
 };
@@ -98,13 +99,17 @@ void store_outputs(const Plan& plan, int32_t head, int32_t r0, int32_t r1, const
   }
 }
 
-// Rows of `data` (keys or values of one head) [t0, t0 + nt) as padded f32 rows.
-const float* rows_f32(const Plan& plan, const uint8_t* data, size_t t0, size_t nt, float* tile) {
+// Rows [t0, t0 + nt) of `data` (the keys or values of one head, n_max rows used). Also asks for the next
+// tile ahead of time: hardware prefetchers stop at page boundaries, and a tile spans pages, so without
+// this every tile would start with a full memory latency.
+Rows tile_rows(const Plan& plan, const uint8_t* data, size_t t0, size_t nt, size_t n_max, float* tile) {
   const LayerView& view = *plan.view;
   const uint8_t* src = data + t0 * view.row_bytes();
-  if (plan.in_place) return reinterpret_cast<const float*>(src);
+  const size_t ahead = std::min(plan.tile_tokens, n_max - t0 - nt) * view.row_bytes();
+  for (size_t b = 0; b < ahead; b += 64) __builtin_prefetch(src + nt * view.row_bytes() + b, 0, 3);
+  if (plan.in_place) return Rows{view.dtype, src, static_cast<size_t>(view.head_dim)};
   plan.prims->to_f32(view.dtype, src, nt, static_cast<size_t>(view.head_dim), plan.dp, tile);
-  return tile;
+  return Rows{DType::F32, reinterpret_cast<const uint8_t*>(tile), plan.dp};
 }
 
 void attend_head(const Plan& plan, const Scratch& sc, int32_t head) {
@@ -130,19 +135,18 @@ void attend_head(const Plan& plan, const Scratch& sc, int32_t head) {
     load_queries(plan, head, b0, b1, sc.q);
     for (size_t t0 = 0; t0 < n_max; t0 += plan.tile_tokens) {
       const size_t nt = std::min(plan.tile_tokens, n_max - t0);
-      prims.dots(rows_f32(plan, keys, t0, nt, sc.tile), nt, sc.q, queries, dp, args.scale, sc.s + t0, plan.s_stride);
+      prims.dots(tile_rows(plan, keys, t0, nt, n_max, sc.tile), nt, sc.q, queries, dp, args.scale, sc.s + t0, plan.s_stride);
     }
     for (size_t q = 0; q < queries; ++q) {
-      if (attended(q) > 0) prims.softmax(sc.s + q * plan.s_stride, attended(q));
+      // Slots a causal row does not see get probability 0, so all rows of the block share one pass.
+      float* row = sc.s + q * plan.s_stride;
+      if (attended(q) > 0) prims.softmax(row, attended(q));
+      std::fill(row + attended(q), row + n_max, 0.0f);
     }
     std::fill(sc.acc, sc.acc + queries * dp, 0.0f);
     for (size_t t0 = 0; t0 < n_max; t0 += plan.tile_tokens) {
       const size_t nt = std::min(plan.tile_tokens, n_max - t0);
-      const float* v = rows_f32(plan, values, t0, nt, sc.tile);
-      for (size_t q = 0; q < queries; ++q) {
-        const size_t n = attended(q);
-        if (n > t0) prims.accumulate(v, std::min(nt, n - t0), sc.s + q * plan.s_stride + t0, dp, sc.acc + q * dp);
-      }
+      prims.accumulate(tile_rows(plan, values, t0, nt, n_max, sc.tile), nt, sc.s + t0, plan.s_stride, queries, dp, sc.acc);
     }
     store_outputs(plan, head, b0, b1, sc.acc);
 
@@ -200,7 +204,7 @@ Status attend(Context& ctx, const LayerView& view, const AttentionArgs& args, co
   plan.prims = &ctx.primitives();
   plan.group = static_cast<size_t>(args.query_heads / view.kv_heads);
   plan.dp = padded_dim(view.head_dim);
-  plan.in_place = view.dtype == DType::F32 && plan.dp == static_cast<size_t>(view.head_dim);
+  plan.in_place = plan.dp == static_cast<size_t>(view.head_dim);
   plan.tile_tokens = std::max<size_t>(4, kTileFloats / plan.dp);
   plan.block_rows = std::min(std::max<size_t>(1, kBlockQueries / plan.group), static_cast<size_t>(args.row_end - args.row_begin));
   plan.first_step = static_cast<uint64_t>(view.steps[args.seq]);

@@ -14,16 +14,25 @@ namespace sh::cpu {
 // rounded up to whole 8-float vectors, padding zeroed, so inner loops have no tails.
 inline size_t padded_dim(int32_t head_dim) { return (static_cast<size_t>(head_dim) + 7) & ~static_cast<size_t>(7); }
 
+// Rows of keys or values as the attention primitives read them: `stride` elements of `dtype` apart,
+// each with at least padded_dim(head_dim) readable elements.
+struct Rows {
+  DType dtype;
+  const uint8_t* data;
+  size_t stride;
+};
+
 // The vectorisable inner loops of attention, one table per instruction set.
 struct Primitives {
-  // Decodes count stored rows of head_dim elements into f32 rows of stride dp, zero-padded.
+  // Decodes count stored rows of head_dim elements into f32 rows of stride dp, zero-padded (used when
+  // head_dim is not a whole number of vectors, so that the other primitives never see a ragged row).
   void (*to_f32)(DType dtype, const uint8_t* src, size_t count, size_t head_dim, size_t dp, float* dst);
-  // s[q * s_stride + t] = scale * dot(qs + q * dp, k + t * dp) for q < nq, t < nt.
-  void (*dots)(const float* k, size_t nt, const float* qs, size_t nq, size_t dp, float scale, float* s, size_t s_stride);
+  // s[q * s_stride + t] = scale * dot(qs + q * dp, k row t) for q < nq, t < nt.
+  void (*dots)(Rows k, size_t nt, const float* qs, size_t nq, size_t dp, float scale, float* s, size_t s_stride);
   // Turns scores s[0..n) into probabilities in place (n >= 1).
   void (*softmax)(float* s, size_t n);
-  // acc[c] += sum over t < nt of p[t] * v[t * dp + c], for c < dp.
-  void (*accumulate)(const float* v, size_t nt, const float* p, size_t dp, float* acc);
+  // acc[q * dp + c] += sum over t < nt of p[q * p_stride + t] * (v row t)[c], for q < nq, c < dp.
+  void (*accumulate)(Rows v, size_t nt, const float* p, size_t p_stride, size_t nq, size_t dp, float* acc);
 };
 
 const Primitives& scalar_primitives();

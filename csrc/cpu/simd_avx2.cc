@@ -3,28 +3,39 @@
 // can leak AVX2 instructions into code that runs before the CPU check.
 #include <immintrin.h>
 
+#include <cstring>
+
 #include "internal.h"
 
 #define SH_AVX2 __attribute__((target("avx2,fma,f16c")))
+// The block kernels must be inlined into their loops for their accumulators to stay in registers.
+#define SH_INLINE inline __attribute__((always_inline))
 
 namespace sh::cpu {
 namespace {
 
-SH_AVX2 inline float hsum(__m256 v) {
+SH_AVX2 SH_INLINE float hsum(__m256 v) {
   __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   x = _mm_add_ps(x, _mm_movehl_ps(x, x));
   x = _mm_add_ss(x, _mm_movehdup_ps(x));
   return _mm_cvtss_f32(x);
 }
 
+// [sum(x[0]), ..., sum(x[7])]: eight horizontal sums in one transpose-and-add tree.
+SH_AVX2 SH_INLINE __m256 hsum8(const __m256* x) {
+  const __m256 a = _mm256_hadd_ps(_mm256_hadd_ps(x[0], x[1]), _mm256_hadd_ps(x[2], x[3]));
+  const __m256 b = _mm256_hadd_ps(_mm256_hadd_ps(x[4], x[5]), _mm256_hadd_ps(x[6], x[7]));
+  return _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
+}
+
 // Lanes [0, n) set, for the ragged end of a row (n in 1..7).
-SH_AVX2 inline __m256i tail_mask(size_t n) {
+SH_AVX2 SH_INLINE __m256i tail_mask(size_t n) {
   const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), lanes);
 }
 
 // exp for x <= 0 (Cephes polynomial, about 1 ulp); underflows to exactly 0 below -87, keeps NaN.
-SH_AVX2 inline __m256 exp_nonpositive(__m256 x) {
+SH_AVX2 SH_INLINE __m256 exp_nonpositive(__m256 x) {
   const __m256 underflow = _mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_LT_OQ);
   // Operand order keeps a NaN x (min/max return their second operand on NaN).
   x = _mm256_max_ps(_mm256_set1_ps(-87.0f), _mm256_min_ps(_mm256_set1_ps(0.0f), x));
@@ -70,43 +81,124 @@ SH_AVX2 void to_f32(DType dtype, const uint8_t* src, size_t count, size_t head_d
   }
 }
 
-// TB keys against GB queries: TB * GB accumulators stay in registers, each key vector loaded once.
-template <int TB, int GB>
-SH_AVX2 inline void dot_block(const float* k, const float* qs, size_t dp, float scale, float* s, size_t s_stride) {
-  __m256 acc[TB][GB];
-  for (int t = 0; t < TB; ++t) {
-    for (int g = 0; g < GB; ++g) acc[t][g] = _mm256_setzero_ps();
+// Eight elements of a stored row decoded to f32; the dtype is a template argument so that the hot loops
+// carry no branch.
+template <DType DT>
+SH_AVX2 SH_INLINE __m256 load8(const uint8_t* row, size_t c) {
+  if constexpr (DT == DType::F32) {
+    return _mm256_loadu_ps(reinterpret_cast<const float*>(row) + c);
+  } else if constexpr (DT == DType::F16) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * c)));
+  } else {
+    const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * c)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
   }
+}
+
+// TB keys against GB queries: TB * GB accumulators stay in registers, each key vector is loaded (and
+// decoded) once for all GB queries.
+template <DType DT, int TB, int GB>
+SH_AVX2 SH_INLINE void dot_block(const uint8_t* k, size_t row_bytes, const float* qs, size_t dp, float scale, float* s,
+                                 size_t s_stride) {
+  // acc[g * TB + t]: with TB * GB == 8 the sums of one query are adjacent lanes after hsum8.
+  __m256 acc[TB * GB];
+  for (int i = 0; i < TB * GB; ++i) acc[i] = _mm256_setzero_ps();
   for (size_t c = 0; c < dp; c += 8) {
     __m256 qv[GB];
     for (int g = 0; g < GB; ++g) qv[g] = _mm256_load_ps(qs + g * dp + c);
     for (int t = 0; t < TB; ++t) {
-      const __m256 kv = _mm256_loadu_ps(k + t * dp + c);
-      for (int g = 0; g < GB; ++g) acc[t][g] = _mm256_fmadd_ps(kv, qv[g], acc[t][g]);
+      const __m256 kv = load8<DT>(k + t * row_bytes, c);
+      for (int g = 0; g < GB; ++g) acc[g * TB + t] = _mm256_fmadd_ps(kv, qv[g], acc[g * TB + t]);
     }
   }
-  for (int t = 0; t < TB; ++t) {
-    for (int g = 0; g < GB; ++g) s[g * s_stride + t] = scale * hsum(acc[t][g]);
+  if constexpr (TB * GB == 8) {
+    alignas(32) float sums[8];
+    _mm256_store_ps(sums, _mm256_mul_ps(_mm256_set1_ps(scale), hsum8(acc)));
+    for (int g = 0; g < GB; ++g) std::memcpy(s + g * s_stride, sums + g * TB, TB * sizeof(float));
+  } else {
+    for (int g = 0; g < GB; ++g) {
+      for (int t = 0; t < TB; ++t) s[g * s_stride + t] = scale * hsum(acc[g * TB + t]);
+    }
   }
 }
 
-template <int TB, int GB>
-SH_AVX2 inline void dot_rows(const float* k, size_t nt, const float* qs, size_t dp, float scale, float* s,
-                             size_t s_stride) {
+template <DType DT, int TB, int GB>
+SH_AVX2 SH_INLINE void dot_rows(const uint8_t* k, size_t row_bytes, size_t nt, const float* qs, size_t dp, float scale,
+                             float* s, size_t s_stride) {
   size_t t = 0;
-  for (; t + TB <= nt; t += TB) dot_block<TB, GB>(k + t * dp, qs, dp, scale, s + t, s_stride);
-  for (; t < nt; ++t) dot_block<1, GB>(k + t * dp, qs, dp, scale, s + t, s_stride);
+  for (; t + TB <= nt; t += TB) dot_block<DT, TB, GB>(k + t * row_bytes, row_bytes, qs, dp, scale, s + t, s_stride);
+  for (; t < nt; ++t) dot_block<DT, 1, GB>(k + t * row_bytes, row_bytes, qs, dp, scale, s + t, s_stride);
 }
 
-SH_AVX2 void dots(const float* k, size_t nt, const float* qs, size_t nq, size_t dp, float scale, float* s,
-                  size_t s_stride) {
+template <DType DT>
+SH_AVX2 void dots_of(Rows k, size_t nt, const float* qs, size_t nq, size_t dp, float scale, float* s, size_t s_stride) {
+  const size_t rb = k.stride * bytes_per_element(DT);
   size_t q = 0;
-  for (; q + 4 <= nq; q += 4) dot_rows<2, 4>(k, nt, qs + q * dp, dp, scale, s + q * s_stride, s_stride);
+  for (; q + 4 <= nq; q += 4) dot_rows<DT, 2, 4>(k.data, rb, nt, qs + q * dp, dp, scale, s + q * s_stride, s_stride);
   switch (nq - q) {
-    case 3: dot_rows<2, 3>(k, nt, qs + q * dp, dp, scale, s + q * s_stride, s_stride); break;
-    case 2: dot_rows<4, 2>(k, nt, qs + q * dp, dp, scale, s + q * s_stride, s_stride); break;
-    case 1: dot_rows<8, 1>(k, nt, qs + q * dp, dp, scale, s + q * s_stride, s_stride); break;
+    case 3: dot_rows<DT, 2, 3>(k.data, rb, nt, qs + q * dp, dp, scale, s + q * s_stride, s_stride); break;
+    case 2: dot_rows<DT, 4, 2>(k.data, rb, nt, qs + q * dp, dp, scale, s + q * s_stride, s_stride); break;
+    case 1: dot_rows<DT, 8, 1>(k.data, rb, nt, qs + q * dp, dp, scale, s + q * s_stride, s_stride); break;
     default: break;
+  }
+}
+
+SH_AVX2 void dots(Rows k, size_t nt, const float* qs, size_t nq, size_t dp, float scale, float* s, size_t s_stride) {
+  switch (k.dtype) {
+    case DType::F32: return dots_of<DType::F32>(k, nt, qs, nq, dp, scale, s, s_stride);
+    case DType::F16: return dots_of<DType::F16>(k, nt, qs, nq, dp, scale, s, s_stride);
+    case DType::BF16: return dots_of<DType::BF16>(k, nt, qs, nq, dp, scale, s, s_stride);
+  }
+}
+
+// CB vectors of every value row times GB queries' probabilities: the GB * CB accumulators stay in
+// registers across all nt rows, so each row's vectors are loaded (and decoded) once for the GB queries.
+template <DType DT, int GB, int CB>
+SH_AVX2 SH_INLINE void accumulate_block(const uint8_t* v, size_t row_bytes, size_t nt, const float* p, size_t p_stride,
+                                     size_t dp, size_t c, float* acc) {
+  __m256 a[GB][CB];
+  for (int g = 0; g < GB; ++g) {
+    for (int b = 0; b < CB; ++b) a[g][b] = _mm256_load_ps(acc + g * dp + c + 8 * b);
+  }
+  for (size_t t = 0; t < nt; ++t) {
+    __m256 x[CB];
+    for (int b = 0; b < CB; ++b) x[b] = load8<DT>(v + t * row_bytes, c + 8 * b);
+    for (int g = 0; g < GB; ++g) {
+      const __m256 w = _mm256_broadcast_ss(p + g * p_stride + t);
+      for (int b = 0; b < CB; ++b) a[g][b] = _mm256_fmadd_ps(w, x[b], a[g][b]);
+    }
+  }
+  for (int g = 0; g < GB; ++g) {
+    for (int b = 0; b < CB; ++b) _mm256_store_ps(acc + g * dp + c + 8 * b, a[g][b]);
+  }
+}
+
+template <DType DT, int GB>
+SH_AVX2 SH_INLINE void accumulate_queries(const uint8_t* v, size_t row_bytes, size_t nt, const float* p, size_t p_stride,
+                                       size_t dp, float* acc) {
+  size_t c = 0;
+  for (; c + 16 <= dp; c += 16) accumulate_block<DT, GB, 2>(v, row_bytes, nt, p, p_stride, dp, c, acc);
+  if (c < dp) accumulate_block<DT, GB, 1>(v, row_bytes, nt, p, p_stride, dp, c, acc);
+}
+
+template <DType DT>
+SH_AVX2 void accumulate_of(Rows v, size_t nt, const float* p, size_t p_stride, size_t nq, size_t dp, float* acc) {
+  const size_t rb = v.stride * bytes_per_element(DT);
+  size_t q = 0;
+  for (; q + 4 <= nq; q += 4) accumulate_queries<DT, 4>(v.data, rb, nt, p + q * p_stride, p_stride, dp, acc + q * dp);
+  switch (nq - q) {
+    case 3: accumulate_queries<DT, 3>(v.data, rb, nt, p + q * p_stride, p_stride, dp, acc + q * dp); break;
+    case 2: accumulate_queries<DT, 2>(v.data, rb, nt, p + q * p_stride, p_stride, dp, acc + q * dp); break;
+    case 1: accumulate_queries<DT, 1>(v.data, rb, nt, p + q * p_stride, p_stride, dp, acc + q * dp); break;
+    default: break;
+  }
+}
+
+SH_AVX2 void accumulate(Rows v, size_t nt, const float* p, size_t p_stride, size_t nq, size_t dp, float* acc) {
+  switch (v.dtype) {
+    case DType::F32: return accumulate_of<DType::F32>(v, nt, p, p_stride, nq, dp, acc);
+    case DType::F16: return accumulate_of<DType::F16>(v, nt, p, p_stride, nq, dp, acc);
+    case DType::BF16: return accumulate_of<DType::BF16>(v, nt, p, p_stride, nq, dp, acc);
   }
 }
 
@@ -138,29 +230,6 @@ SH_AVX2 void softmax(float* s, size_t n) {
   const __m256 inv = _mm256_set1_ps(1.0f / hsum(sum));
   for (j = 0; j < whole; j += 8) _mm256_storeu_ps(s + j, _mm256_mul_ps(_mm256_loadu_ps(s + j), inv));
   if (j < n) _mm256_maskstore_ps(s + j, mask, _mm256_mul_ps(_mm256_maskload_ps(s + j, mask), inv));
-}
-
-SH_AVX2 void accumulate(const float* v, size_t nt, const float* p, size_t dp, float* acc) {
-  size_t t = 0;
-  // Four tokens per pass over the accumulator: one load and one store of acc per four FMAs.
-  for (; t + 4 <= nt; t += 4) {
-    const __m256 p0 = _mm256_set1_ps(p[t]), p1 = _mm256_set1_ps(p[t + 1]);
-    const __m256 p2 = _mm256_set1_ps(p[t + 2]), p3 = _mm256_set1_ps(p[t + 3]);
-    const float* r = v + t * dp;
-    for (size_t c = 0; c < dp; c += 8) {
-      __m256 a = _mm256_load_ps(acc + c);
-      a = _mm256_fmadd_ps(p0, _mm256_loadu_ps(r + c), a);
-      a = _mm256_fmadd_ps(p1, _mm256_loadu_ps(r + dp + c), a);
-      a = _mm256_fmadd_ps(p2, _mm256_loadu_ps(r + 2 * dp + c), a);
-      a = _mm256_fmadd_ps(p3, _mm256_loadu_ps(r + 3 * dp + c), a);
-      _mm256_store_ps(acc + c, a);
-    }
-  }
-  for (; t < nt; ++t) {
-    const __m256 w = _mm256_set1_ps(p[t]);
-    const float* r = v + t * dp;
-    for (size_t c = 0; c < dp; c += 8) _mm256_store_ps(acc + c, _mm256_fmadd_ps(w, _mm256_loadu_ps(r + c), _mm256_load_ps(acc + c)));
-  }
 }
 
 constexpr Primitives kAvx2{to_f32, dots, softmax, accumulate};

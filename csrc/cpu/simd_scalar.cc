@@ -15,14 +15,25 @@ void to_f32(DType dtype, const uint8_t* src, size_t count, size_t head_dim, size
   }
 }
 
-void dots(const float* k, size_t nt, const float* qs, size_t nq, size_t dp, float scale, float* s, size_t s_stride) {
-  for (size_t q = 0; q < nq; ++q) {
-    const float* qv = qs + q * dp;
-    for (size_t t = 0; t < nt; ++t) {
-      const float* kv = k + t * dp;
+// Row t of `rows` decoded into dp floats.
+void decode_row(Rows rows, size_t t, size_t dp, float* out) {
+  if (rows.dtype == DType::F32) {
+    const float* row = reinterpret_cast<const float*>(rows.data) + t * rows.stride;
+    for (size_t c = 0; c < dp; ++c) out[c] = row[c];
+    return;
+  }
+  for (size_t c = 0; c < dp; ++c) out[c] = load_element(rows.dtype, rows.data, t * rows.stride + c);
+}
+
+void dots(Rows k, size_t nt, const float* qs, size_t nq, size_t dp, float scale, float* s, size_t s_stride) {
+  float key[kMaxHeadDim];
+  for (size_t t = 0; t < nt; ++t) {
+    decode_row(k, t, dp, key);
+    for (size_t q = 0; q < nq; ++q) {
+      const float* qv = qs + q * dp;
       float lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
       for (size_t c = 0; c < dp; c += 8) {
-        for (size_t l = 0; l < 8; ++l) lanes[l] += qv[c + l] * kv[c + l];
+        for (size_t l = 0; l < 8; ++l) lanes[l] += qv[c + l] * key[c + l];
       }
       const float sum = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
       s[q * s_stride + t] = scale * sum;
@@ -42,11 +53,15 @@ void softmax(float* s, size_t n) {
   for (size_t j = 0; j < n; ++j) s[j] *= inv;
 }
 
-void accumulate(const float* v, size_t nt, const float* p, size_t dp, float* acc) {
+void accumulate(Rows v, size_t nt, const float* p, size_t p_stride, size_t nq, size_t dp, float* acc) {
+  float value[kMaxHeadDim];
   for (size_t t = 0; t < nt; ++t) {
-    const float w = p[t];
-    const float* row = v + t * dp;
-    for (size_t c = 0; c < dp; ++c) acc[c] += w * row[c];
+    decode_row(v, t, dp, value);
+    for (size_t q = 0; q < nq; ++q) {
+      const float w = p[q * p_stride + t];
+      float* a = acc + q * dp;
+      for (size_t c = 0; c < dp; ++c) a[c] += w * value[c];
+    }
   }
 }
 

@@ -70,7 +70,7 @@ void init_slot(const LayerView& view, int32_t seq, int32_t head, int32_t slot, i
       return;
     }
     case TrackerKind::Random:
-      score = random_score(tracker.seed, tracker.layer, static_cast<uint32_t>(head), position);
+      score = random_score(tracker.seed, view.layer, static_cast<uint32_t>(head), position);
       return;
     case TrackerKind::Position:
       score = static_cast<float>(position);

@@ -10,8 +10,8 @@ namespace sh::napi {
 namespace {
 
 constexpr const char* kKeyNames[] = {
-    "dtype", "maxSequences", "kvHeads", "headDim", "capacity", "auxWords", "keys", "values", "positions", "scores",
-    "aux",   "lengths",      "steps",   "kind",    "window",   "seed",     "gqa",  "observes", "layer",
+    "layer",  "dtype", "maxSequences", "kvHeads", "headDim", "capacity", "auxWords", "keys", "values", "positions",
+    "scores", "aux",   "lengths",      "steps",   "kind",    "window",   "seed",     "gqa",  "observes",
 };
 static_assert(sizeof kKeyNames / sizeof kKeyNames[0] == static_cast<size_t>(Key::Count), "one name per Key");
 

@@ -12,6 +12,7 @@ namespace sh::napi {
 
 // Property names read on every call, interned once per environment.
 enum class Key : int {
+  Layer,
   DType,
   MaxSequences,
   KvHeads,
@@ -30,7 +31,6 @@ enum class Key : int {
   Seed,
   Gqa,
   Observes,
-  Layer,
   Count,
 };
 

@@ -107,6 +107,7 @@ Args::StoreRefs Args::read_store(size_t i) const {
   } else {
     fail(kDType, "store.dtype", "expected 'f32', 'f16' or 'bf16'");
   }
+  view.layer = static_cast<uint32_t>(integer_value(property(object, Key::Layer), "store.layer", 0, INT32_MAX));
   view.max_sequences = static_cast<int32_t>(integer_value(property(object, Key::MaxSequences), "store.maxSequences", 1, INT32_MAX));
   view.kv_heads = static_cast<int32_t>(integer_value(property(object, Key::KvHeads), "store.kvHeads", 1, 4096));
   view.head_dim = static_cast<int32_t>(integer_value(property(object, Key::HeadDim), "store.headDim", 1, kMaxHeadDim));
@@ -176,7 +177,6 @@ TrackerSpec Args::tracker(size_t i, const LayerView& view) const {
   spec.window = static_cast<uint32_t>(integer_value(property(object, Key::Window), "tracker.window", 0, INT32_MAX));
   // Seeds are taken modulo 2^32, as the 32-bit mixing of randomScore does.
   spec.seed = static_cast<uint32_t>(integer_value(property(object, Key::Seed), "tracker.seed", INT32_MIN, UINT32_MAX));
-  spec.layer = static_cast<uint32_t>(integer_value(property(object, Key::Layer), "tracker.layer", 0, INT32_MAX));
 
   char gqa[8] = {0};
   size_t gqa_length = 0;

@@ -15,11 +15,6 @@ import type { Backend, LayerStore, LayerStoreSpec } from './backend.js';
 /** Probability floats a custom tracker's prefill hands back per native call (4 MiB); rows go in blocks. */
 const PREFILL_SCRATCH_FLOATS = 1 << 20;
 
-/** The layer a store belongs to (the random tracker draws from it); stores that do not say are layer 0. */
-function layerOf(store: LayerStore | LayerStoreSpec): number {
-  return (store as { readonly layer?: number }).layer ?? 0;
-}
-
 /** Whether the kernels run the tracker's rule themselves (else its TypeScript hooks are called). */
 function isNative(tracker: ImportanceTracker): boolean {
   return tracker.kernel !== undefined && tracker.kernel.kind !== TrackerKind.Custom;
@@ -32,8 +27,8 @@ function describe(store: LayerStore, tracker: ImportanceTracker): NativeTracker 
   }
   const kernel = tracker.kernel;
   return isNative(tracker) && kernel !== undefined
-    ? { kind: kernel.kind, window: kernel.window, seed: kernel.seed, gqa: tracker.gqa, observes: tracker.input === 'attention', layer: layerOf(store) }
-    : { kind: TrackerKind.Custom, window: 0, seed: 0, gqa: tracker.gqa, observes: tracker.input === 'attention', layer: layerOf(store) };
+    ? { kind: kernel.kind, window: kernel.window, seed: kernel.seed, gqa: tracker.gqa, observes: tracker.input === 'attention' }
+    : { kind: TrackerKind.Custom, window: 0, seed: 0, gqa: tracker.gqa, observes: tracker.input === 'attention' };
 }
 
 /** The tracker's views of one (sequence, KV head): its scores and aux words rows. */
@@ -86,7 +81,7 @@ export function createCpuBackend(): Backend {
       const n = store.lengths[seq * store.kvHeads + kvHead]! - hidden;
       const from = at + kvHead * store.capacity;
       const { scores, aux } = stateOf(store, seq, kvHead);
-      tracker.onObserve({ seq, layer: layerOf(store), kvHead, length: n, step, probs: probs.subarray(from, from + n), scores, aux });
+      tracker.onObserve({ seq, layer: store.layer, kvHead, length: n, step, probs: probs.subarray(from, from + n), scores, aux });
     }
   }
 
@@ -101,12 +96,12 @@ export function createCpuBackend(): Backend {
       const headDim = checkInt(spec.headDim, 'headDim', 1, MAX_HEAD_DIM);
       const capacity = checkInt(spec.capacity, 'capacity', 1);
       const auxWords = checkInt(spec.auxWords, 'auxWords', 0, 1 << 16);
-      const layer = checkInt(layerOf(spec), 'layer', 0);
+      const layer = checkInt(spec.layer, 'layer', 0);
       const tokens = maxSequences * kvHeads * capacity;
       const elementBytes = bytesPerElement(dtype);
       try {
         return {
-          dtype, maxSequences, kvHeads, headDim, capacity, auxWords, layer,
+          layer, dtype, maxSequences, kvHeads, headDim, capacity, auxWords,
           keys: new Uint8Array(tokens * headDim * elementBytes),
           values: new Uint8Array(tokens * headDim * elementBytes),
           positions: new Int32Array(tokens),
@@ -114,7 +109,7 @@ export function createCpuBackend(): Backend {
           aux: new Uint32Array(tokens * auxWords),
           lengths: new Int32Array(maxSequences * kvHeads),
           steps: new Float64Array(maxSequences),
-        } as LayerStore;
+        };
       } catch (e) {
         if (e instanceof RangeError) throw new ArgumentError(`${tokens} token slots of ${headDim} elements cannot be allocated`, 'capacity');
         throw e;
@@ -139,7 +134,7 @@ export function createCpuBackend(): Backend {
         for (let i = 0; i < count; i++) {
           const at = (i * kvHeads + h) * headDim;
           tracker.onAppend({
-            seq, layer: layerOf(store), kvHead: h, index: before[h]! + i, position: firstPosition + i,
+            seq, layer: store.layer, kvHead: h, index: before[h]! + i, position: firstPosition + i,
             key: keys.subarray(at, at + headDim), scores, aux,
           });
         }

@@ -22,6 +22,8 @@ export interface NativeInfo {
 
 /** A layer's storage as the addon reads it; a `LayerStore` has this shape. */
 export interface NativeStore {
+  /** The layer index, an input of the random tracker. */
+  readonly layer: number;
   readonly dtype: DType;
   readonly maxSequences: number;
   readonly kvHeads: number;
@@ -48,8 +50,6 @@ export interface NativeTracker {
   readonly gqa: 'mean' | 'max';
   /** Whether observations update it (`input === 'attention'`); the clock advances either way. */
   readonly observes: boolean;
-  /** The store's layer, an input of the random tracker. */
-  readonly layer: number;
 }
 
 /** Makes the error the addon throws; the loader passes one that builds {@link KvError} subclasses. */

@@ -14,6 +14,8 @@ namespace sh {
 constexpr int32_t kMaxHeadDim = 512;
 
 struct LayerView {
+  // Index of the layer the store serves (an input of the random tracker).
+  uint32_t layer = 0;
   DType dtype = DType::F32;
   int32_t max_sequences = 0;
   int32_t kv_heads = 0;

@@ -29,8 +29,6 @@ struct TrackerSpec {
   GqaReduce gqa = GqaReduce::Mean;
   // False for trackers whose input is not attention: observations then only advance the clock.
   bool observes = false;
-  // Layer index, an input of the random tracker's score.
-  uint32_t layer = 0;
 };
 
 // randomScore of docs/semantics.md: a 24-bit hash of (seed, layer, kvHead, position) scaled to [0, 1).
