@@ -66,20 +66,62 @@ function makeBlock(m: KVCacheModel, rows: number, data: DataSpec): Block {
 }
 
 /**
+ * What every command of the model shares: fast-check calls `check` with the model to see whether the
+ * command applies, then `run` with the model and the cache under test, and prints it with `toString`.
+ * @example
+ * ```ts
+ * class Noop extends CacheCommandBase {
+ *   override run(m: KVCacheModel, r: KVCache): void { m.verify(r); }
+ *   override toString(): string { return 'noop'; }
+ * }
+ * ```
+ */
+export abstract class CacheCommandBase implements CacheCommand {
+  /**
+   * Whether the command applies in the model's state (by default: some sequence is open).
+   * @example
+   * ```ts
+   * if (command.check(model)) command.run(model, cache);
+   * ```
+   */
+  check(m: KVCacheModel): boolean {
+    return m.openSequences().length > 0;
+  }
+
+  /**
+   * Runs the command on the cache under test and on the model, which checks every invariant.
+   * @example
+   * ```ts
+   * new OpenCommand().run(model, cache);
+   * ```
+   */
+  abstract run(m: KVCacheModel, r: KVCache): void;
+
+  /**
+   * How the command prints in a counterexample.
+   * @example
+   * ```ts
+   * String(new ResetCommand(1)); // 'reset(#1)'
+   * ```
+   */
+  abstract toString(): string;
+}
+
+/**
  * Opens a sequence (or, with every slot open, expects `KV_CAPACITY`).
  * @example
  * ```ts
  * new OpenCommand().run(model, cache);
  * ```
  */
-export class OpenCommand implements CacheCommand {
-  check(): boolean {
+export class OpenCommand extends CacheCommandBase {
+  override check(): boolean {
     return true;
   }
-  run(m: KVCacheModel, r: KVCache): void {
+  override run(m: KVCacheModel, r: KVCache): void {
     m.step(r, { op: 'open' });
   }
-  toString(): string {
+  override toString(): string {
     return 'open';
   }
 }
@@ -91,15 +133,14 @@ export class OpenCommand implements CacheCommand {
  * new CloseCommand(0).run(model, cache);
  * ```
  */
-export class CloseCommand implements CacheCommand {
-  constructor(readonly pick: number) {}
-  check(m: KVCacheModel): boolean {
-    return m.openSequences().length > 0;
+export class CloseCommand extends CacheCommandBase {
+  constructor(readonly pick: number) {
+    super();
   }
-  run(m: KVCacheModel, r: KVCache): void {
+  override run(m: KVCacheModel, r: KVCache): void {
     m.step(r, { op: 'close', seq: pickOpen(m, this.pick) });
   }
-  toString(): string {
+  override toString(): string {
     return `close(#${this.pick})`;
   }
 }
@@ -111,15 +152,14 @@ export class CloseCommand implements CacheCommand {
  * new ResetCommand(1).run(model, cache);
  * ```
  */
-export class ResetCommand implements CacheCommand {
-  constructor(readonly pick: number) {}
-  check(m: KVCacheModel): boolean {
-    return m.openSequences().length > 0;
+export class ResetCommand extends CacheCommandBase {
+  constructor(readonly pick: number) {
+    super();
   }
-  run(m: KVCacheModel, r: KVCache): void {
+  override run(m: KVCacheModel, r: KVCache): void {
     m.step(r, { op: 'reset', seq: pickOpen(m, this.pick) });
   }
-  toString(): string {
+  override toString(): string {
     return `reset(#${this.pick})`;
   }
 }
@@ -131,16 +171,15 @@ export class ResetCommand implements CacheCommand {
  * new AttendCommand(0, 1, data).run(model, cache);
  * ```
  */
-export class AttendCommand implements CacheCommand {
-  constructor(readonly pick: number, readonly layer: number, readonly data: DataSpec) {}
-  check(m: KVCacheModel): boolean {
-    return m.openSequences().length > 0;
+export class AttendCommand extends CacheCommandBase {
+  constructor(readonly pick: number, readonly layer: number, readonly data: DataSpec) {
+    super();
   }
-  run(m: KVCacheModel, r: KVCache): void {
+  override run(m: KVCacheModel, r: KVCache): void {
     const seq = pickOpen(m, this.pick);
     m.step(r, { op: 'attend', seq, layer: this.layer, ...makeBlock(m, 1, this.data) });
   }
-  toString(): string {
+  override toString(): string {
     return `attend(#${this.pick}, layer ${this.layer}, ${showData(this.data)})`;
   }
 }
@@ -152,18 +191,17 @@ export class AttendCommand implements CacheCommand {
  * new DecodeStepCommand(0, data).run(model, cache);
  * ```
  */
-export class DecodeStepCommand implements CacheCommand {
-  constructor(readonly pick: number, readonly data: DataSpec) {}
-  check(m: KVCacheModel): boolean {
-    return m.openSequences().length > 0;
+export class DecodeStepCommand extends CacheCommandBase {
+  constructor(readonly pick: number, readonly data: DataSpec) {
+    super();
   }
-  run(m: KVCacheModel, r: KVCache): void {
+  override run(m: KVCacheModel, r: KVCache): void {
     const seq = pickOpen(m, this.pick);
     for (let layer = 0; layer < m.geometry.layers; layer++) {
       m.step(r, { op: 'attend', seq, layer, ...makeBlock(m, 1, { ...this.data, seed: (this.data.seed + layer * 7919) >>> 0 }) });
     }
   }
-  toString(): string {
+  override toString(): string {
     return `decodeStep(#${this.pick}, ${showData(this.data)})`;
   }
 }
@@ -175,16 +213,15 @@ export class DecodeStepCommand implements CacheCommand {
  * new PrefillCommand(0, 0, 12, data).run(model, cache);
  * ```
  */
-export class PrefillCommand implements CacheCommand {
-  constructor(readonly pick: number, readonly layer: number, readonly rows: number, readonly data: DataSpec) {}
-  check(m: KVCacheModel): boolean {
-    return m.openSequences().length > 0;
+export class PrefillCommand extends CacheCommandBase {
+  constructor(readonly pick: number, readonly layer: number, readonly rows: number, readonly data: DataSpec) {
+    super();
   }
-  run(m: KVCacheModel, r: KVCache): void {
+  override run(m: KVCacheModel, r: KVCache): void {
     const seq = pickOpen(m, this.pick);
     m.step(r, { op: 'prefill', seq, layer: this.layer, ...makeBlock(m, this.rows, this.data) });
   }
-  toString(): string {
+  override toString(): string {
     return `prefill(#${this.pick}, layer ${this.layer}, ${this.rows} rows, ${showData(this.data)})`;
   }
 }
@@ -196,18 +233,17 @@ export class PrefillCommand implements CacheCommand {
  * new AppendCommand(0, 0, 3, data).run(model, cache);
  * ```
  */
-export class AppendCommand implements CacheCommand {
-  constructor(readonly pick: number, readonly layer: number, readonly rows: number, readonly data: DataSpec) {}
-  check(m: KVCacheModel): boolean {
-    return m.openSequences().length > 0;
+export class AppendCommand extends CacheCommandBase {
+  constructor(readonly pick: number, readonly layer: number, readonly rows: number, readonly data: DataSpec) {
+    super();
   }
-  run(m: KVCacheModel, r: KVCache): void {
+  override run(m: KVCacheModel, r: KVCache): void {
     const seq = pickOpen(m, this.pick);
     const rows = Math.max(1, Math.min(this.rows, m.capacities[this.layer]! - m.policy.sinks));
     const { k, v } = makeBlock(m, rows, this.data);
     m.step(r, { op: 'append', seq, layer: this.layer, k, v });
   }
-  toString(): string {
+  override toString(): string {
     return `append(#${this.pick}, layer ${this.layer}, ${this.rows} rows, ${showData(this.data)})`;
   }
 }
@@ -220,12 +256,11 @@ export class AppendCommand implements CacheCommand {
  * new ObserveCommand(0, 0, 5, 'ties', 2).run(model, cache);
  * ```
  */
-export class ObserveCommand implements CacheCommand {
-  constructor(readonly pick: number, readonly layer: number, readonly seed: number, readonly kind: AttentionRowKind, readonly pad: number) {}
-  check(m: KVCacheModel): boolean {
-    return m.openSequences().length > 0;
+export class ObserveCommand extends CacheCommandBase {
+  constructor(readonly pick: number, readonly layer: number, readonly seed: number, readonly kind: AttentionRowKind, readonly pad: number) {
+    super();
   }
-  run(m: KVCacheModel, r: KVCache): void {
+  override run(m: KVCacheModel, r: KVCache): void {
     const seq = pickOpen(m, this.pick);
     const length = m.length(seq, this.layer);
     const stride = length + this.pad;
@@ -235,7 +270,7 @@ export class ObserveCommand implements CacheCommand {
     for (let h = 0; h < queryHeads; h++) probs.set(makeAttentionRow(rng, length, this.kind), h * stride);
     m.step(r, this.pad > 0 ? { op: 'observe', seq, layer: this.layer, probs, stride } : { op: 'observe', seq, layer: this.layer, probs });
   }
-  toString(): string {
+  override toString(): string {
     return `observe(#${this.pick}, layer ${this.layer}, seed ${this.seed}, ${this.kind}, pad ${this.pad})`;
   }
 }
@@ -247,12 +282,14 @@ export class ObserveCommand implements CacheCommand {
  * new ClosedSequenceCommand(0).run(model, cache);
  * ```
  */
-export class ClosedSequenceCommand implements CacheCommand {
-  constructor(readonly pick: number) {}
-  check(m: KVCacheModel): boolean {
+export class ClosedSequenceCommand extends CacheCommandBase {
+  constructor(readonly pick: number) {
+    super();
+  }
+  override check(m: KVCacheModel): boolean {
     return m.closedSequences().length > 0;
   }
-  run(m: KVCacheModel, r: KVCache): void {
+  override run(m: KVCacheModel, r: KVCache): void {
     const closed = m.closedSequences();
     const seq = closed[this.pick % closed.length]!;
     const { queryHeads, kvHeads, headDim } = m.geometry;
@@ -283,7 +320,7 @@ export class ClosedSequenceCommand implements CacheCommand {
     }
     m.verify(r);
   }
-  toString(): string {
+  override toString(): string {
     return `useClosed(#${this.pick})`;
   }
 }

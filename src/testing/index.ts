@@ -17,7 +17,7 @@ export { attentionRowArb, type AttentionRowConstraints } from './attention-row-a
 export { ATTENTION_ROW_KINDS, type AttentionRowKind, makeAttentionRow } from './attention-row.js';
 export { cacheConfigArb, type CacheConfigConstraints } from './cache-config-arb.js';
 export {
-  AppendCommand, AttendCommand, type CacheCommand, CloseCommand, ClosedSequenceCommand, type DataSpec, DecodeStepCommand,
+  AppendCommand, AttendCommand, type CacheCommand, CacheCommandBase, CloseCommand, ClosedSequenceCommand, type DataSpec, DecodeStepCommand,
   ObserveCommand, OpenCommand, PrefillCommand, ResetCommand,
 } from './commands.js';
 export { type CacheConfig, createCache } from './config.js';
@@ -27,7 +27,7 @@ export {
 export { DATA_KINDS, type DataKind, arrayBits, decodeBits, decodeHost, makeValues, storedBits, toHostArray } from './data.js';
 export { geometryArb, type GeometryConstraints } from './geometry-arb.js';
 export { INVARIANTS, InvariantError, type InvariantName, KVCacheModel, type KVCacheModelOptions, chooseEvicted } from './model.js';
-export { type CacheOperation, applyOperation, describeOperation } from './operation.js';
+export { type CacheOperation, applyOperation, cloneOperation, describeOperation } from './operation.js';
 export { DEFAULT_OPERATION_WEIGHTS, type OperationName, type OperationsConstraints, operationsArb } from './operations-arb.js';
 export { BUILTIN_POLICIES, type BuiltinPolicyName, type PolicySpecConstraints, policySpecArb } from './policy-spec-arb.js';
 export { type ReferenceAttention, attentionTolerance, referenceAttention } from './reference-attention.js';

@@ -178,7 +178,15 @@ function compareScores(a: number, b: number): number {
   return a < b ? -1 : a > b ? 1 : 0;
 }
 
-/** Slots evicted from each head: the `count` lowest `(score, slot)` among `[sinks, length - recent)`. */
+/**
+ * The documented eviction rule: per head (or once on the f32 mean over heads, for `scope: 'layer'`),
+ * the `count` lowest `(score, slot)` among slots `[sinks, length - recent)`, NaN scores lowest.
+ * Returns the evicted slots of each head.
+ * @example
+ * ```ts
+ * chooseEvicted([new Float32Array([5, 1, 1, 0])], 4, 1, 1, 1, 'head'); // [Set { 1 }]
+ * ```
+ */
 export function chooseEvicted(
   scores: readonly (ArrayLike<number>)[], length: number, count: number, sinks: number, recent: number, scope: 'head' | 'layer',
 ): Set<number>[] {

@@ -45,7 +45,13 @@ export function applyOperation(cache: KVCache, op: CacheOperation): number | Hos
   }
 }
 
-/** A copy of an operation with fresh copies of its arrays (an `out` buffer is re-allocated). */
+/**
+ * A copy of an operation with fresh copies of its arrays (so that two caches never share an input).
+ * @example
+ * ```ts
+ * applyOperation(oracle, cloneOperation(op));
+ * ```
+ */
 export function cloneOperation(op: CacheOperation): CacheOperation {
   const copy = <T extends HostArray | Float32Array>(a: T): T => a.slice() as T;
   switch (op.op) {
