@@ -26,10 +26,11 @@
  */
 import * as fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { KVCache, type ImportanceTracker, fullCache } from '../../src/index.js';
 import {
-  type BuiltinTrackerName, type OperationsConstraints, cacheConfigArb, operationsArb, runModel, trackerSpecArb,
+  type BuiltinTrackerName, type OperationsConstraints, Rng, cacheConfigArb, operationsArb, runModel, trackerSpecArb,
 } from '../../src/testing/index.js';
-import { CPU_AVAILABLE, runs, seed } from './helpers.js';
+import { BACKENDS, CPU_AVAILABLE, runs, seed } from './helpers.js';
 
 const SCORE_FREE: readonly BuiltinTrackerName[] = ['streamingLLM', 'keyNorm', 'random'];
 const ATTENTION: readonly BuiltinTrackerName[] = ['scissorhands', 'h2o', 'tova'];
@@ -50,6 +51,39 @@ function agreement(name: BuiltinTrackerName, operations: OperationsConstraints, 
   );
   return { runs: count, divergent };
 }
+
+describe('exact ties stay exact', () => {
+  // semantics.md: s_j = scale * dot(q_h, k_j), a function of the query and the key only. Equal keys must
+  // get equal logits wherever their slots fall (in a SIMD tile or in its tail), so that they tie
+  // exactly: otherwise Scissorhands finds some of them below 1/n, and evictions differ from the
+  // reference on repeated keys.
+  it.each(BACKENDS)('%s: equal keys get equal probabilities in every prefill row, whatever their slot', (backend) => {
+    for (const headDim of [1, 3, 4, 8, 33, 64]) {
+      for (const rows of [1, 5, 6, 9, 17]) {
+        const rng = new Rng(headDim * 100 + rows);
+        const key = Float32Array.from({ length: headDim }, () => rng.range(-2, 2));
+        const q = Float32Array.from({ length: rows * 2 * headDim }, () => rng.range(-2, 2));
+        const k = new Float32Array(rows * headDim);
+        for (let r = 0; r < rows; r++) k.set(key, r * headDim);
+        const seen: string[] = [];
+        const recorder: ImportanceTracker = {
+          name: 'recorder', input: 'attention', scope: 'head', auxWords: 0, gqa: 'max',
+          onAppend() {},
+          onObserve(o) {
+            const p = o.probs.subarray(0, o.length);
+            if (p.some((x) => x !== p[0])) seen.push(`headDim ${headDim}, ${rows} rows, step ${o.step}: ${Array.from(p).join(', ')}`);
+          },
+        };
+        using cache = KVCache.create({
+          geometry: { layers: 1, queryHeads: 2, kvHeads: 1, headDim }, tracker: recorder, policy: fullCache({ maxTokens: 32 }), backend,
+        });
+        cache.prefill(cache.open(), 0, q, k, k);
+        expect(seen, seen.join('\n')).toEqual([]);
+      }
+    }
+  });
+
+});
 
 describe.skipIf(!CPU_AVAILABLE)('the cpu backend agrees with the reference backend', () => {
   for (const name of SCORE_FREE) {

@@ -78,6 +78,18 @@ describe.each(BACKENDS)('error codes on the %s backend', (backend) => {
     expect(cache.length(seq, 0)).toBe(2);
   });
 
+  // Bug (reported): prefill goes chunk by chunk and only finds out that the policy refuses room when a
+  // later chunk does not fit, so the rows before it stay appended (seen advanced, their outputs lost)
+  // although the call threw. attend() and append() throw before changing anything; prefill should too.
+  it('KV_BUDGET from a prefill that cannot fit leaves the sequence unchanged', () => {
+    using cache = make({ policy: fullCache({ maxTokens: 5 }) });
+    const seq = cache.open();
+    const rows = 8;
+    const error = caught(() => cache.prefill(seq, 0, new Float32Array(rows * q.length), new Float32Array(rows * k.length), new Float32Array(rows * k.length)));
+    expectKvError(error, BudgetError, KvErrorCode.Budget, 'policy');
+    expect({ length: cache.length(seq, 0), seen: cache.seen(seq, 0) }).toEqual({ length: 0, seen: 0 });
+  });
+
   it('KV_SEQUENCE: a sequence that is not open, or not a sequence id (SequenceError naming seq)', () => {
     using cache = make({ maxSequences: 2 });
     expectKvError(caught(() => cache.attend(1, 0, q, k, k)), SequenceError, KvErrorCode.Sequence, 'seq');
