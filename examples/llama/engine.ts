@@ -36,6 +36,8 @@ export interface GenerateOptions {
   prefill?: boolean;
   /** Called with each new token of sequence `index`. */
   onToken?: (index: number, token: number) => void;
+  /** Called after every decode step, while the sequences are still open (e.g. to read `cache.stats()`). */
+  onStep?: () => void;
 }
 
 /** Options of {@link LlamaEngine.score}. */
@@ -220,11 +222,10 @@ export class LlamaEngine {
     const states = prompts.map((p) => ({ seq: cache.open(), ids: [...p], fed: 0, added: 0, done: maxNew <= 0 }));
     try {
       if (options.prefill) {
-        for (const [i, s] of states.entries()) {
+        for (const s of states) {
           if (s.done || s.ids.length < 2) continue;
           this.prefill(cache, s.seq, s.ids.slice(0, -1));
           s.fed = s.ids.length - 1;
-          void i;
         }
       }
       const seqs: number[] = [];
@@ -251,6 +252,7 @@ export class LlamaEngine {
           options.onToken?.(states.indexOf(s), next);
           if (stop.has(next) || s.added >= maxNew || s.fed >= c.maxPositions) s.done = true;
         }
+        options.onStep?.();
       }
       return states.map((s) => s.ids);
     } finally {
