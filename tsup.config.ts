@@ -6,6 +6,9 @@ export default defineConfig({
   dts: true,
   sourcemap: true,
   clean: true,
+  // One shared chunk for both entries, so `scissorhands` and `scissorhands/testing` share KvError and friends in CJS too.
+  splitting: true,
+  shims: true,
   target: 'node20',
   external: ['fast-check'],
 });

@@ -15,6 +15,14 @@ import { scissorhands } from '../trackers/scissorhands.js';
 import { type KVCacheOptions, type ResolvedOptions, resolveOptions } from './options.js';
 import type { CacheStats, LayerStats } from './stats.js';
 
+/** One planned piece of an append: evict `count` (with these protections), then append `rows`. */
+interface Step {
+  readonly rows: number;
+  readonly count: number;
+  readonly sinks: number;
+  readonly recent: number;
+}
+
 /**
  * Live read-only views of what one KV head of one layer keeps for a sequence (valid until the next
  * call that changes the cache).
@@ -202,8 +210,8 @@ export class KVCache implements Disposable {
     this.#checkArray(k, 'k', kvHeads * headDim, q);
     this.#checkArray(v, 'v', kvHeads * headDim, q);
     const output = this.#output(out, q, queryHeads * headDim);
-    this.#makeRoom(store, seq, layer, 1);
-    this.#append(store, seq, layer, k, v, 1);
+    const [step] = this.#plan(store, seq, layer, 1, false);
+    this.#apply(store, seq, layer, step!, k, v);
     this.#backend.decode(store, seq, q, output, this.#attention, this.tracker);
     return output;
   }
@@ -230,19 +238,15 @@ export class KVCache implements Disposable {
     const output = this.#output(out, q, rows * queryHeads * headDim);
     const qRow = queryHeads * headDim;
     const kvRow = kvHeads * headDim;
-    for (let done = 0; done < rows;) {
-      const length = store.lengths[seq * kvHeads]!;
-      const left = rows - done;
-      const fits = length + left <= store.capacity
-        && this.policy.evictions({ layer, length, incoming: left, seen: this.#seenOf(seq, layer) }) === 0;
-      const chunk = fits ? left : Math.min(left, this.#options.prefillChunks[layer]!);
-      this.#makeRoom(store, seq, layer, chunk);
-      this.#append(store, seq, layer, k.subarray(done * kvRow, (done + chunk) * kvRow), v.subarray(done * kvRow, (done + chunk) * kvRow), chunk);
+    let done = 0;
+    for (const step of this.#plan(store, seq, layer, rows, true)) {
+      const end = done + step.rows;
+      this.#apply(store, seq, layer, step, k.subarray(done * kvRow, end * kvRow), v.subarray(done * kvRow, end * kvRow));
       this.#backend.prefill(
-        store, seq, q.subarray(done * qRow, (done + chunk) * qRow), chunk,
-        output.subarray(done * qRow, (done + chunk) * qRow), this.#attention, this.tracker,
+        store, seq, q.subarray(done * qRow, end * qRow), step.rows, output.subarray(done * qRow, end * qRow),
+        this.#attention, this.tracker,
       );
-      done += chunk;
+      done = end;
     }
     return output;
   }
@@ -265,8 +269,8 @@ export class KVCache implements Disposable {
     this.#checkArray(v, 'v', rows * kvHeads * headDim, k);
     const room = store.capacity - this.policy.sinks;
     if (rows > room) throw new BudgetError(`cannot append ${rows} tokens at once; at most ${room} fit beside the sinks`, 'k');
-    this.#makeRoom(store, seq, layer, rows);
-    this.#append(store, seq, layer, k, v, rows);
+    const [step] = this.#plan(store, seq, layer, rows, false);
+    this.#apply(store, seq, layer, step!, k, v);
   }
 
   /**
@@ -433,31 +437,48 @@ export class KVCache implements Disposable {
     });
   }
 
-  /** Asks the policy for evictions before `incoming` tokens arrive, checks its answer, and evicts. */
-  #makeRoom(store: LayerStore, seq: number, layer: number, incoming: number): void {
-    const length = store.lengths[seq * this.geometry.kvHeads]!;
-    const seen = this.#seenOf(seq, layer);
-    const count = this.policy.evictions({ layer, length, incoming, seen });
-    const sinks = Math.min(this.policy.sinks, length);
-    const recent = Math.min(length - sinks, Math.max(0, this.policy.recent - incoming));
-    const candidates = length - sinks - recent;
-    if (!Number.isInteger(count) || count < 0 || count > candidates) {
-      throw new BudgetError(
-        `policy ${this.policy.name} asked to evict ${String(count)} tokens; ${candidates} are not protected`, 'policy');
+  /**
+   * Plans how `rows` new tokens go in: chunks (only when `chunked` and the block does not fit) and the
+   * evictions before each, checked against the policy's protections and the capacity. Nothing changes
+   * until the whole plan is known to be feasible, so a call that throws leaves the sequence as it was.
+   */
+  #plan(store: LayerStore, seq: number, layer: number, rows: number, chunked: boolean): Step[] {
+    const { policy } = this;
+    let length = store.lengths[seq * this.geometry.kvHeads]!;
+    let seen = this.#seenOf(seq, layer);
+    const steps: Step[] = [];
+    for (let done = 0; done < rows;) {
+      const left = rows - done;
+      const fits = !chunked || (length + left <= store.capacity && policy.evictions({ layer, length, incoming: left, seen }) === 0);
+      const incoming = fits ? left : Math.min(left, this.#options.prefillChunks[layer]!);
+      const count = policy.evictions({ layer, length, incoming, seen });
+      const sinks = Math.min(policy.sinks, length);
+      const recent = Math.min(length - sinks, Math.max(0, policy.recent - incoming));
+      const candidates = length - sinks - recent;
+      if (!Number.isInteger(count) || count < 0 || count > candidates) {
+        throw new BudgetError(`policy ${policy.name} asked to evict ${String(count)} tokens; ${candidates} are not protected`, 'policy');
+      }
+      if (length - count + incoming > store.capacity) {
+        throw new BudgetError(
+          `policy ${policy.name} leaves ${length - count} tokens; ${incoming} more do not fit in ${store.capacity}`, 'policy');
+      }
+      steps.push({ rows: incoming, count, sinks, recent });
+      length += incoming - count;
+      seen += incoming;
+      done += incoming;
     }
-    if (length - count + incoming > store.capacity) {
-      throw new BudgetError(
-        `policy ${this.policy.name} leaves ${length - count} tokens; ${incoming} more do not fit in ${store.capacity}`, 'policy');
-    }
-    if (count === 0) return;
-    this.#backend.evict(store, seq, count, sinks, recent, this.tracker.scope);
-    this.#evictions[layer]! += count * this.geometry.kvHeads;
+    return steps;
   }
 
-  #append(store: LayerStore, seq: number, layer: number, k: HostArray, v: HostArray, rows: number): void {
+  /** Evicts what the step says, then appends its tokens. */
+  #apply(store: LayerStore, seq: number, layer: number, step: Step, k: HostArray, v: HostArray): void {
+    if (step.count > 0) {
+      this.#backend.evict(store, seq, step.count, step.sinks, step.recent, this.tracker.scope);
+      this.#evictions[layer]! += step.count * this.geometry.kvHeads;
+    }
     const at = layer * this.maxSequences + seq;
-    this.#backend.append(store, seq, k, v, rows, this.#seen[at]!, this.tracker);
-    this.#seen[at]! += rows;
+    this.#backend.append(store, seq, k, v, step.rows, this.#seen[at]!, this.tracker);
+    this.#seen[at]! += step.rows;
   }
 
   #store(seq: number, layer: number): LayerStore {
