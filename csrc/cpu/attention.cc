@@ -2,12 +2,15 @@
 //
 // Work is done per KV head, so each key and value is read from memory once for all G query heads of its
 // group: the primitives decode f16/bf16 in registers as they dot every key with all the queries of the
-// block (the scores of the whole row land in scratch), the softmax turns scores into probabilities in
-// place, then every value row is loaded once and accumulated into all the queries' outputs.
+// block (the scores of the whole row land in scratch, their maximum is tracked on the way), one pass
+// turns scores into exponentials and their sum, then every value row is loaded once and accumulated into
+// all the queries' outputs. Normalising by 1/sum is left to the outputs and to the tracker rule, which
+// sees f32(e * (1/sum)) as the probability.
 // Prefill runs the same code on blocks of rows (each row with its causal length). The probabilities are
 // then combined over the group and handed to the tracker rule, one observation per row, in row order.
 #include <algorithm>
 #include <cstring>
+#include <limits>
 
 #include "internal.h"
 #include "scissorhands/cpu.h"
@@ -40,22 +43,33 @@ struct Plan {
   // Rows are whole vectors: the primitives read keys and values in place (else tiles are first
   // decoded into padded f32 rows).
   bool in_place;
-  size_t scratch_floats;
 };
 
 struct Scratch {
   float* q;
-  float* s;
   float* acc;
+  float* max;
+  float* inv;
+  float* s;
   float* tile;
 };
 
+// Floats of scratch a thread needs: queries, accumulators, per-query max and 1/sum, scores, one tile.
+size_t scratch_floats(const Plan& plan) {
+  const size_t queries = plan.block_rows * plan.group;
+  return queries * (2 * plan.dp + plan.s_stride) + 2 * round_up(queries, 16) +
+         (plan.in_place ? 0 : plan.tile_tokens * plan.dp);
+}
+
+// Segments stay 64-byte aligned: dp and s_stride are multiples of 8 and 16 floats.
 Scratch carve(const Plan& plan, float* base) {
   const size_t queries = plan.block_rows * plan.group;
   Scratch sc{};
   sc.q = base;
   sc.acc = sc.q + queries * plan.dp;
-  sc.s = sc.acc + queries * plan.dp;
+  sc.max = sc.acc + queries * plan.dp;
+  sc.inv = sc.max + round_up(queries, 16);
+  sc.s = sc.inv + round_up(queries, 16);
   sc.tile = sc.s + queries * plan.s_stride;
   return sc;
 }
@@ -80,33 +94,33 @@ void load_queries(const Plan& plan, int32_t head, int32_t r0, int32_t r1, float*
   }
 }
 
-void store_outputs(const Plan& plan, int32_t head, int32_t r0, int32_t r1, const float* acc) {
+// out = acc * (1 / sum) for the rows [r0, r1) of one head's group.
+void store_outputs(const Plan& plan, int32_t head, int32_t r0, int32_t r1, const float* acc, const float* inv) {
   const LayerView& view = *plan.view;
   const AttentionArgs& args = *plan.args;
   const size_t d = static_cast<size_t>(view.head_dim);
   const float* src = acc;
   for (int32_t r = r0; r < r1; ++r) {
-    for (size_t g = 0; g < plan.group; ++g, src += plan.dp) {
+    for (size_t g = 0; g < plan.group; ++g, src += plan.dp, ++inv) {
       const size_t h = static_cast<size_t>(head) * plan.group + g;
       const size_t at = (static_cast<size_t>(r) * static_cast<size_t>(args.query_heads) + h) * d;
       if (args.out.bits16) {
         uint16_t* dst = static_cast<uint16_t*>(args.out.data) + at;
-        for (size_t c = 0; c < d; ++c) dst[c] = view.dtype == DType::F16 ? f32_to_f16(src[c]) : f32_to_bf16(src[c]);
+        for (size_t c = 0; c < d; ++c) {
+          dst[c] = view.dtype == DType::F16 ? f32_to_f16(src[c] * *inv) : f32_to_bf16(src[c] * *inv);
+        }
       } else {
-        std::memcpy(static_cast<float*>(args.out.data) + at, src, d * sizeof(float));
+        float* dst = static_cast<float*>(args.out.data) + at;
+        for (size_t c = 0; c < d; ++c) dst[c] = src[c] * *inv;
       }
     }
   }
 }
 
-// Rows [t0, t0 + nt) of `data` (the keys or values of one head, n_max rows used). Also asks for the next
-// tile ahead of time: hardware prefetchers stop at page boundaries, and a tile spans pages, so without
-// this every tile would start with a full memory latency.
-Rows tile_rows(const Plan& plan, const uint8_t* data, size_t t0, size_t nt, size_t n_max, float* tile) {
+// Rows [t0, t0 + nt) of `data` (the keys or values of one head).
+Rows tile_rows(const Plan& plan, const uint8_t* data, size_t t0, size_t nt, float* tile) {
   const LayerView& view = *plan.view;
   const uint8_t* src = data + t0 * view.row_bytes();
-  const size_t ahead = std::min(plan.tile_tokens, n_max - t0 - nt) * view.row_bytes();
-  for (size_t b = 0; b < ahead; b += 64) __builtin_prefetch(src + nt * view.row_bytes() + b, 0, 3);
   if (plan.in_place) return Rows{view.dtype, src, static_cast<size_t>(view.head_dim)};
   plan.prims->to_f32(view.dtype, src, nt, static_cast<size_t>(view.head_dim), plan.dp, tile);
   return Rows{DType::F32, reinterpret_cast<const uint8_t*>(tile), plan.dp};
@@ -133,22 +147,31 @@ void attend_head(const Plan& plan, const Scratch& sc, int32_t head) {
     };
 
     load_queries(plan, head, b0, b1, sc.q);
+    std::fill(sc.max, sc.max + queries, -std::numeric_limits<float>::infinity());
     for (size_t t0 = 0; t0 < n_max; t0 += plan.tile_tokens) {
       const size_t nt = std::min(plan.tile_tokens, n_max - t0);
-      prims.dots(tile_rows(plan, keys, t0, nt, n_max, sc.tile), nt, sc.q, queries, dp, args.scale, sc.s + t0, plan.s_stride);
+      prims.dots(tile_rows(plan, keys, t0, nt, sc.tile), nt, sc.q, queries, dp, args.scale, sc.s + t0, plan.s_stride,
+                 sc.max);
     }
     for (size_t q = 0; q < queries; ++q) {
-      // Slots a causal row does not see get probability 0, so all rows of the block share one pass.
       float* row = sc.s + q * plan.s_stride;
-      if (attended(q) > 0) prims.softmax(row, attended(q));
-      std::fill(row + attended(q), row + n_max, 0.0f);
+      const size_t n = attended(q);
+      float max = sc.max[q];
+      if (n < n_max) {
+        // An earlier causal row: its maximum is over its own slots only.
+        max = -std::numeric_limits<float>::infinity();
+        for (size_t j = 0; j < n; ++j) max = row[j] > max ? row[j] : max;
+      }
+      sc.inv[q] = n > 0 ? 1.0f / prims.exp_sum(row, n, max) : 0.0f;
+      // Slots a causal row does not see weigh 0, so all rows of the block share one pass over the values.
+      std::fill(row + n, row + n_max, 0.0f);
     }
     std::fill(sc.acc, sc.acc + queries * dp, 0.0f);
     for (size_t t0 = 0; t0 < n_max; t0 += plan.tile_tokens) {
       const size_t nt = std::min(plan.tile_tokens, n_max - t0);
-      prims.accumulate(tile_rows(plan, values, t0, nt, n_max, sc.tile), nt, sc.s + t0, plan.s_stride, queries, dp, sc.acc);
+      prims.accumulate(tile_rows(plan, values, t0, nt, sc.tile), nt, sc.s + t0, plan.s_stride, queries, dp, sc.acc);
     }
-    store_outputs(plan, head, b0, b1, sc.acc);
+    store_outputs(plan, head, b0, b1, sc.acc, sc.inv);
 
     for (int32_t r = b0; r < b1; ++r) {
       const size_t local = static_cast<size_t>(r - b0);
@@ -159,8 +182,8 @@ void attend_head(const Plan& plan, const Scratch& sc, int32_t head) {
                           ? nullptr
                           : args.probs_out + (row * static_cast<size_t>(view.kv_heads) + static_cast<size_t>(head)) *
                                                  static_cast<size_t>(view.capacity);
-      observe_head(view, args.seq, head, sc.s + local * group * plan.s_stride, group, plan.s_stride, n,
-                   plan.first_step + row, *plan.tracker, custom);
+      observe_head(view, args.seq, head, sc.s + local * group * plan.s_stride, sc.inv + local * group, group,
+                   plan.s_stride, n, plan.first_step + row, *plan.tracker, custom);
     }
   }
 }
@@ -217,17 +240,16 @@ Status attend(Context& ctx, const LayerView& view, const AttentionArgs& args, co
     kept_total += n;
   }
   plan.s_stride = round_up(longest + 1, 16);
-  const size_t queries = plan.block_rows * plan.group;
-  plan.scratch_floats = queries * (2 * plan.dp + plan.s_stride) + (plan.in_place ? 0 : plan.tile_tokens * plan.dp);
+  const size_t floats = scratch_floats(plan);
 
   Split split{&plan, {nullptr, nullptr}, view.kv_heads / 2};
-  split.scratch[0] = ctx.workspace(0).floats(plan.scratch_floats);
+  split.scratch[0] = ctx.workspace(0).floats(floats);
   if (split.scratch[0] == nullptr) return Status::NoMemory;
   const size_t blocks = (static_cast<size_t>(args.row_end - args.row_begin) + plan.block_rows - 1) / plan.block_rows;
   const size_t streamed = kept_total * view.row_bytes() * 2 * blocks;
   bool parallel = false;
   if (view.kv_heads >= 2 && streamed >= kSplitBytes) {
-    split.scratch[1] = ctx.workspace(1).floats(plan.scratch_floats);
+    split.scratch[1] = ctx.workspace(1).floats(floats);
     parallel = split.scratch[1] != nullptr && ctx.run_pair(run_part, &split);
   }
   if (!parallel) {

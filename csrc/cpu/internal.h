@@ -1,7 +1,6 @@
 // Declarations shared by the CPU kernel files; not part of the kernel API.
 #pragma once
 
-#include <cmath>
 #include <cstddef>
 #include <cstdint>
 
@@ -27,10 +26,12 @@ struct Primitives {
   // Decodes count stored rows of head_dim elements into f32 rows of stride dp, zero-padded (used when
   // head_dim is not a whole number of vectors, so that the other primitives never see a ragged row).
   void (*to_f32)(DType dtype, const uint8_t* src, size_t count, size_t head_dim, size_t dp, float* dst);
-  // s[q * s_stride + t] = scale * dot(qs + q * dp, k row t) for q < nq, t < nt.
-  void (*dots)(Rows k, size_t nt, const float* qs, size_t nq, size_t dp, float scale, float* s, size_t s_stride);
-  // Turns scores s[0..n) into probabilities in place (n >= 1).
-  void (*softmax)(float* s, size_t n);
+  // s[q * s_stride + t] = scale * dot(qs + q * dp, k row t) for q < nq, t < nt; raises max[q] to the
+  // largest of them.
+  void (*dots)(Rows k, size_t nt, const float* qs, size_t nq, size_t dp, float scale, float* s, size_t s_stride,
+               float* max);
+  // s[j] = exp(s[j] - max) for j < n; returns their sum.
+  float (*exp_sum)(float* s, size_t n, float max);
   // acc[q * dp + c] += sum over t < nt of p[q * p_stride + t] * (v row t)[c], for q < nq, c < dp.
   void (*accumulate)(Rows v, size_t nt, const float* p, size_t p_stride, size_t nq, size_t dp, float* acc);
 };
@@ -39,27 +40,13 @@ const Primitives& scalar_primitives();
 // Only valid where the CPU has AVX2, FMA and F16C.
 const Primitives& avx2_primitives();
 
-// The GQA-combined probability of slot j from the G rows p[g * stride + j] (docs/semantics.md).
-inline float combine_gqa(const float* p, size_t group, size_t stride, size_t j, GqaReduce reduce) {
-  if (reduce == GqaReduce::Max) {
-    // Math.max semantics: NaN wins, +0 beats -0.
-    float best = p[j];
-    for (size_t g = 1; g < group && best == best; ++g) {
-      const float x = p[g * stride + j];
-      if (x > best || x != x || (x == best && std::signbit(best) && !std::signbit(x))) best = x;
-    }
-    return best;
-  }
-  float acc = 0.0f;
-  for (size_t g = 0; g < group; ++g) acc = acc + p[g * stride + j];
-  return acc / static_cast<float>(group);
-}
-
-// Feeds one observation of one KV head (n slots attended, clock value step) to the tracker. p holds the
-// group's G probability rows at the given stride. A Custom tracker gets the combined probabilities in
-// custom_out (n floats) instead; a tracker that does not observe is left alone.
-void observe_head(const LayerView& view, int32_t seq, int32_t head, const float* p, size_t group, size_t stride,
-                  size_t n, uint64_t step, const TrackerSpec& tracker, float* custom_out);
+// Feeds one observation of one KV head (n slots attended, clock value step) to the tracker. The
+// probability of slot j for query g of the group is f32(p[g * stride + j] * weight[g]) (weight null: 1),
+// which lets attention hand over unnormalised exponentials and their 1/sum. A Custom tracker gets the
+// GQA-combined probabilities in custom_out (n floats) instead; a tracker that does not observe is left
+// alone.
+void observe_head(const LayerView& view, int32_t seq, int32_t head, const float* p, const float* weight, size_t group,
+                  size_t stride, size_t n, uint64_t step, const TrackerSpec& tracker, float* custom_out);
 
 // Initialises the score of a token just stored at slot of (seq, head) (zero, then the tracker's rule);
 // key is the stored key decoded to f32.

@@ -81,6 +81,15 @@ SH_AVX2 void to_f32(DType dtype, const uint8_t* src, size_t count, size_t head_d
   }
 }
 
+// Rows this far ahead of the one being processed are requested from memory, a few lines per row
+// processed: hardware prefetchers stop at page boundaries, and a burst of requests would stall the core
+// on its fill buffers instead of overlapping with the arithmetic.
+constexpr size_t kPrefetchRows = 16;
+
+SH_AVX2 SH_INLINE void prefetch_span(const uint8_t* p, size_t bytes) {
+  for (size_t b = 0; b < bytes; b += 64) _mm_prefetch(reinterpret_cast<const char*>(p + b), _MM_HINT_T0);
+}
+
 // Eight elements of a stored row decoded to f32; the dtype is a template argument so that the hot loops
 // carry no branch.
 template <DType DT>
@@ -99,7 +108,7 @@ SH_AVX2 SH_INLINE __m256 load8(const uint8_t* row, size_t c) {
 // decoded) once for all GB queries.
 template <DType DT, int TB, int GB>
 SH_AVX2 SH_INLINE void dot_block(const uint8_t* k, size_t row_bytes, const float* qs, size_t dp, float scale, float* s,
-                                 size_t s_stride) {
+                                 size_t s_stride, float* max) {
   // acc[g * TB + t]: with TB * GB == 8 the sums of one query are adjacent lanes after hsum8.
   __m256 acc[TB * GB];
   for (int i = 0; i < TB * GB; ++i) acc[i] = _mm256_setzero_ps();
@@ -114,53 +123,69 @@ SH_AVX2 SH_INLINE void dot_block(const uint8_t* k, size_t row_bytes, const float
   if constexpr (TB * GB == 8) {
     alignas(32) float sums[8];
     _mm256_store_ps(sums, _mm256_mul_ps(_mm256_set1_ps(scale), hsum8(acc)));
-    for (int g = 0; g < GB; ++g) std::memcpy(s + g * s_stride, sums + g * TB, TB * sizeof(float));
+    for (int g = 0; g < GB; ++g) {
+      std::memcpy(s + g * s_stride, sums + g * TB, TB * sizeof(float));
+      for (int t = 0; t < TB; ++t) max[g] = sums[g * TB + t] > max[g] ? sums[g * TB + t] : max[g];
+    }
   } else {
     for (int g = 0; g < GB; ++g) {
-      for (int t = 0; t < TB; ++t) s[g * s_stride + t] = scale * hsum(acc[g * TB + t]);
+      for (int t = 0; t < TB; ++t) {
+        const float x = scale * hsum(acc[g * TB + t]);
+        s[g * s_stride + t] = x;
+        max[g] = x > max[g] ? x : max[g];
+      }
     }
   }
 }
 
 template <DType DT, int TB, int GB>
 SH_AVX2 SH_INLINE void dot_rows(const uint8_t* k, size_t row_bytes, size_t nt, const float* qs, size_t dp, float scale,
-                             float* s, size_t s_stride) {
+                                float* s, size_t s_stride, float* max) {
   size_t t = 0;
-  for (; t + TB <= nt; t += TB) dot_block<DT, TB, GB>(k + t * row_bytes, row_bytes, qs, dp, scale, s + t, s_stride);
-  for (; t < nt; ++t) dot_block<DT, 1, GB>(k + t * row_bytes, row_bytes, qs, dp, scale, s + t, s_stride);
+  for (; t + TB <= nt; t += TB) {
+    prefetch_span(k + (t + kPrefetchRows) * row_bytes, TB * row_bytes);
+    dot_block<DT, TB, GB>(k + t * row_bytes, row_bytes, qs, dp, scale, s + t, s_stride, max);
+  }
+  for (; t < nt; ++t) dot_block<DT, 1, GB>(k + t * row_bytes, row_bytes, qs, dp, scale, s + t, s_stride, max);
 }
 
 template <DType DT>
-SH_AVX2 void dots_of(Rows k, size_t nt, const float* qs, size_t nq, size_t dp, float scale, float* s, size_t s_stride) {
+SH_AVX2 void dots_of(Rows k, size_t nt, const float* qs, size_t nq, size_t dp, float scale, float* s, size_t s_stride,
+                     float* max) {
   const size_t rb = k.stride * bytes_per_element(DT);
   size_t q = 0;
-  for (; q + 4 <= nq; q += 4) dot_rows<DT, 2, 4>(k.data, rb, nt, qs + q * dp, dp, scale, s + q * s_stride, s_stride);
+  for (; q + 4 <= nq; q += 4) dot_rows<DT, 2, 4>(k.data, rb, nt, qs + q * dp, dp, scale, s + q * s_stride, s_stride, max + q);
   switch (nq - q) {
-    case 3: dot_rows<DT, 2, 3>(k.data, rb, nt, qs + q * dp, dp, scale, s + q * s_stride, s_stride); break;
-    case 2: dot_rows<DT, 4, 2>(k.data, rb, nt, qs + q * dp, dp, scale, s + q * s_stride, s_stride); break;
-    case 1: dot_rows<DT, 8, 1>(k.data, rb, nt, qs + q * dp, dp, scale, s + q * s_stride, s_stride); break;
+    case 3: dot_rows<DT, 2, 3>(k.data, rb, nt, qs + q * dp, dp, scale, s + q * s_stride, s_stride, max + q); break;
+    case 2: dot_rows<DT, 4, 2>(k.data, rb, nt, qs + q * dp, dp, scale, s + q * s_stride, s_stride, max + q); break;
+    case 1: dot_rows<DT, 8, 1>(k.data, rb, nt, qs + q * dp, dp, scale, s + q * s_stride, s_stride, max + q); break;
     default: break;
   }
 }
 
-SH_AVX2 void dots(Rows k, size_t nt, const float* qs, size_t nq, size_t dp, float scale, float* s, size_t s_stride) {
+SH_AVX2 void dots(Rows k, size_t nt, const float* qs, size_t nq, size_t dp, float scale, float* s, size_t s_stride,
+                  float* max) {
   switch (k.dtype) {
-    case DType::F32: return dots_of<DType::F32>(k, nt, qs, nq, dp, scale, s, s_stride);
-    case DType::F16: return dots_of<DType::F16>(k, nt, qs, nq, dp, scale, s, s_stride);
-    case DType::BF16: return dots_of<DType::BF16>(k, nt, qs, nq, dp, scale, s, s_stride);
+    case DType::F32: return dots_of<DType::F32>(k, nt, qs, nq, dp, scale, s, s_stride, max);
+    case DType::F16: return dots_of<DType::F16>(k, nt, qs, nq, dp, scale, s, s_stride, max);
+    case DType::BF16: return dots_of<DType::BF16>(k, nt, qs, nq, dp, scale, s, s_stride, max);
   }
 }
 
 // CB vectors of every value row times GB queries' probabilities: the GB * CB accumulators stay in
 // registers across all nt rows, so each row's vectors are loaded (and decoded) once for the GB queries.
+// Also requests one line of the next tile per row: passes over a tile touch its rows in several sweeps
+// (one per CB vectors), and spreading the next tile's requests over all of them keeps memory busy
+// while the later sweeps run from L1.
 template <DType DT, int GB, int CB>
 SH_AVX2 SH_INLINE void accumulate_block(const uint8_t* v, size_t row_bytes, size_t nt, const float* p, size_t p_stride,
-                                     size_t dp, size_t c, float* acc) {
+                                        size_t dp, size_t c, const uint8_t* ahead, size_t ahead_bytes, float* acc) {
   __m256 a[GB][CB];
   for (int g = 0; g < GB; ++g) {
     for (int b = 0; b < CB; ++b) a[g][b] = _mm256_load_ps(acc + g * dp + c + 8 * b);
   }
   for (size_t t = 0; t < nt; ++t) {
+    if (t * 64 < ahead_bytes) _mm_prefetch(reinterpret_cast<const char*>(ahead + t * 64), _MM_HINT_T0);
     __m256 x[CB];
     for (int b = 0; b < CB; ++b) x[b] = load8<DT>(v + t * row_bytes, c + 8 * b);
     for (int g = 0; g < GB; ++g) {
@@ -176,9 +201,16 @@ SH_AVX2 SH_INLINE void accumulate_block(const uint8_t* v, size_t row_bytes, size
 template <DType DT, int GB>
 SH_AVX2 SH_INLINE void accumulate_queries(const uint8_t* v, size_t row_bytes, size_t nt, const float* p, size_t p_stride,
                                        size_t dp, float* acc) {
+  const uint8_t* next = v + nt * row_bytes;
+  const size_t next_bytes = nt * row_bytes;
+  // Sweep i requests lines [i * nt, (i + 1) * nt) of the next tile.
+  auto ahead = [&](size_t sweep) { return sweep * nt * 64 < next_bytes ? next_bytes - sweep * nt * 64 : 0; };
   size_t c = 0;
-  for (; c + 16 <= dp; c += 16) accumulate_block<DT, GB, 2>(v, row_bytes, nt, p, p_stride, dp, c, acc);
-  if (c < dp) accumulate_block<DT, GB, 1>(v, row_bytes, nt, p, p_stride, dp, c, acc);
+  size_t sweep = 0;
+  for (; c + 16 <= dp; c += 16, ++sweep) {
+    accumulate_block<DT, GB, 2>(v, row_bytes, nt, p, p_stride, dp, c, next + sweep * nt * 64, ahead(sweep), acc);
+  }
+  if (c < dp) accumulate_block<DT, GB, 1>(v, row_bytes, nt, p, p_stride, dp, c, next + sweep * nt * 64, ahead(sweep), acc);
 }
 
 template <DType DT>
@@ -202,37 +234,28 @@ SH_AVX2 void accumulate(Rows v, size_t nt, const float* p, size_t p_stride, size
   }
 }
 
-SH_AVX2 void softmax(float* s, size_t n) {
+SH_AVX2 float exp_sum(float* s, size_t n, float max) {
   const size_t whole = n & ~static_cast<size_t>(7);
-  const __m256i mask = tail_mask(n - whole);
-  __m256 vmax = _mm256_set1_ps(s[0]);
-  size_t j = 0;
-  for (; j < whole; j += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(s + j));
-  if (j < n) vmax = _mm256_max_ps(vmax, _mm256_blendv_ps(vmax, _mm256_maskload_ps(s + j, mask), _mm256_castsi256_ps(mask)));
-  __m128 m = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
-  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-  m = _mm_max_ss(m, _mm_movehdup_ps(m));
-  const __m256 max = _mm256_set1_ps(_mm_cvtss_f32(m));
-
+  const __m256 m = _mm256_set1_ps(max);
   __m256 sum = _mm256_setzero_ps();
-  for (j = 0; j < whole; j += 8) {
-    const __m256 e = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(s + j), max));
+  size_t j = 0;
+  for (; j < whole; j += 8) {
+    const __m256 e = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(s + j), m));
     _mm256_storeu_ps(s + j, e);
     sum = _mm256_add_ps(sum, e);
   }
   if (j < n) {
     // Masked-off lanes load 0 and would give exp(-max); the mask drops them from the sum.
-    const __m256 e = _mm256_and_ps(exp_nonpositive(_mm256_sub_ps(_mm256_maskload_ps(s + j, mask), max)),
+    const __m256i mask = tail_mask(n - whole);
+    const __m256 e = _mm256_and_ps(exp_nonpositive(_mm256_sub_ps(_mm256_maskload_ps(s + j, mask), m)),
                                    _mm256_castsi256_ps(mask));
     _mm256_maskstore_ps(s + j, mask, e);
     sum = _mm256_add_ps(sum, e);
   }
-  const __m256 inv = _mm256_set1_ps(1.0f / hsum(sum));
-  for (j = 0; j < whole; j += 8) _mm256_storeu_ps(s + j, _mm256_mul_ps(_mm256_loadu_ps(s + j), inv));
-  if (j < n) _mm256_maskstore_ps(s + j, mask, _mm256_mul_ps(_mm256_maskload_ps(s + j, mask), inv));
+  return hsum(sum);
 }
 
-constexpr Primitives kAvx2{to_f32, dots, softmax, accumulate};
+constexpr Primitives kAvx2{to_f32, dots, exp_sum, accumulate};
 
 }  // namespace
 

@@ -25,7 +25,8 @@ void decode_row(Rows rows, size_t t, size_t dp, float* out) {
   for (size_t c = 0; c < dp; ++c) out[c] = load_element(rows.dtype, rows.data, t * rows.stride + c);
 }
 
-void dots(Rows k, size_t nt, const float* qs, size_t nq, size_t dp, float scale, float* s, size_t s_stride) {
+void dots(Rows k, size_t nt, const float* qs, size_t nq, size_t dp, float scale, float* s, size_t s_stride,
+          float* max) {
   float key[kMaxHeadDim];
   for (size_t t = 0; t < nt; ++t) {
     decode_row(k, t, dp, key);
@@ -37,20 +38,18 @@ void dots(Rows k, size_t nt, const float* qs, size_t nq, size_t dp, float scale,
       }
       const float sum = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
       s[q * s_stride + t] = scale * sum;
+      if (scale * sum > max[q]) max[q] = scale * sum;
     }
   }
 }
 
-void softmax(float* s, size_t n) {
-  float max = s[0];
-  for (size_t j = 1; j < n; ++j) max = s[j] > max ? s[j] : max;
-  double sum = 0.0;
+float exp_sum(float* s, size_t n, float max) {
+  float sum = 0.0f;
   for (size_t j = 0; j < n; ++j) {
     s[j] = std::exp(s[j] - max);
     sum += s[j];
   }
-  const float inv = static_cast<float>(1.0 / sum);
-  for (size_t j = 0; j < n; ++j) s[j] *= inv;
+  return sum;
 }
 
 void accumulate(Rows v, size_t nt, const float* p, size_t p_stride, size_t nq, size_t dp, float* acc) {
@@ -65,7 +64,7 @@ void accumulate(Rows v, size_t nt, const float* p, size_t p_stride, size_t nq, s
   }
 }
 
-constexpr Primitives kScalar{to_f32, dots, softmax, accumulate};
+constexpr Primitives kScalar{to_f32, dots, exp_sum, accumulate};
 
 }  // namespace
 
