@@ -14,11 +14,11 @@
 namespace sh::cpu {
 namespace {
 
+// ((v0 + v1) + (v2 + v3)) + ((v4 + v5) + (v6 + v7)): the same tree as hsum8, so that a dot product
+// rounds the same whichever kernel block computed it (equal keys must tie exactly).
 SH_AVX2 SH_INLINE float hsum(__m256 v) {
-  __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  x = _mm_add_ps(x, _mm_movehl_ps(x, x));
-  x = _mm_add_ss(x, _mm_movehdup_ps(x));
-  return _mm_cvtss_f32(x);
+  const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(v, v), _mm256_hadd_ps(v, v));
+  return _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1)));
 }
 
 // [sum(x[0]), ..., sum(x[7])]: eight horizontal sums in one transpose-and-add tree.
