@@ -75,7 +75,7 @@ void* Args::typed(napi_value value, const std::string& name, napi_typedarray_typ
                   uint64_t length) const {
   bool is_typed = false;
   napi_is_typedarray(env_, value, &is_typed);
-  if (!is_typed) fail(kArgument, name, std::string("expected a ") + type_name);
+  if (!is_typed) fail(kDType, name, std::string("expected a ") + type_name);
   napi_typedarray_type actual;
   size_t actual_length = 0;
   void* data = nullptr;

@@ -46,9 +46,9 @@ Napi::Value Addon::Decode(const Napi::CallbackInfo& info) {
   const LayerView view = args.resolve(refs);
   cpu::AttentionArgs a;
   a.seq = static_cast<int32_t>(args.integer(1, "seq", 0, view.max_sequences - 1));
-  a.query_heads = static_cast<int32_t>(args.integer(4, "queryHeads", 1, 4096));
-  if (a.query_heads % view.kv_heads != 0) fail(info.Env(), kArgument, "queryHeads", "must be a multiple of the store's kvHeads");
-  a.scale = static_cast<float>(args.finite(5, "scale"));
+  a.query_heads = static_cast<int32_t>(args.integer(4, "attention.queryHeads", 1, 4096));
+  if (a.query_heads % view.kv_heads != 0) fail(info.Env(), kArgument, "attention.queryHeads", "must be a multiple of the store's kvHeads");
+  a.scale = static_cast<float>(args.finite(5, "attention.scale"));
   const uint64_t elements = u64(a.query_heads) * u64(view.head_dim);
   a.q = args.host(2, "q", view, elements);
   a.out = args.host_like(3, "out", a.q, elements);
@@ -67,9 +67,9 @@ Napi::Value Addon::Prefill(const Napi::CallbackInfo& info) {
   cpu::AttentionArgs a;
   a.seq = static_cast<int32_t>(args.integer(1, "seq", 0, view.max_sequences - 1));
   a.rows = static_cast<int32_t>(args.integer(3, "rows", 1, view.capacity));
-  a.query_heads = static_cast<int32_t>(args.integer(5, "queryHeads", 1, 4096));
-  if (a.query_heads % view.kv_heads != 0) fail(info.Env(), kArgument, "queryHeads", "must be a multiple of the store's kvHeads");
-  a.scale = static_cast<float>(args.finite(6, "scale"));
+  a.query_heads = static_cast<int32_t>(args.integer(5, "attention.queryHeads", 1, 4096));
+  if (a.query_heads % view.kv_heads != 0) fail(info.Env(), kArgument, "attention.queryHeads", "must be a multiple of the store's kvHeads");
+  a.scale = static_cast<float>(args.finite(6, "attention.scale"));
   a.row_begin = static_cast<int32_t>(args.integer(8, "rowBegin", 0, a.rows - 1));
   a.row_end = static_cast<int32_t>(args.integer(9, "rowEnd", a.row_begin + 1, a.rows));
   const uint64_t elements = u64(a.rows) * u64(a.query_heads) * u64(view.head_dim);
