@@ -45,7 +45,7 @@ export interface WorkerData {
 export interface PoolOptions {
   /** Share of the output rows the worker computes (default 0.5). */
   workerShare?: number;
-  /** Polls of the job counter before a thread sleeps (default 20000, a few tens of microseconds). */
+  /** Polls of the job counter before a thread sleeps (default 2000, a few microseconds: on a machine whose cores share a budget a longer spin slows the other thread). */
   spin?: number;
 }
 
@@ -93,7 +93,7 @@ export class MatmulPool {
   static async create(heap: Float32Array, options: PoolOptions = {}): Promise<MatmulPool> {
     if (!(heap.buffer instanceof SharedArrayBuffer)) throw new TypeError('the heap must be a SharedArrayBuffer view');
     const ctrl = new SharedArrayBuffer(Ctrl.SIZE * 4);
-    const spin = options.spin ?? 20000;
+    const spin = options.spin ?? 2000;
     new Int32Array(ctrl)[Ctrl.SPIN] = spin;
     const worker = startWorker({ heap: heap.buffer, ctrl });
     await new Promise<void>((resolve, reject) => {
