@@ -219,8 +219,9 @@ export class LlamaEngine {
     if (prompts.some((p) => p.length === 0)) throw new RangeError('every prompt needs at least one token (e.g. BOS)');
     const maxNew = options.maxNewTokens ?? 128;
     const stop = new Set(options.stop ?? c.eos);
-    const states = prompts.map((p) => ({ seq: cache.open(), ids: [...p], fed: 0, added: 0, done: maxNew <= 0 }));
+    const states = prompts.map((p) => ({ seq: -1, ids: [...p], fed: 0, added: 0, done: maxNew <= 0 }));
     try {
+      for (const s of states) s.seq = cache.open();
       if (options.prefill) {
         for (const s of states) {
           if (s.done || s.ids.length < 2) continue;
@@ -256,7 +257,7 @@ export class LlamaEngine {
       }
       return states.map((s) => s.ids);
     } finally {
-      for (const s of states) cache.close(s.seq);
+      for (const s of states) if (s.seq >= 0) cache.close(s.seq);
     }
   }
 
