@@ -13,6 +13,11 @@ namespace sh::cpu {
 // rounded up to whole 8-float vectors, padding zeroed, so inner loops have no tails.
 inline size_t padded_dim(int32_t head_dim) { return (static_cast<size_t>(head_dim) + 7) & ~static_cast<size_t>(7); }
 
+// Below this, exp(s - max) is taken as exactly 0: such a probability is under 2^-92 of the largest, and
+// keeping it would feed subnormal products into the value sums, which x86 cores run through slow
+// microcode assists.
+constexpr float kExpCutoff = -64.0f;
+
 // Rows of keys or values as the attention primitives read them: `stride` elements of `dtype` apart,
 // each with at least padded_dim(head_dim) readable elements.
 struct Rows {

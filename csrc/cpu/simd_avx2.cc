@@ -34,11 +34,11 @@ SH_AVX2 SH_INLINE __m256i tail_mask(size_t n) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), lanes);
 }
 
-// exp for x <= 0 (Cephes polynomial, about 1 ulp); underflows to exactly 0 below -87, keeps NaN.
+// exp for x <= 0 (Cephes polynomial, about 1 ulp); exactly 0 below kExpCutoff, keeps NaN.
 SH_AVX2 SH_INLINE __m256 exp_nonpositive(__m256 x) {
-  const __m256 underflow = _mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_LT_OQ);
+  const __m256 underflow = _mm256_cmp_ps(x, _mm256_set1_ps(kExpCutoff), _CMP_LT_OQ);
   // Operand order keeps a NaN x (min/max return their second operand on NaN).
-  x = _mm256_max_ps(_mm256_set1_ps(-87.0f), _mm256_min_ps(_mm256_set1_ps(0.0f), x));
+  x = _mm256_max_ps(_mm256_set1_ps(kExpCutoff), _mm256_min_ps(_mm256_set1_ps(0.0f), x));
   const __m256 n = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
   x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
   x = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), x);

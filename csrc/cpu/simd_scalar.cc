@@ -46,7 +46,8 @@ void dots(Rows k, size_t nt, const float* qs, size_t nq, size_t dp, float scale,
 float exp_sum(float* s, size_t n, float max) {
   float sum = 0.0f;
   for (size_t j = 0; j < n; ++j) {
-    s[j] = std::exp(s[j] - max);
+    const float x = s[j] - max;
+    s[j] = x < kExpCutoff ? 0.0f : std::exp(x);
     sum += s[j];
   }
   return sum;

@@ -157,8 +157,8 @@ void Args::check_state(const LayerView& view, int32_t seq, int32_t min_length) c
     }
     if (lengths[h] < min_length) {
       fail(kArgument, "rows",
-           std::to_string(min_length) + " rows exceed the " + std::to_string(lengths[h]) + " tokens kept by head " +
-               std::to_string(h));
+           std::to_string(min_length) + " query row(s) need as many kept tokens, but KV head " + std::to_string(h) +
+               " keeps " + std::to_string(lengths[h]));
     }
   }
   const double step = view.steps[seq];

@@ -160,6 +160,24 @@ describe('decode', () => {
     }
   });
 
+  it('sharply peaked attention (logit gaps far beyond exp underflow) stays finite and agrees', () => {
+    for (const dtype of DTYPES) {
+      const c: Case = { dtype, kvHeads: 2, group: 2, headDim: 16, capacity: 64, bits: false, gqa: 'mean', seed: 3 };
+      const rng = new Rng(17);
+      const { native, oracle } = filled(c, rng, 64);
+      const q = floats(4 * 16, rng);
+      const outNative = new Float32Array(q.length);
+      const outOracle = new Float32Array(q.length);
+      const recNative = recorder();
+      const recOracle = recorder();
+      cpu.decode(native, 1, q, outNative, { queryHeads: 4, scale: 60 }, recNative);
+      reference.decode(oracle, 1, q, outOracle, { queryHeads: 4, scale: 60 }, recOracle);
+      expect(outNative.every(Number.isFinite)).toBe(true);
+      expectClose(outNative, outOracle, 1e-4, OUT_ATOL, `${dtype} out`);
+      expectSameObservations(recNative.seen, recOracle.seen);
+    }
+  });
+
   it('a cache big enough to be split over two threads gives the same answers', () => {
     for (const dtype of DTYPES) {
       const c: Case = { dtype, kvHeads: 4, group: 2, headDim: 128, capacity: 1200, bits: dtype !== 'f32', gqa: 'mean', seed: 5 };
