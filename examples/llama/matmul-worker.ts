@@ -6,9 +6,11 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { matmul } from './matmul.js';
 import { Ctrl, type WorkerData } from './parallel.js';
+import { simdKernel } from './simd.js';
 
 const data = workerData as WorkerData;
-const heap = new Float32Array(data.heap);
+const heap = new Float32Array(data.memory ? data.memory.buffer : data.heap);
+const kernel = (data.memory && simdKernel(data.memory)) || matmul;
 const c = new Int32Array(data.ctrl);
 const spin = c[Ctrl.SPIN]!;
 let last = 0;
@@ -23,7 +25,7 @@ for (;;) {
   }
   if (go < 0) break;
   try {
-    matmul(heap, c[Ctrl.X]!, c[Ctrl.ROWS]!, c[Ctrl.N]!, c[Ctrl.W]!, c[Ctrl.OUT]!, c[Ctrl.Y]!, c[Ctrl.O0]!, c[Ctrl.OUT]!);
+    kernel(heap, c[Ctrl.X]!, c[Ctrl.ROWS]!, c[Ctrl.N]!, c[Ctrl.W]!, c[Ctrl.OUT]!, c[Ctrl.Y]!, c[Ctrl.O0]!, c[Ctrl.OUT]!);
   } catch (error) {
     parentPort?.postMessage({ error: String(error) });
     Atomics.store(c, Ctrl.FAILED, 1);

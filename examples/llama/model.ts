@@ -13,6 +13,7 @@ import { loadConfig, type LlamaConfig } from './config.js';
 import { loadTensors, listTensors } from './safetensors.js';
 import { matmul, type MatmulJob } from './matmul.js';
 import { MatmulPool } from './parallel.js';
+import { simdKernel, sharedMemory, type Kernel, type SharedMemory } from './simd.js';
 
 /** Heap offsets of one layer's weights. */
 interface LayerWeights {
@@ -38,6 +39,11 @@ export interface ModelOptions {
    * products are too small for a second core to pay on this engine).
    */
   threads?: 1 | 2 | 'auto';
+  /**
+   * `'simd'`: the WebAssembly SIMD kernel (`simd.ts`), `'js'`: the plain TypeScript one (`matmul.ts`);
+   * `'auto'` (default) takes SIMD where the runtime has it.
+   */
+  kernel?: 'simd' | 'js' | 'auto';
 }
 
 /** Products smaller than this many multiply-adds stay on the main thread. */
@@ -81,12 +87,17 @@ export class LlamaModel {
   readonly cos: Float32Array;
   readonly sin: Float32Array;
   readonly parameters: number;
+  /** The product kernel in use. */
+  readonly kernelName: 'simd' | 'js';
+  private readonly kernel: Kernel;
+  private readonly memory: SharedMemory | undefined;
   private pool: MatmulPool | undefined;
 
   private constructor(
     readonly config: LlamaConfig,
     readonly maxRows: number,
     dir: string,
+    kernel: 'simd' | 'js' | 'auto',
   ) {
     const c = config;
     const q = c.heads * c.headDim;
@@ -128,7 +139,14 @@ export class LlamaModel {
     this.act = L.take(R * c.intermediate);
     this.tmp = L.take(R * c.hidden);
     this.logits = L.take(R * c.vocabSize);
-    this.heap = new Float32Array(new SharedArrayBuffer(L.size * 4));
+    // The heap: a shared WebAssembly memory when the SIMD kernel runs over it, else a SharedArrayBuffer.
+    const memory = kernel === 'js' ? undefined : sharedMemory(L.size);
+    const simd = memory && simdKernel(memory);
+    if (kernel === 'simd' && !simd) throw new Error('the WebAssembly SIMD kernel is not available here');
+    this.memory = simd ? memory : undefined;
+    this.kernel = simd ?? matmul;
+    this.kernelName = simd ? 'simd' : 'js';
+    this.heap = new Float32Array(this.memory ? this.memory.buffer : new SharedArrayBuffer(L.size * 4));
 
     for (const name of names.keys()) {
       if (!infos.has(name)) throw new Error(`${dir}: missing tensor ${name}`);
@@ -166,10 +184,10 @@ export class LlamaModel {
    * ```
    */
   static async load(dir: string, options: ModelOptions = {}): Promise<LlamaModel> {
-    const model = new LlamaModel(loadConfig(dir), options.maxRows ?? 8, dir);
+    const model = new LlamaModel(loadConfig(dir), options.maxRows ?? 8, dir, options.kernel ?? 'auto');
     const threads = options.threads ?? 'auto';
     if (threads === 2 || (threads === 'auto' && model.parameters >= 2_000_000)) {
-      model.pool = await MatmulPool.create(model.heap);
+      model.pool = await MatmulPool.create(model.heap, { kernel: model.kernel, memory: model.memory });
     }
     return model;
   }
@@ -182,7 +200,7 @@ export class LlamaModel {
   /** `y = x · Wᵀ` over `rows` rows, on two threads when large enough. */
   project(job: MatmulJob): void {
     if (this.pool && job.rows * job.n * job.out >= MIN_SHARED_WORK) this.pool.run(job);
-    else matmul(this.heap, job.x, job.rows, job.n, job.w, job.out, job.y, 0, job.out);
+    else this.kernel(this.heap, job.x, job.rows, job.n, job.w, job.out, job.y, 0, job.out);
   }
 
   /** Copies the embeddings of `tokens` into the residual rows `x`. */

@@ -13,6 +13,7 @@ import { Worker } from 'node:worker_threads';
 import { createRequire } from 'node:module';
 import { pathToFileURL } from 'node:url';
 import { matmul, type MatmulJob } from './matmul.js';
+import type { Kernel, SharedMemory } from './simd.js';
 
 /** Slots of the control array. */
 export const Ctrl = {
@@ -39,12 +40,18 @@ export const Ctrl = {
 export interface WorkerData {
   heap: SharedArrayBuffer;
   ctrl: SharedArrayBuffer;
+  /** When the heap is a WebAssembly memory: the worker runs the SIMD kernel over it too. */
+  memory: SharedMemory | undefined;
 }
 
 /** Options of {@link MatmulPool.create}. */
 export interface PoolOptions {
   /** Share of the output rows the worker computes (default 0.5). */
   workerShare?: number;
+  /** The heap's WebAssembly memory, if it is one: both threads then use the SIMD kernel. */
+  memory?: SharedMemory | undefined;
+  /** The kernel the main thread runs (default the JavaScript `matmul`). */
+  kernel?: Kernel;
   /** Polls of the job counter before a thread sleeps (default 2000, a few microseconds: on a machine whose cores share a budget a longer spin slows the other thread). */
   spin?: number;
 }
@@ -82,6 +89,7 @@ export class MatmulPool {
     private readonly worker: Worker,
     private readonly share: number,
     private readonly spin: number,
+    private readonly kernel: Kernel,
   ) {
     this.ctrl = new Int32Array(ctrlBuffer);
     worker.on('message', (m: unknown) => {
@@ -95,7 +103,7 @@ export class MatmulPool {
     const ctrl = new SharedArrayBuffer(Ctrl.SIZE * 4);
     const spin = options.spin ?? 2000;
     new Int32Array(ctrl)[Ctrl.SPIN] = spin;
-    const worker = startWorker({ heap: heap.buffer, ctrl });
+    const worker = startWorker({ heap: heap.buffer, ctrl, memory: options.memory });
     await new Promise<void>((resolve, reject) => {
       worker.once('message', () => resolve());
       worker.once('error', reject);
@@ -105,7 +113,7 @@ export class MatmulPool {
     worker.removeAllListeners('exit');
     worker.on('error', () => undefined);
     worker.unref();
-    return new MatmulPool(heap, ctrl, worker, options.workerShare ?? 0.5, spin);
+    return new MatmulPool(heap, ctrl, worker, options.workerShare ?? 0.5, spin, options.kernel ?? matmul);
   }
 
   /** Computes `job` with both threads; returns when all rows are written. */
@@ -124,7 +132,7 @@ export class MatmulPool {
     const id = ++this.job;
     Atomics.store(c, Ctrl.GO, id);
     Atomics.notify(c, Ctrl.GO);
-    matmul(this.heap, job.x, job.rows, job.n, job.w, job.out, job.y, 0, split);
+    this.kernel(this.heap, job.x, job.rows, job.n, job.w, job.out, job.y, 0, split);
     let polls = this.spin;
     while (Atomics.load(c, Ctrl.DONE) !== id) {
       if (Atomics.load(c, Ctrl.FAILED) !== 0) throw new Error(`matmul worker failed: ${this.failure ?? 'unknown error'}`);
