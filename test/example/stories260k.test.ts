@@ -12,12 +12,34 @@ const engine = new LlamaEngine(model);
 afterAll(() => model.close());
 
 describe('stories260K through KVCache', () => {
-  it.each(['auto', 'reference'] as const)('greedy generation with a full cache (%s backend) reproduces reference_greedy.json token for token', (backend) => {
-    using cache = KVCache.create({ geometry: engine.geometry, policy: fullCache({ maxTokens: 512 }), backend });
-    const [ids] = engine.generate(cache, [[1]], { maxNewTokens: 256, stop: [] });
-    expect(ids).toHaveLength(257);
-    expect(ids).toEqual(reference.ids);
-    expect(loadTokenizer(STORIES).decode(ids!)).toBe(reference.text);
+  it.each([
+    ['auto', 'simd'],
+    ['reference', 'js'],
+  ] as const)('greedy generation with a full cache (%s backend, %s kernel) reproduces reference_greedy.json token for token', async (backend, kernel) => {
+    const m = await LlamaModel.load(STORIES, { maxRows: 1, threads: 1, kernel });
+    try {
+      const e = new LlamaEngine(m);
+      using cache = KVCache.create({ geometry: e.geometry, policy: fullCache({ maxTokens: 512 }), backend });
+      const [ids] = e.generate(cache, [[1]], { maxNewTokens: 256, stop: [] });
+      expect(ids).toHaveLength(257);
+      expect(ids).toEqual(reference.ids);
+      expect(loadTokenizer(STORIES).decode(ids!)).toBe(reference.text);
+    } finally {
+      m.close();
+    }
+  });
+
+  it('uses two threads when asked, with the same output', async () => {
+    const m = await LlamaModel.load(STORIES, { maxRows: 4, threads: 2 });
+    try {
+      expect(m.threads).toBe(2);
+      const e = new LlamaEngine(m);
+      using cache = KVCache.create({ geometry: e.geometry, maxSequences: 4, policy: fullCache({ maxTokens: 512 }) });
+      const [ids] = e.generate(cache, [[1], [1], [1], [1]], { maxNewTokens: 256, stop: [] });
+      expect(ids).toEqual(reference.ids);
+    } finally {
+      m.close();
+    }
   });
 
   it('decodes a batch: each row equals its own single-sequence run', () => {
