@@ -10,6 +10,7 @@
         "csrc/cpu/context.cc",
         "csrc/cpu/evict.cc",
         "csrc/cpu/simd_avx2.cc",
+        "csrc/cpu/simd_avx512.cc",
         "csrc/cpu/simd_scalar.cc",
         "csrc/cpu/store.cc",
         "csrc/cpu/tracker.cc",

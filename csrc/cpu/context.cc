@@ -81,21 +81,31 @@ class Pool {
 
 namespace {
 
-// SCISSORHANDS_SIMD=scalar forces the portable kernels (to test them on an AVX2 machine).
-bool use_avx2() {
-  const char* forced = std::getenv("SCISSORHANDS_SIMD");
-  if (forced != nullptr && std::strcmp(forced, "scalar") == 0) return false;
+// The best kernels this CPU runs; SCISSORHANDS_SIMD=avx2 or =scalar caps the choice (to test every
+// path on one machine).
+int simd_level() {
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  int level = 0;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
+    level = __builtin_cpu_supports("avx512f") ? 2 : 1;
+  }
+  const char* cap = std::getenv("SCISSORHANDS_SIMD");
+  if (cap != nullptr && std::strcmp(cap, "scalar") == 0) return 0;
+  if (cap != nullptr && std::strcmp(cap, "avx2") == 0 && level > 1) return 1;
+  return level;
 }
 
 }  // namespace
 
-Context::Context() : avx2_(use_avx2()) {}
+Context::Context() : level_(simd_level()) {}
 
 Context::~Context() = default;
 
-const Primitives& Context::primitives() const { return avx2_ ? avx2_primitives() : scalar_primitives(); }
+const char* Context::simd() const { return level_ == 2 ? "avx512" : level_ == 1 ? "avx2" : "scalar"; }
+
+const Primitives& Context::primitives() const {
+  return level_ == 2 ? avx512_primitives() : level_ == 1 ? avx2_primitives() : scalar_primitives();
+}
 
 bool Context::run_pair(void (*fn)(void*, int), void* arg) {
   if (!pool_) {

@@ -44,6 +44,8 @@ struct Primitives {
 const Primitives& scalar_primitives();
 // Only valid where the CPU has AVX2, FMA and F16C.
 const Primitives& avx2_primitives();
+// Only valid where the CPU (and OS) also has AVX-512F.
+const Primitives& avx512_primitives();
 
 // Feeds one observation of one KV head (n slots attended, clock value step) to the tracker. The
 // probability of slot j for query g of the group is f32(p[g * stride + j] * weight[g]) (weight null: 1),

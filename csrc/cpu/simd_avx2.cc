@@ -174,18 +174,21 @@ SH_AVX2 void dots(Rows k, size_t nt, const float* qs, size_t nq, size_t dp, floa
 
 // CB vectors of every value row times GB queries' probabilities: the GB * CB accumulators stay in
 // registers across all nt rows, so each row's vectors are loaded (and decoded) once for the GB queries.
-// Also requests one line of the next tile per row: passes over a tile touch its rows in several sweeps
-// (one per CB vectors), and spreading the next tile's requests over all of them keeps memory busy
-// while the later sweeps run from L1.
+// Also requests `lines` lines of the next tile per row: passes over a tile touch its rows in several
+// sweeps (one per CB vectors), and spreading the next tile's requests over all of them keeps memory
+// busy while the later sweeps run from L1.
 template <DType DT, int GB, int CB>
 SH_AVX2 SH_INLINE void accumulate_block(const uint8_t* v, size_t row_bytes, size_t nt, const float* p, size_t p_stride,
-                                        size_t dp, size_t c, const uint8_t* ahead, size_t ahead_bytes, float* acc) {
+                                        size_t dp, size_t c, const uint8_t* ahead, size_t ahead_bytes, size_t lines,
+                                        float* acc) {
   __m256 a[GB][CB];
   for (int g = 0; g < GB; ++g) {
     for (int b = 0; b < CB; ++b) a[g][b] = _mm256_load_ps(acc + g * dp + c + 8 * b);
   }
   for (size_t t = 0; t < nt; ++t) {
-    if (t * 64 < ahead_bytes) _mm_prefetch(reinterpret_cast<const char*>(ahead + t * 64), _MM_HINT_T0);
+    for (size_t l = t * lines * 64; l < (t + 1) * lines * 64 && l < ahead_bytes; l += 64) {
+      _mm_prefetch(reinterpret_cast<const char*>(ahead + l), _MM_HINT_T0);
+    }
     __m256 x[CB];
     for (int b = 0; b < CB; ++b) x[b] = load8<DT>(v + t * row_bytes, c + 8 * b);
     for (int g = 0; g < GB; ++g) {
@@ -201,16 +204,19 @@ SH_AVX2 SH_INLINE void accumulate_block(const uint8_t* v, size_t row_bytes, size
 template <DType DT, int GB>
 SH_AVX2 SH_INLINE void accumulate_queries(const uint8_t* v, size_t row_bytes, size_t nt, const float* p, size_t p_stride,
                                        size_t dp, float* acc) {
+  // Each sweep over the rows requests its share of the next tile, `lines` lines per row.
+  const size_t sweeps = (dp + 15) / 16;
+  const size_t lines = (nt * row_bytes / 64 + sweeps * nt - 1) / (sweeps * nt);
   const uint8_t* next = v + nt * row_bytes;
   const size_t next_bytes = nt * row_bytes;
-  // Sweep i requests lines [i * nt, (i + 1) * nt) of the next tile.
-  auto ahead = [&](size_t sweep) { return sweep * nt * 64 < next_bytes ? next_bytes - sweep * nt * 64 : 0; };
+  const size_t share = nt * lines * 64;
+  auto left = [&](size_t sweep) { return sweep * share < next_bytes ? next_bytes - sweep * share : 0; };
   size_t c = 0;
   size_t sweep = 0;
   for (; c + 16 <= dp; c += 16, ++sweep) {
-    accumulate_block<DT, GB, 2>(v, row_bytes, nt, p, p_stride, dp, c, next + sweep * nt * 64, ahead(sweep), acc);
+    accumulate_block<DT, GB, 2>(v, row_bytes, nt, p, p_stride, dp, c, next + sweep * share, left(sweep), lines, acc);
   }
-  if (c < dp) accumulate_block<DT, GB, 1>(v, row_bytes, nt, p, p_stride, dp, c, next + sweep * nt * 64, ahead(sweep), acc);
+  if (c < dp) accumulate_block<DT, GB, 1>(v, row_bytes, nt, p, p_stride, dp, c, next + sweep * share, left(sweep), lines, acc);
 }
 
 template <DType DT>

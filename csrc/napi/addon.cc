@@ -58,7 +58,7 @@ Napi::Value Addon::Info(const Napi::CallbackInfo& info) {
   Napi::Object result = Napi::Object::New(env);
   result.Set("version", Napi::String::New(env, SCISSORHANDS_VERSION));
   result.Set("napiVersion", Napi::Number::New(env, NAPI_VERSION));
-  result.Set("simd", Napi::String::New(env, context_.avx2() ? "avx2" : "scalar"));
+  result.Set("simd", Napi::String::New(env, context_.simd()));
   result.Set("maxHeadDim", Napi::Number::New(env, kMaxHeadDim));
   result.Set("threads", Napi::Number::New(env, 2));
   return result;

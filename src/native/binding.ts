@@ -13,8 +13,11 @@ export interface NativeInfo {
   /** The package version the addon was built from (the loader refuses a mismatch). */
   readonly version: string;
   readonly napiVersion: number;
-  /** Instruction set of the attention kernels on this machine (`SCISSORHANDS_SIMD=scalar` forces the portable ones). */
-  readonly simd: 'avx2' | 'scalar';
+  /**
+   * Instruction set of the attention kernels on this machine; `SCISSORHANDS_SIMD=avx2` or `=scalar` in the
+   * environment when the addon loads caps it.
+   */
+  readonly simd: 'avx512' | 'avx2' | 'scalar';
   readonly maxHeadDim: number;
   /** Threads a big attention call is split over. */
   readonly threads: number;

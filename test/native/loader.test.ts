@@ -23,7 +23,7 @@ describe('loader', () => {
     const info = loadNative().info();
     expect(info.version).toBe(packageVersion);
     expect(info.napiVersion).toBe(8);
-    expect(['avx2', 'scalar']).toContain(info.simd);
+    expect(['avx512', 'avx2', 'scalar']).toContain(info.simd);
   });
 
   it('refuses a build of another package version, listing every candidate and what to do', async () => {

@@ -46,15 +46,16 @@ class Context {
   // Runs fn(arg, 0) here and fn(arg, 1) on the helper thread, concurrently; false (having run nothing)
   // if the helper cannot be started.
   bool run_pair(void (*fn)(void* arg, int part), void* arg);
-  // Whether the AVX2/FMA/F16C kernels are in use on this machine.
-  bool avx2() const { return avx2_; }
+  // The instruction set of the attention kernels in use: "avx512", "avx2" or "scalar".
+  const char* simd() const;
   const Primitives& primitives() const;
 
  private:
   Workspace workspaces_[2];
   std::unique_ptr<Pool> pool_;
   bool pool_failed_ = false;
-  bool avx2_;
+  // 0 scalar, 1 AVX2 + FMA + F16C, 2 AVX-512F as well.
+  int level_;
 };
 
 // Attention settings of decode and prefill.
