@@ -3,7 +3,7 @@
  *
  *   npx tsx examples/bench-throughput.ts                                   # ref-12m, 8 windows of 2048
  *   npx tsx examples/bench-throughput.ts --model models/stories260K        # 8 windows of 512
- *   npx tsx examples/bench-throughput.ts --windows 8 --tokens 256 --threads 1
+ *   npx tsx examples/bench-throughput.ts --windows 8 --tokens 256 --threads 1 --kernel js
  *
  * Windows are decoded together, one token per step for all of them (one pass over the weights per
  * step), through a full KVCache. For ref-12m the per-window mean NLL is printed beside
@@ -26,10 +26,15 @@ const { values: args } = parseArgs({
     tokens: { type: 'string' },
     threads: { type: 'string', default: 'auto' },
     backend: { type: 'string', default: 'auto' },
+    kernel: { type: 'string', default: 'auto' },
   },
 });
 const B = Number(args.windows);
-const model = await LlamaModel.load(args.model, { maxRows: B, threads: args.threads === 'auto' ? 'auto' : (Number(args.threads) as 1 | 2) });
+const model = await LlamaModel.load(args.model, {
+  maxRows: B,
+  threads: args.threads === 'auto' ? 'auto' : (Number(args.threads) as 1 | 2),
+  kernel: args.kernel as 'simd' | 'js' | 'auto',
+});
 const engine = new LlamaEngine(model);
 const tok = loadTokenizer(args.model);
 const isRef = model.config.vocabSize === 8192;
@@ -61,7 +66,7 @@ const means = nlls.map((a) => a.reduce((s, x) => s + x, 0) / a.length);
 const reference = isRef && window === 2048
   ? (JSON.parse(readFileSync(`${sharedDir}/data/reference-eval.json`, 'utf8')) as Record<string, { configs: { full: { per_window_mean_nll: number[] } } }>)['ref-12m/wikitext2-test']!.configs.full.per_window_mean_nll
   : undefined;
-console.log(`${args.model}: ${B} windows x ${window} tokens teacher-forced, ${model.threads} thread(s), backend ${cache.backend}, ${cpus().length} cores`);
+console.log(`${args.model}: ${B} windows x ${window} tokens teacher-forced, ${model.kernelName} kernel, ${model.threads} thread(s), backend ${cache.backend}, ${cpus().length} cores`);
 console.log(`${scored} tokens in ${seconds.toFixed(1)} s: ${(scored / seconds).toFixed(1)} tokens/s`);
 for (const [w, m] of means.entries()) {
   const ref = reference?.[w];

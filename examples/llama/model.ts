@@ -44,10 +44,12 @@ export interface ModelOptions {
    * `'auto'` (default) takes SIMD where the runtime has it.
    */
   kernel?: 'simd' | 'js' | 'auto';
+  /** Products smaller than this many multiply-adds stay on the main thread (default {@link MIN_SHARED_WORK}). */
+  minSharedWork?: number;
 }
 
 /** Products smaller than this many multiply-adds stay on the main thread. */
-const MIN_SHARED_WORK = 1 << 15;
+export const MIN_SHARED_WORK = 1 << 15;
 
 /** A bump allocator over a shared f32 heap. */
 class HeapLayout {
@@ -92,6 +94,7 @@ export class LlamaModel {
   private readonly kernel: Kernel;
   private readonly memory: SharedMemory | undefined;
   private pool: MatmulPool | undefined;
+  private minSharedWork = MIN_SHARED_WORK;
 
   private constructor(
     readonly config: LlamaConfig,
@@ -185,6 +188,7 @@ export class LlamaModel {
    */
   static async load(dir: string, options: ModelOptions = {}): Promise<LlamaModel> {
     const model = new LlamaModel(loadConfig(dir), options.maxRows ?? 8, dir, options.kernel ?? 'auto');
+    model.minSharedWork = options.minSharedWork ?? MIN_SHARED_WORK;
     const threads = options.threads ?? 'auto';
     if (threads === 2 || (threads === 'auto' && model.parameters >= 2_000_000)) {
       model.pool = await MatmulPool.create(model.heap, { kernel: model.kernel, memory: model.memory });
@@ -199,7 +203,7 @@ export class LlamaModel {
 
   /** `y = x · Wᵀ` over `rows` rows, on two threads when large enough. */
   project(job: MatmulJob): void {
-    if (this.pool && job.rows * job.n * job.out >= MIN_SHARED_WORK) this.pool.run(job);
+    if (this.pool && job.rows * job.n * job.out >= this.minSharedWork) this.pool.run(job);
     else this.kernel(this.heap, job.x, job.rows, job.n, job.w, job.out, job.y, 0, job.out);
   }
 
