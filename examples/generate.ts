@@ -10,7 +10,8 @@
  * --tokens N (new tokens, default 200), --tracker NAME (scissorhands, h2o, tova, streamingLLM, keyNorm,
  * random; default scissorhands), --budget N (tokens kept per head; default a quarter of prompt + new
  * tokens), --recent N (protected newest tokens, default 10), --sinks N (default 0 and 4 for
- * streamingLLM), --dtype f32|f16|bf16, --backend auto|cpu|reference, --threads 1|2|auto.
+ * streamingLLM), --dtype f32|f16|bf16, --backend auto|cpu|reference, --threads 1|2|auto,
+ * --kernel simd|js|auto (the matrix-product kernel).
  */
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
@@ -31,10 +32,15 @@ const { values: args } = parseArgs({
     dtype: { type: 'string', default: 'f32' },
     backend: { type: 'string', default: 'auto' },
     threads: { type: 'string', default: 'auto' },
+    kernel: { type: 'string', default: 'auto' },
   },
 });
 
-const model = await LlamaModel.load(args.model, { maxRows: 1, threads: args.threads === 'auto' ? 'auto' : (Number(args.threads) as 1 | 2) });
+const model = await LlamaModel.load(args.model, {
+  maxRows: 1,
+  threads: args.threads === 'auto' ? 'auto' : (Number(args.threads) as 1 | 2),
+  kernel: args.kernel as 'simd' | 'js' | 'auto',
+});
 const engine = new LlamaEngine(model);
 const tokenizer = loadTokenizer(args.model);
 const config = model.config;
@@ -82,7 +88,7 @@ let prefix = 0;
 while (prefix < a.ids.length && a.ids[prefix] === b.ids[prefix]) prefix++;
 const same = a.ids.filter((t, i) => t === b.ids[i]).length;
 
-console.log(`model ${args.model} (${config.layers} layers, ${config.heads}/${config.kvHeads} heads of ${config.headDim}), backend ${full.backend}, ${model.threads} thread(s)`);
+console.log(`model ${args.model} (${config.layers} layers, ${config.heads}/${config.kvHeads} heads of ${config.headDim}), backend ${full.backend}, ${model.kernelName} kernel, ${model.threads} thread(s)`);
 console.log(`prompt: ${prompt.length} tokens; ${newTokens} new tokens, greedy\n`);
 console.log(`--- full cache (${total} tokens) ---\n${tokenizer.decode([...prompt, ...a.ids])}\n`);
 console.log(`--- ${args.tracker}, budget ${budget} tokens per head (recent ${args.recent}, sinks ${sinks}) ---\n${tokenizer.decode([...prompt, ...b.ids])}\n`);
