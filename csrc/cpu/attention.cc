@@ -20,7 +20,8 @@ namespace {
 
 // Queries (rows x group) per pass over the keys in prefill: bounds the score scratch.
 constexpr size_t kBlockQueries = 32;
-// Floats of one decoded key or value tile (16 KiB: stays in L1 while every query uses it).
+// Floats per tile of keys or values (16 KiB as f32): the rows every query block goes over while they
+// are in L1, and the unit the primitives request ahead of time.
 constexpr size_t kTileFloats = 4096;
 // Bytes of keys and values a call must stream before it is split over two threads; below this, waking
 // the helper costs more than it saves.
@@ -239,7 +240,7 @@ Status attend(Context& ctx, const LayerView& view, const AttentionArgs& args, co
     longest = std::max(longest, n);
     kept_total += n;
   }
-  plan.s_stride = round_up(longest + 1, 16);
+  plan.s_stride = round_up(longest, 16);
   const size_t floats = scratch_floats(plan);
 
   Split split{&plan, {nullptr, nullptr}, view.kv_heads / 2};
