@@ -4,7 +4,7 @@
  * gets its hooks called here, with the probabilities the kernels computed.
  * @module
  */
-import { bytesPerElement, parseDType, type HostArray } from '../core/dtype.js';
+import { bytesPerElement, parseDType } from '../core/dtype.js';
 import { ArgumentError, DisposedError } from '../core/errors.js';
 import { MAX_HEAD_DIM, checkInt } from '../core/geometry.js';
 import type { NativeTracker, RawBinding } from '../native/binding.js';
@@ -45,11 +45,11 @@ function stateOf(store: LayerStore, seq: number, kvHead: number): { scores: Floa
  * backend itself holds only scratch for custom trackers, and `dispose()` makes later calls throw
  * {@link DisposedError}. Errors are the same typed errors as the reference backend's: the addon checks
  * every argument again at its boundary.
- * @throws {@link LoadError} when the native addon is not built or cannot load.
+ * @throws `LoadError` when the native addon is not built or cannot load (see `backendInfo()`).
  * @example
  * ```ts
  * const backend = createCpuBackend();
- * const store = backend.allocate({ dtype: 'f16', maxSequences: 1, kvHeads: 8, headDim: 128, capacity: 4096, auxWords: 0 });
+ * const store = backend.allocate({ layer: 0, dtype: 'f16', maxSequences: 1, kvHeads: 8, headDim: 128, capacity: 4096, auxWords: 0 });
  * backend.append(store, 0, k, v, 1, 0, h2o());
  * backend.decode(store, 0, q, out, { queryHeads: 32, scale: 1 / Math.sqrt(128) }, h2o());
  * ```
