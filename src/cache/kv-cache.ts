@@ -86,6 +86,9 @@ export class KVCache implements Disposable {
   /** `[layer][seq]` tokens seen: the next token's position. */
   readonly #seen: Float64Array;
   readonly #evictions: Float64Array;
+  /** Token-head entries kept over all layers and open sequences, now and at most so far. */
+  #kept = 0;
+  #peakKept = 0;
   readonly #life = new Lifetime('KVCache');
   readonly #group: number;
   readonly #attention: { queryHeads: number; scale: number };
@@ -203,7 +206,7 @@ export class KVCache implements Disposable {
    * const out = cache.attend(seq, layer, q, k, v);
    * ```
    */
-  attend(seq: number, layer: number, q: HostArray, k: HostArray, v: HostArray, out?: HostArray): HostArray {
+  attend<T extends HostArray>(seq: number, layer: number, q: T, k: T, v: T, out?: T): T {
     const store = this.#store(seq, layer);
     const { queryHeads, kvHeads, headDim } = this.geometry;
     this.#checkArray(q, 'q', queryHeads * headDim);
@@ -228,7 +231,7 @@ export class KVCache implements Disposable {
    * const out = cache.prefill(seq, layer, qBlock, kBlock, vBlock);
    * ```
    */
-  prefill(seq: number, layer: number, q: HostArray, k: HostArray, v: HostArray, out?: HostArray): HostArray {
+  prefill<T extends HostArray>(seq: number, layer: number, q: T, k: T, v: T, out?: T): T {
     const store = this.#store(seq, layer);
     const { queryHeads, kvHeads, headDim } = this.geometry;
     const rows = this.#rows(k, 'k', kvHeads * headDim);
@@ -395,6 +398,8 @@ export class KVCache implements Disposable {
       backend: this.#backend.name,
       bytesReserved,
       bytesUsed: tokensKept * (bytesPerToken + metaPerToken),
+      peakBytesUsed: this.#peakKept * (bytesPerToken + metaPerToken),
+      peakTokensKept: this.#peakKept,
       bytesFull: tokensSeen * bytesPerToken,
       bytesPerToken,
       tokensKept,
@@ -431,6 +436,7 @@ export class KVCache implements Disposable {
   #clear(seq: number): void {
     const { kvHeads } = this.geometry;
     this.#stores.forEach((store, layer) => {
+      for (let h = 0; h < kvHeads; h++) this.#kept -= store.lengths[seq * kvHeads + h]!;
       store.lengths.fill(0, seq * kvHeads, (seq + 1) * kvHeads);
       store.steps[seq] = 0;
       this.#seen[layer * this.maxSequences + seq] = 0;
@@ -479,6 +485,8 @@ export class KVCache implements Disposable {
     const at = layer * this.maxSequences + seq;
     this.#backend.append(store, seq, k, v, step.rows, this.#seen[at]!, this.tracker);
     this.#seen[at]! += step.rows;
+    this.#kept += (step.rows - step.count) * this.geometry.kvHeads;
+    this.#peakKept = Math.max(this.#peakKept, this.#kept);
   }
 
   #store(seq: number, layer: number): LayerStore {
@@ -526,8 +534,8 @@ export class KVCache implements Disposable {
     if (array.length !== expected) throw new ShapeError(`expected ${expected} elements, got ${array.length}`, argument);
   }
 
-  #output(out: HostArray | undefined, q: HostArray, length: number): HostArray {
-    if (out === undefined) return q instanceof Float32Array ? new Float32Array(length) : new Uint16Array(length);
+  #output<T extends HostArray>(out: T | undefined, q: T, length: number): T {
+    if (out === undefined) return (q instanceof Float32Array ? new Float32Array(length) : new Uint16Array(length)) as T;
     if (!(out instanceof Float32Array || out instanceof Uint16Array) || out.constructor !== q.constructor) {
       throw new DTypeError('expected the same array type as q', 'out');
     }

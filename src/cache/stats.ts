@@ -36,6 +36,10 @@ export interface CacheStats {
   readonly bytesReserved: number;
   /** Bytes that hold kept tokens: keys, values and the per-token metadata. */
   readonly bytesUsed: number;
+  /** Largest `bytesUsed` since creation (closing sequences does not lower it). */
+  readonly peakBytesUsed: number;
+  /** Largest `tokensKept` since creation. */
+  readonly peakTokensKept: number;
   /** Bytes a full cache of the same dtype would need for every token seen (keys and values only). */
   readonly bytesFull: number;
   /** Bytes of keys and values per kept token and KV head. */

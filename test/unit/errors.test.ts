@@ -5,7 +5,7 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import {
   ArgumentError, BackendError, type BudgetPolicy, BudgetError, CapacityError, DTypeError, DisposedError, KVCache, type KVCacheOptions,
-  KvError, KvErrorCode, LoadError, SequenceError, ShapeError, backendInfo, fixedBudget, fullCache, h2o,
+  KvError, KvErrorCode, type HostArray, LoadError, SequenceError, ShapeError, backendInfo, fixedBudget, fullCache, h2o,
 } from '../../src/index.js';
 
 const BACKENDS = backendInfo().cpu.available ? (['reference', 'cpu'] as const) : (['reference'] as const);
@@ -52,7 +52,7 @@ describe.each(BACKENDS)('error codes on the %s backend', (backend) => {
   it('KV_DTYPE: Uint16Array inputs on an f32 cache, an unknown dtype (DTypeError naming the argument)', () => {
     using cache = make();
     const seq = cache.open();
-    expectKvError(caught(() => cache.attend(seq, 0, new Uint16Array(q.length), k, k)), DTypeError, KvErrorCode.DType, 'q');
+    expectKvError(caught(() => cache.attend(seq, 0, new Uint16Array(q.length) as HostArray, k as HostArray, k as HostArray)), DTypeError, KvErrorCode.DType, 'q');
     expectKvError(caught(() => cache.append(seq, 0, k, new Float64Array(k.length) as unknown as Float32Array)), DTypeError, KvErrorCode.DType, 'v');
     expectKvError(caught(() => make({ dtype: 'f64' as 'f32' })), DTypeError, KvErrorCode.DType, 'dtype');
   });
