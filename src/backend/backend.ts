@@ -37,6 +37,34 @@ export interface LayerStore {
   readonly steps: Float64Array;
 }
 
+/**
+ * Live read-only views of what one KV head of one layer keeps for a sequence (valid until the next
+ * call that changes the cache).
+ * @example
+ * ```ts
+ * const { length, keys, positions } = cache.view(seq, 0, 0);
+ * ```
+ */
+export interface HeadView {
+  readonly length: number;
+  /** `[length][headDim]` stored keys (Float32Array for f32, Uint16Array bits for f16/bf16). */
+  readonly keys: HostArray;
+  readonly values: HostArray;
+  readonly positions: Int32Array;
+}
+
+/**
+ * Copies of what one KV head keeps: original positions and their importance scores.
+ * @example
+ * ```ts
+ * const { positions, scores } = cache.inspect(seq, 3, 1);
+ * ```
+ */
+export interface HeadInspection {
+  readonly positions: Int32Array;
+  readonly scores: Float32Array;
+}
+
 /** Sizes needed to allocate a {@link LayerStore}. */
 export interface LayerStoreSpec {
   readonly layer: number;
@@ -96,6 +124,14 @@ export interface Backend {
    * mean score over heads, applies to all heads (their lengths must be equal).
    */
   evict(store: LayerStore, seq: number, count: number, sinks: number, recent: number, scope: 'head' | 'layer'): void;
+  /** Bytes the store holds (constant for its lifetime). */
+  bytes(store: LayerStore): number;
+  /** Empties one sequence: its lengths and its tracker clock. */
+  clear(store: LayerStore, seq: number): void;
+  /** Copies of the positions and scores one KV head keeps. */
+  inspect(store: LayerStore, seq: number, kvHead: number): HeadInspection;
+  /** Live views of what one KV head keeps (host backends). */
+  view(store: LayerStore, seq: number, kvHead: number): HeadView;
   /** Frees what the backend holds; idempotent. */
   dispose(): void;
 }

@@ -11,6 +11,7 @@ import type { NativeTracker, RawBinding } from '../native/binding.js';
 import { loadNative } from '../native/loader.js';
 import { TrackerKind, type ImportanceTracker } from '../trackers/tracker.js';
 import type { Backend, LayerStore, LayerStoreSpec } from './backend.js';
+import { allocateHostStore, clearHostStore, hostStoreBytes, inspectHostStore, viewHostStore } from './host-store.js';
 
 /** Probability floats a custom tracker's prefill hands back per native call (4 MiB); rows go in blocks. */
 const PREFILL_SCRATCH_FLOATS = 1 << 20;
@@ -90,31 +91,13 @@ export function createCpuBackend(): Backend {
 
     allocate(spec: LayerStoreSpec): LayerStore {
       live();
-      const dtype = parseDType(spec.dtype, 'dtype');
-      const maxSequences = checkInt(spec.maxSequences, 'maxSequences', 1, 1 << 16);
-      const kvHeads = checkInt(spec.kvHeads, 'kvHeads', 1, 4096);
-      const headDim = checkInt(spec.headDim, 'headDim', 1, MAX_HEAD_DIM);
-      const capacity = checkInt(spec.capacity, 'capacity', 1);
-      const auxWords = checkInt(spec.auxWords, 'auxWords', 0, 1 << 16);
-      const layer = checkInt(spec.layer, 'layer', 0);
-      const tokens = maxSequences * kvHeads * capacity;
-      const elementBytes = bytesPerElement(dtype);
-      try {
-        return {
-          layer, dtype, maxSequences, kvHeads, headDim, capacity, auxWords,
-          keys: new Uint8Array(tokens * headDim * elementBytes),
-          values: new Uint8Array(tokens * headDim * elementBytes),
-          positions: new Int32Array(tokens),
-          scores: new Float32Array(tokens),
-          aux: new Uint32Array(tokens * auxWords),
-          lengths: new Int32Array(maxSequences * kvHeads),
-          steps: new Float64Array(maxSequences),
-        };
-      } catch (e) {
-        if (e instanceof RangeError) throw new ArgumentError(`${tokens} token slots of ${headDim} elements cannot be allocated`, 'capacity');
-        throw e;
-      }
+      return allocateHostStore(spec);
     },
+
+    bytes: hostStoreBytes,
+    clear: clearHostStore,
+    inspect: inspectHostStore,
+    view: viewHostStore,
 
     append(store, seq, k, v, count, firstPosition, tracker): void {
       const binding = live();

@@ -10,6 +10,7 @@ import { ArgumentError, BudgetError, DTypeError, DisposedError, ShapeError } fro
 import { MAX_HEAD_DIM, checkInt } from '../core/geometry.js';
 import type { ImportanceTracker } from '../trackers/tracker.js';
 import type { AttentionSpec, Backend, LayerStore, LayerStoreSpec } from './backend.js';
+import { allocateHostStore, clearHostStore, hostStoreBytes, inspectHostStore, viewHostStore } from './host-store.js';
 
 
 /** Stored elements as numbers: an f32 view, or the 16-bit words of an f16/bf16 store. */
@@ -225,31 +226,13 @@ export function createReferenceBackend(): Backend {
 
     allocate(spec: LayerStoreSpec): LayerStore {
       live();
-      const dtype = parseDType(spec.dtype, 'dtype');
-      const maxSequences = checkInt(spec.maxSequences, 'maxSequences', 1, 1 << 16);
-      const kvHeads = checkInt(spec.kvHeads, 'kvHeads', 1, 4096);
-      const headDim = checkInt(spec.headDim, 'headDim', 1, MAX_HEAD_DIM);
-      const capacity = checkInt(spec.capacity, 'capacity', 1);
-      const auxWords = checkInt(spec.auxWords, 'auxWords', 0, 1 << 16);
-      const layer = checkInt(spec.layer, 'layer', 0);
-      const tokens = maxSequences * kvHeads * capacity;
-      const elementBytes = bytesPerElement(dtype);
-      try {
-        return {
-          dtype, maxSequences, kvHeads, headDim, capacity, auxWords, layer,
-          keys: new Uint8Array(tokens * headDim * elementBytes),
-          values: new Uint8Array(tokens * headDim * elementBytes),
-          positions: new Int32Array(tokens),
-          scores: new Float32Array(tokens),
-          aux: new Uint32Array(tokens * auxWords),
-          lengths: new Int32Array(maxSequences * kvHeads),
-          steps: new Float64Array(maxSequences),
-        } as LayerStore;
-      } catch (e) {
-        if (e instanceof RangeError) throw new ArgumentError(`${tokens} token slots of ${headDim} elements cannot be allocated`, 'capacity');
-        throw e;
-      }
+      return allocateHostStore(spec);
     },
+
+    bytes: hostStoreBytes,
+    clear: clearHostStore,
+    inspect: inspectHostStore,
+    view: viewHostStore,
 
     append(store, seq, k, v, count, firstPosition, tracker): void {
       live();

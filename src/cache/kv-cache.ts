@@ -3,7 +3,7 @@
  * decided by a budget policy and an importance tracker.
  * @module
  */
-import type { Backend, LayerStore } from '../backend/backend.js';
+import type { Backend, HeadInspection, HeadView, LayerStore } from '../backend/backend.js';
 import { selectBackend } from '../backend/select.js';
 import { Lifetime } from '../core/disposable.js';
 import { type DType, type HostArray, bytesPerElement } from '../core/dtype.js';
@@ -21,34 +21,6 @@ interface Step {
   readonly count: number;
   readonly sinks: number;
   readonly recent: number;
-}
-
-/**
- * Live read-only views of what one KV head of one layer keeps for a sequence (valid until the next
- * call that changes the cache).
- * @example
- * ```ts
- * const { length, keys, positions } = cache.view(seq, 0, 0);
- * ```
- */
-export interface HeadView {
-  readonly length: number;
-  /** `[length][headDim]` stored keys (Float32Array for f32, Uint16Array bits for f16/bf16). */
-  readonly keys: HostArray;
-  readonly values: HostArray;
-  readonly positions: Int32Array;
-}
-
-/**
- * Copies of what one KV head keeps: original positions and their importance scores.
- * @example
- * ```ts
- * const { positions, scores } = cache.inspect(seq, 3, 1);
- * ```
- */
-export interface HeadInspection {
-  readonly positions: Int32Array;
-  readonly scores: Float32Array;
 }
 
 /**
@@ -328,25 +300,9 @@ export class KVCache implements Disposable {
    */
   view(seq: number, layer: number, kvHead: number): HeadView {
     const store = this.#store(seq, layer);
-    const h = this.#head(kvHead);
-    const slot = seq * this.geometry.kvHeads + h;
-    const length = store.lengths[slot]!;
-    const d = this.geometry.headDim;
-    const first = slot * store.capacity;
-    const bytes = bytesPerElement(this.dtype);
-    const elements = (raw: Uint8Array): HostArray => {
-      const offset = raw.byteOffset + first * d * bytes;
-      return this.dtype === 'f32'
-        ? new Float32Array(raw.buffer, offset, length * d)
-        : new Uint16Array(raw.buffer, offset, length * d);
-    };
-    return {
-      length,
-      keys: elements(store.keys),
-      values: elements(store.values),
-      positions: store.positions.subarray(first, first + length),
-    };
+    return this.#backend.view(store, seq, this.#head(kvHead));
   }
+
 
   /**
    * Copies of the positions and scores one KV head keeps, to see or plot what the cache kept.
@@ -357,11 +313,9 @@ export class KVCache implements Disposable {
    */
   inspect(seq: number, layer: number, kvHead: number): HeadInspection {
     const store = this.#store(seq, layer);
-    const slot = seq * this.geometry.kvHeads + this.#head(kvHead);
-    const first = slot * store.capacity;
-    const end = first + store.lengths[slot]!;
-    return { positions: store.positions.slice(first, end), scores: store.scores.slice(first, end) };
+    return this.#backend.inspect(store, seq, this.#head(kvHead));
   }
+
 
   /**
    * A snapshot of memory and token counts.
@@ -380,8 +334,7 @@ export class KVCache implements Disposable {
     let tokensSeen = 0;
     let evictions = 0;
     const layers: LayerStats[] = this.#stores.map((store, layer) => {
-      bytesReserved += store.keys.byteLength + store.values.byteLength + store.positions.byteLength
-        + store.scores.byteLength + store.aux.byteLength + store.lengths.byteLength + store.steps.byteLength;
+      bytesReserved += this.#backend.bytes(store);
       const kept = new Array<number>(kvHeads).fill(0);
       let seen = 0;
       for (let seq = 0; seq < this.maxSequences; seq++) {
@@ -437,8 +390,7 @@ export class KVCache implements Disposable {
     const { kvHeads } = this.geometry;
     this.#stores.forEach((store, layer) => {
       for (let h = 0; h < kvHeads; h++) this.#kept -= store.lengths[seq * kvHeads + h]!;
-      store.lengths.fill(0, seq * kvHeads, (seq + 1) * kvHeads);
-      store.steps[seq] = 0;
+      this.#backend.clear(store, seq);
       this.#seen[layer * this.maxSequences + seq] = 0;
     });
   }
