@@ -8,7 +8,6 @@ import { fullCache } from './full-cache.js';
 import type { BudgetPolicy } from './policy.js';
 import { ratioBudget } from './ratio-budget.js';
 
-const builtins = { fixedBudget, ratioBudget, fullCache };
 
 /**
  * The built-in policy factories by name; each name is also the `name` of the policies it makes.
@@ -17,7 +16,11 @@ const builtins = { fixedBudget, ratioBudget, fullCache };
  * const make: PolicyFactories['fixedBudget'] = policies.get('fixedBudget');
  * ```
  */
-export type PolicyFactories = typeof builtins;
+export interface PolicyFactories {
+  readonly fixedBudget: typeof fixedBudget;
+  readonly ratioBudget: typeof ratioBudget;
+  readonly fullCache: typeof fullCache;
+}
 
 /**
  * Budget-policy factories by name: the built-ins (`fixedBudget`, `ratioBudget`, `fullCache`) and
@@ -27,4 +30,4 @@ export type PolicyFactories = typeof builtins;
  * const policy = policies.create('fixedBudget', { tokens: 512, recent: 10 });
  * ```
  */
-export const policies: Registry<BudgetPolicy, PolicyFactories> = new Registry('policy', builtins);
+export const policies: Registry<BudgetPolicy, PolicyFactories> = new Registry('policy', { fixedBudget, ratioBudget, fullCache });

@@ -1,5 +1,5 @@
 /**
- * `scissorhands/testing`: fast-check arbitraries, a model of {@link KVCache} for model-based tests, and
+ * `scissorhands/testing`: fast-check arbitraries, a model of `KVCache` for model-based tests, and
  * the conformance suite that every tracker, policy and backend goes through. Use it to test your own
  * trackers and policies exactly as the built-ins are tested:
  *

@@ -11,8 +11,6 @@ import { streamingLLM } from './streaming-llm.js';
 import { tova } from './tova.js';
 import type { ImportanceTracker } from './tracker.js';
 
-const builtins = { scissorhands, h2o, tova, streamingLLM, keyNorm, random };
-
 /**
  * The built-in tracker factories by name; each name is also the `name` of the trackers it makes.
  * @example
@@ -20,7 +18,14 @@ const builtins = { scissorhands, h2o, tova, streamingLLM, keyNorm, random };
  * const make: TrackerFactories['h2o'] = trackers.get('h2o');
  * ```
  */
-export type TrackerFactories = typeof builtins;
+export interface TrackerFactories {
+  readonly scissorhands: typeof scissorhands;
+  readonly h2o: typeof h2o;
+  readonly tova: typeof tova;
+  readonly streamingLLM: typeof streamingLLM;
+  readonly keyNorm: typeof keyNorm;
+  readonly random: typeof random;
+}
 
 /**
  * Tracker factories by name: the built-ins (`scissorhands`, `h2o`, `tova`, `streamingLLM`, `keyNorm`,
@@ -32,4 +37,4 @@ export type TrackerFactories = typeof builtins;
  * trackers.register('lastSeen', () => lastSeen);
  * ```
  */
-export const trackers: Registry<ImportanceTracker, TrackerFactories> = new Registry('tracker', builtins);
+export const trackers: Registry<ImportanceTracker, TrackerFactories> = new Registry('tracker', { scissorhands, h2o, tova, streamingLLM, keyNorm, random });
