@@ -8,7 +8,6 @@ import { fullCache } from './full-cache.js';
 import type { BudgetPolicy } from './policy.js';
 import { ratioBudget } from './ratio-budget.js';
 
-
 /**
  * The built-in policy factories by name; each name is also the `name` of the policies it makes.
  * @example
