@@ -1,0 +1,93 @@
+/**
+ * Teacher-forced scoring of many configurations: real eviction through the SDK's `KVCache` (the model
+ * attends only to what each cache kept), several configurations decoded in one batch.
+ * @module
+ */
+import { KVCache, type BackendName } from '../../src/index.js';
+import type { LlamaEngine } from '../../examples/llama/engine.js';
+import type { Configuration } from './methods.js';
+import { Multiplexer } from './multiplex.js';
+
+/** Per-window results of one configuration. */
+export interface ConfigurationResult {
+  readonly configuration: Configuration;
+  /** Mean NLL (nats) of each window's predictions, summed in f64. */
+  readonly perWindowMeanNll: number[];
+  /** Wall time of the group this configuration ran in, divided evenly among its members. */
+  readonly seconds: number;
+  /** Backend that ran the cache. */
+  readonly backend: string;
+  /** Token slots the cache reserved per (window, layer, KV head): the most it can ever hold. */
+  readonly capacity: number;
+  /** Tokens evicted, summed over windows, layers and KV heads (0 for the full cache). */
+  readonly evictions: number;
+}
+
+/** How the runs are batched. */
+export interface RunnerOptions {
+  /** Windows decoded together per configuration. */
+  readonly batch: number;
+  /** Configurations decoded together (rows per step: `parallel * batch`). */
+  readonly parallel: number;
+  readonly backend: BackendName;
+  /** Tokens scored so far, after each step. */
+  readonly onProgress?: (tokens: number) => void;
+  /** Each configuration's result as soon as its group finishes. */
+  readonly onResult?: (result: ConfigurationResult) => void;
+}
+
+/**
+ * Scores every window under every configuration, `parallel` configurations and `batch` windows per
+ * engine step (the model must hold `parallel * batch` rows).
+ * @example
+ * ```ts
+ * const results = runConfigurations(engine, configs, corpus.windows, { batch: 16, parallel: 4, backend: 'auto' });
+ * ```
+ */
+export function runConfigurations(
+  engine: LlamaEngine, configurations: readonly Configuration[], windows: readonly (readonly number[])[], options: RunnerOptions,
+): ConfigurationResult[] {
+  const results: ConfigurationResult[] = [];
+  const batch = Math.min(options.batch, windows.length);
+  let scoredBefore = 0;
+  for (let first = 0; first < configurations.length; first += options.parallel) {
+    const group = configurations.slice(first, first + options.parallel);
+    const start = performance.now();
+    const caches = group.map((c) => {
+      const { tracker, policy } = c.make();
+      return KVCache.create({ geometry: engine.geometry, maxSequences: batch, tracker, policy, backend: options.backend, dtype: 'f32' });
+    });
+    try {
+      const mux = new Multiplexer(caches);
+      const sums = group.map(() => new Array<number>(windows.length).fill(0));
+      for (let w0 = 0; w0 < windows.length; w0 += batch) {
+        const chunk = windows.slice(w0, w0 + batch);
+        const rows = group.flatMap(() => chunk);
+        const routes = group.flatMap((_, c) => chunk.map(() => c));
+        mux.route(routes);
+        const nlls = engine.score(mux, rows, {
+          batch: rows.length,
+          onProgress: (n) => options.onProgress?.(scoredBefore + n),
+        });
+        scoredBefore += rows.reduce((s, r) => s + r.length - 1, 0);
+        nlls.forEach((a, r) => {
+          const c = routes[r]!;
+          let sum = 0;
+          for (let i = 0; i < a.length; i++) sum += a[i]!;
+          sums[c]![w0 + (r % chunk.length)] = sum / a.length;
+        });
+      }
+      const seconds = (performance.now() - start) / 1000 / group.length;
+      group.forEach((configuration, c) => {
+        const stats = caches[c]!.stats();
+        const capacity = Math.max(...stats.layers.map((l) => l.capacity));
+        const result = { configuration, perWindowMeanNll: sums[c]!, seconds, backend: stats.backend, capacity, evictions: stats.evictions };
+        results.push(result);
+        options.onResult?.(result);
+      });
+    } finally {
+      for (const cache of caches) cache.dispose();
+    }
+  }
+  return results;
+}
