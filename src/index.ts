@@ -27,3 +27,6 @@ export type { Backend, LayerStore, LayerStoreSpec, AttentionSpec, HeadView, Head
 export { backendInfo, type BackendInfo, type BackendName } from './backend/select.js';
 export { createReferenceBackend } from './backend/reference.js';
 export { createCpuBackend } from './backend/cpu.js';
+export { createCudaBackend, copyStoreToHost, copyStoreToDevice, type CudaBackend, type CudaBackendOptions, type CudaLayerStore, type CudaArray } from './backend/cuda.js';
+export { DeviceTensor, isDeviceTensor, type WrapOptions } from './backend/device-tensor.js';
+export type { CacheArray } from './cache/kv-cache.js';

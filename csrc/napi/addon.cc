@@ -33,6 +33,10 @@ Addon::Addon(Napi::Env env, Napi::Object exports) {
                            InstanceMethod("evict", &Addon::Evict, napi_enumerable),
                        });
 }
+  RegisterPacked(*this, env, exports);
+#ifdef SCISSORHANDS_WITH_CUDA
+  DefineCuda(exports);
+#endif
 
 napi_value Addon::key(Napi::Env env, Key which) const {
   napi_value name = nullptr;

@@ -52,6 +52,34 @@ class Addon : public Napi::Addon<Addon> {
   Napi::Value Prefill(const Napi::CallbackInfo& info);
   Napi::Value Observe(const Napi::CallbackInfo& info);
   Napi::Value Evict(const Napi::CallbackInfo& info);
+#ifdef SCISSORHANDS_WITH_CUDA
+  // The CUDA part (csrc/napi/cuda_calls.cc), built only into scissorhands_cuda.node.
+  void DefineCuda(Napi::Object exports);
+  Napi::Value CudaInfo(const Napi::CallbackInfo& info);
+  Napi::Value CudaMalloc(const Napi::CallbackInfo& info);
+  Napi::Value CudaFree(const Napi::CallbackInfo& info);
+  Napi::Value CudaUpload(const Napi::CallbackInfo& info);
+  Napi::Value CudaDownload(const Napi::CallbackInfo& info);
+  Napi::Value CudaMemset(const Napi::CallbackInfo& info);
+  Napi::Value CudaCopy(const Napi::CallbackInfo& info);
+  Napi::Value CudaSynchronize(const Napi::CallbackInfo& info);
+  Napi::Value CudaStreamCreate(const Napi::CallbackInfo& info);
+  Napi::Value CudaStreamDestroy(const Napi::CallbackInfo& info);
+  Napi::Value CudaEventCreate(const Napi::CallbackInfo& info);
+  Napi::Value CudaEventRecord(const Napi::CallbackInfo& info);
+  Napi::Value CudaEventElapsed(const Napi::CallbackInfo& info);
+  Napi::Value CudaEventDestroy(const Napi::CallbackInfo& info);
+  Napi::Value CudaStoreCreate(const Napi::CallbackInfo& info);
+  Napi::Value CudaStoreDestroy(const Napi::CallbackInfo& info);
+  Napi::Value CudaStoreInfo(const Napi::CallbackInfo& info);
+  Napi::Value CudaAppend(const Napi::CallbackInfo& info);
+  Napi::Value CudaDecode(const Napi::CallbackInfo& info);
+  Napi::Value CudaPrefill(const Napi::CallbackInfo& info);
+  Napi::Value CudaObserve(const Napi::CallbackInfo& info);
+  Napi::Value CudaEvict(const Napi::CallbackInfo& info);
+  Napi::Value CudaClear(const Napi::CallbackInfo& info);
+  Napi::Value CudaReadBench(const Napi::CallbackInfo& info);
+#endif
 
   cpu::Context context_;
   // An array of the names (Node-API 8 cannot reference a string directly).

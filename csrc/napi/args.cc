@@ -232,6 +232,16 @@ float* Args::floats(size_t i, const char* name, uint64_t length, bool optional) 
   return static_cast<float*>(typed(argv_[i], name, napi_float32_array, "Float32Array", length));
 }
 
+uint64_t Args::pointer(size_t i, const char* name, bool nullable) const {
+  uint64_t value = 0;
+  bool lossless = false;
+  if (napi_get_value_bigint_uint64(env_, argv_[i], &value, &lossless) != napi_ok || !lossless) {
+    fail(kArgument, name, "expected a bigint device address (non-negative, below 2^64)");
+  }
+  if (value == 0 && !nullable) fail(kArgument, name, "expected a device address, got 0n");
+  return value;
+}
+
 void Args::check(Status status, const char* what) const {
   switch (status) {
     case Status::Ok:

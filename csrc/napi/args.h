@@ -55,6 +55,10 @@ class Args {
   // A Float32Array of exactly `length` elements; null/undefined gives nullptr when optional.
   float* floats(size_t i, const char* name, uint64_t length, bool optional) const;
 
+  // A device pointer or stream passed as a bigint (0n is null: allowed only when `nullable`).
+  uint64_t pointer(size_t i, const char* name, bool nullable) const;
+  napi_value at(size_t i) const { return argv_[i]; }
+
   // Throws for a kernel's failure status (the checks above make these rare).
   void check(Status status, const char* what) const;
 
@@ -69,7 +73,7 @@ class Args {
 
   Addon& addon_;
   napi_env env_;
-  napi_value argv_[12];
+  napi_value argv_[16];
   size_t argc_;
 };
 

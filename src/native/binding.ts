@@ -93,4 +93,139 @@ export interface RawBinding {
     probsOut: Float32Array | null,
   ): void;
   evict(store: NativeStore, seq: number, count: number, sinks: number, recent: number, scope: 'head' | 'layer'): void;
+  /**
+   * The standalone packer (docs/packing.md): quantises `input` (`rows * cols` of `dtype`; f16/bf16 as bits)
+   * into `codes`, `scales` and `zeros` (f16 bits), groups of `groupSize` along `axis`.
+   */
+  packMatrix(
+    input: HostArray, dtype: DType, bits: number, rows: number, cols: number, axis: 0 | 1, groupSize: number,
+    codes: Uint8Array, scales: Uint16Array, zeros: Uint16Array,
+  ): void;
+  /** Dequantises into `out` (`Float32Array` for f32, else `Uint16Array` bits of `dtype`). */
+  unpackMatrix(
+    codes: Uint8Array, scales: Uint16Array, zeros: Uint16Array, bits: number, rows: number, cols: number, axis: 0 | 1,
+    groupSize: number, dtype: DType, out: HostArray,
+  ): void;
+  /** `append` on a packed store (a `LayerStore` with `packed`). */
+  packedAppend(
+    store: NativeStore, seq: number, k: HostArray, v: HostArray, count: number, firstPosition: number,
+    tracker: NativeTracker, keysOut: Float32Array | null,
+  ): void;
+  /** `decode` on a packed store. */
+  packedDecode(
+    store: NativeStore, seq: number, q: HostArray, out: HostArray, queryHeads: number, scale: number,
+    tracker: NativeTracker, probsOut: Float32Array | null,
+  ): void;
+  /** `prefill` on a packed store. */
+  packedPrefill(
+    store: NativeStore, seq: number, q: HostArray, rows: number, out: HostArray, queryHeads: number, scale: number,
+    tracker: NativeTracker, rowBegin: number, rowEnd: number, probsOut: Float32Array | null,
+  ): void;
+  /** `observe` on a packed store. */
+  packedObserve(
+    store: NativeStore, seq: number, probs: Float32Array, stride: number, queryHeads: number, tracker: NativeTracker,
+    probsOut: Float32Array | null,
+  ): void;
+  /** `evict` on a packed store. */
+  packedEvict(store: NativeStore, seq: number, count: number, sinks: number, recent: number, scope: 'head' | 'layer'): void;
+}
+
+/** What the CUDA addon reports about the machine (`cudaInfo()`). */
+export interface CudaInfo {
+  /** Always true: only the CUDA addon has this function. */
+  readonly built: true;
+  /** A device is present and the driver works with this build's CUDA runtime. */
+  readonly available: boolean;
+  /** Why no device is usable (the CUDA error of `cudaGetDeviceCount`). */
+  readonly reason?: string;
+  readonly devices: number;
+  readonly device?: {
+    readonly index: number;
+    readonly name: string;
+    readonly computeCapability: string;
+    readonly multiProcessors: number;
+    readonly memoryBytes: number;
+    readonly l2Bytes: number;
+  };
+  /** CUDA runtime (linked statically) and driver versions, as 1000 * major + 10 * minor (0: no driver). */
+  readonly runtimeVersion: number;
+  readonly driverVersion: number;
+  /** Architectures with machine code in this build, e.g. `80_86_89_90`. */
+  readonly archs: string;
+  /** Head sizes the kernels are compiled for. */
+  readonly headDims: readonly number[];
+}
+
+/** A device store made by `cudaStoreCreate` (an opaque handle; freed by `cudaStoreDestroy` or the GC). */
+export type NativeDeviceStore = { readonly __deviceStore: unique symbol };
+
+/** Device addresses of a device store's arrays (layout of `LayerStore`). */
+export interface DeviceStoreInfo {
+  readonly keys: bigint;
+  readonly values: bigint;
+  readonly positions: bigint;
+  readonly scores: bigint;
+  readonly aux: bigint;
+  readonly lengths: bigint;
+  readonly steps: bigint;
+  /** An int32 of error flags kernels set when the device state breaks a precondition (1 no room, 2 bad length, 4 too few candidates). */
+  readonly error: bigint;
+  readonly bytes: number;
+  readonly maxSplits: number;
+}
+
+/**
+ * The CUDA addon (`build/Release/scissorhands_cuda.node`): the CPU functions plus these. Addresses and
+ * streams are `bigint`s (`0n` is the legacy default stream). Element types are codes (0 f32, 1 f16,
+ * 2 bf16); a tensor is (address, type, row stride in elements). Trackers are `kind | gqaMax << 8 |
+ * observes << 9`, window, seed. Kernel calls are asynchronous on the stream and allocate nothing;
+ * `cudaUpload`/`cudaDownload` return when the copy is done.
+ */
+export interface RawCudaBinding extends RawBinding {
+  cudaInfo(): CudaInfo;
+  cudaMalloc(bytes: number): bigint;
+  cudaFree(ptr: bigint): void;
+  cudaUpload(dst: bigint, src: ArrayBufferView, stream: bigint): void;
+  cudaDownload(dst: ArrayBufferView, src: bigint, stream: bigint): void;
+  cudaMemset(dst: bigint, value: number, bytes: number, stream: bigint): void;
+  cudaCopy(dst: bigint, src: bigint, bytes: number, stream: bigint): void;
+  cudaSynchronize(stream: bigint): void;
+  cudaStreamCreate(): bigint;
+  cudaStreamDestroy(stream: bigint): void;
+  cudaEventCreate(): bigint;
+  cudaEventRecord(event: bigint, stream: bigint): void;
+  /** Milliseconds between two recorded events (waits for `end`). */
+  cudaEventElapsed(start: bigint, end: bigint): number;
+  cudaEventDestroy(event: bigint): void;
+  cudaStoreCreate(
+    layer: number, dtype: number, maxSequences: number, kvHeads: number, headDim: number, capacity: number, auxWords: number,
+    queryHeads: number,
+  ): NativeDeviceStore;
+  cudaStoreDestroy(store: NativeDeviceStore): void;
+  cudaStoreInfo(store: NativeDeviceStore): DeviceStoreInfo;
+  cudaAppend(
+    store: NativeDeviceStore, seq: number, k: bigint, kType: number, kStride: number, v: bigint, vType: number, vStride: number,
+    count: number, firstPosition: number, tracker: number, window: number, seed: number, stream: bigint,
+  ): void;
+  cudaDecode(
+    store: NativeDeviceStore, seqs: Int32Array, maxLength: number, q: bigint, qType: number, qStride: number, out: bigint,
+    outType: number, outStride: number, queryHeads: number, scale: number, tracker: number, window: number, seed: number,
+    stream: bigint,
+  ): void;
+  cudaPrefill(
+    store: NativeDeviceStore, seq: number, length: number, q: bigint, qType: number, qStride: number, rows: number, out: bigint,
+    outType: number, outStride: number, queryHeads: number, scale: number, tracker: number, window: number, seed: number,
+    stream: bigint,
+  ): void;
+  cudaObserve(
+    store: NativeDeviceStore, seq: number, length: number, probs: bigint, stride: number, queryHeads: number, tracker: number,
+    window: number, seed: number, stream: bigint,
+  ): void;
+  cudaEvict(
+    store: NativeDeviceStore, seq: number, length: number, count: number, sinks: number, recent: number, layerScope: boolean,
+    stream: bigint,
+  ): void;
+  cudaClear(store: NativeDeviceStore, seq: number, stream: bigint): void;
+  /** Reads `bytes` at `ptr` once (read-bandwidth reference); `sink` is 16 KiB of device scratch. */
+  cudaReadBench(ptr: bigint, bytes: number, sink: bigint, stream: bigint): void;
 }

@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 import {
   ArgumentError, BackendError, BudgetError, DTypeError, LoadError, ShapeError,
 } from '../core/errors.js';
-import type { ErrorFactory, RawBinding } from './binding.js';
+import type { CudaInfo, ErrorFactory, RawBinding, RawCudaBinding } from './binding.js';
 
 /** File name of the addon that `node-gyp` builds. */
 const ADDON = 'scissorhands_cpu.node';
@@ -112,4 +112,87 @@ export function loadNative(): RawBinding {
 export function nativeStatus(): { loaded: boolean; path?: string; error?: string } {
   loaded ??= load();
   return 'error' in loaded ? { loaded: false, error: loaded.error.message } : { loaded: true, path: loaded.path };
+}
+
+/** File name of the CUDA addon (built when nvcc was found at install time). */
+const CUDA_ADDON = 'scissorhands_cuda.node';
+
+/** What loading the CUDA addon gave: the binding and a usable device, or why not. */
+export type CudaStatus =
+  | { readonly available: true; readonly binding: RawCudaBinding; readonly path: string; readonly info: CudaInfo }
+  | { readonly available: false; readonly built: boolean; readonly path?: string; readonly reason: string; readonly info?: CudaInfo };
+
+let cudaLoaded: CudaStatus | undefined;
+
+function loadCudaAddon(): CudaStatus {
+  const failures: string[] = [];
+  let root: string;
+  let version: string;
+  try {
+    ({ root, version } = packageRoot());
+  } catch (e) {
+    return { available: false, built: false, reason: e instanceof Error ? e.message : String(e) };
+  }
+  const require = createRequire(join(root, 'package.json'));
+  for (const build of ['Release', 'Debug']) {
+    const path = join(root, 'build', build, CUDA_ADDON);
+    if (!existsSync(path)) continue;
+    try {
+      const binding = require(path) as RawCudaBinding;
+      const built = binding.info().version;
+      if (built !== version) {
+        failures.push(`${path}: built for scissorhands ${built}, this is ${version} (a stale build)`);
+        continue;
+      }
+      binding.setErrorFactory(errorFactory);
+      const info = binding.cudaInfo();
+      if (!info.available) {
+        const driver = info.driverVersion === 0 ? 'no NVIDIA driver was found' : `driver CUDA ${info.driverVersion}`;
+        return {
+          available: false, built: true, path, info,
+          reason: `the CUDA addon is built (${path}) but no usable CUDA device or driver is present: ${info.reason ?? 'no device'}`
+            + ` (${driver}, runtime CUDA ${info.runtimeVersion}, ${info.devices} device(s))`,
+        };
+      }
+      return { available: true, binding, path, info };
+    } catch (e) {
+      failures.push(`${path}: ${e instanceof Error ? e.message : String(e)}`);
+    }
+  }
+  if (failures.length > 0) {
+    return { available: false, built: true, reason: ['the CUDA addon of scissorhands could not be loaded:', ...failures.map((f) => `  - ${f}`)].join('\n') };
+  }
+  return {
+    available: false, built: false,
+    reason: 'this build of scissorhands has no CUDA addon: nvcc and libcudart_static.a were not found at install time, '
+      + 'or SCISSORHANDS_CPU_ONLY=1 was set (install the CUDA toolkit and run `npm rebuild scissorhands`)',
+  };
+}
+
+/**
+ * The CUDA addon with a usable device, or why there is none (loaded once per thread; never throws).
+ * @example
+ * ```ts
+ * const status = cudaStatus();
+ * if (!status.available) console.warn(status.reason);
+ * ```
+ */
+export function cudaStatus(): CudaStatus {
+  cudaLoaded ??= loadCudaAddon();
+  return cudaLoaded;
+}
+
+/**
+ * The CUDA addon, when a device is usable.
+ * @throws {@link BackendError} naming why not (no CUDA build, no driver, no device).
+ * @example
+ * ```ts
+ * const cuda = loadCuda();
+ * const stream = cuda.cudaStreamCreate();
+ * ```
+ */
+export function loadCuda(): RawCudaBinding {
+  const status = cudaStatus();
+  if (!status.available) throw new BackendError(`the cuda backend is not available: ${status.reason}`, 'backend');
+  return status.binding;
 }

@@ -1,0 +1,253 @@
+/**
+ * GPU benchmarks of the cuda backend, against the card's measured read bandwidth and against PyTorch on
+ * the same card in the same run (bench/gpu/torch_baseline.py writes the PyTorch figures first):
+ *
+ *  - decode attention with probability capture (the Scissorhands tracker updated in the same pass), f16,
+ *    head size 128: batch 1 x 32 heads x 4096 tokens, batch 8 x 32 heads x 4096, and grouped 32/8 heads
+ *    x batch 16 x 8192 tokens; K+V bytes over time against the read bandwidth, and against PyTorch's
+ *    attention that returns probabilities (matmul, softmax, matmul) and its fused SDPA (no probabilities);
+ *  - compaction after dropping 20% (choice + in-place move) against torch top-k + gather;
+ *  - host overhead of one call through the addon (decode alone, and KVCache.attend = append + decode).
+ *
+ * Bundled by scripts/device-bundle.sh; on the GPU machine:
+ *   python3 bench/gpu/torch_baseline.py > torch.json && node .device/bench/decode.mjs --torch torch.json --out DIR
+ * Device timings are CUDA-event medians; inputs rotate over several stores so L2 (50 MB on an H100) does
+ * not hold them.
+ */
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import type { LayerStore } from '../../src/backend/backend.js';
+import { type CudaBackend, createCudaBackend } from '../../src/backend/cuda.js';
+import { DeviceTensor } from '../../src/backend/device-tensor.js';
+import { backendInfo } from '../../src/backend/select.js';
+import { KVCache } from '../../src/cache/kv-cache.js';
+import { f32ToF16Bits } from '../../src/core/dtype.js';
+import { loadCuda } from '../../src/native/loader.js';
+import { fullCache } from '../../src/policies/index.js';
+import { Rng } from '../../src/testing/rng.js';
+import { scissorhands, streamingLLM } from '../../src/trackers/index.js';
+
+const { values: args } = parseArgs({ options: { torch: { type: 'string' }, out: { type: 'string', default: '.' }, quick: { type: 'boolean', default: false } } });
+const cuda = loadCuda();
+const stream = cuda.cudaStreamCreate();
+const info = backendInfo().cuda;
+const torch = args.torch === undefined ? {} : (JSON.parse(readFileSync(args.torch, 'utf8')) as Record<string, number>);
+const ITER = args.quick ? 5 : 30;
+const results: Record<string, number | string> = {};
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}
+
+const ev0 = cuda.cudaEventCreate();
+const ev1 = cuda.cudaEventCreate();
+
+/** Median device milliseconds per call of `fn` (each sample averages `inner` back-to-back calls). */
+function deviceTime(fn: (i: number) => void, inner: number, samples = ITER, warm = 5): number {
+  let i = 0;
+  for (let w = 0; w < warm; w++) fn(i++);
+  cuda.cudaSynchronize(stream);
+  const times: number[] = [];
+  for (let s = 0; s < samples; s++) {
+    cuda.cudaEventRecord(ev0, stream);
+    for (let r = 0; r < inner; r++) fn(i++);
+    cuda.cudaEventRecord(ev1, stream);
+    times.push(cuda.cudaEventElapsed(ev0, ev1) / inner);
+  }
+  return median(times);
+}
+
+/** Read bandwidth: one pass over 1 GiB. */
+function readBandwidth(): number {
+  const bytes = 1 << 30;
+  const buffer = cuda.cudaMalloc(bytes);
+  const sink = cuda.cudaMalloc(1 << 16);
+  cuda.cudaMemset(buffer, 0x3c, bytes, stream);
+  const ms = deviceTime(() => cuda.cudaReadBench(buffer, bytes, sink, stream), 1);
+  cuda.cudaFree(buffer);
+  cuda.cudaFree(sink);
+  return bytes / (ms * 1e6);
+}
+
+/** Random f16 bits (values in [-1, 1)). */
+function randomF16(n: number, rng: Rng): Uint16Array {
+  const table = Uint16Array.from({ length: 4096 }, () => f32ToF16Bits(rng.range(-1, 1)));
+  const out = new Uint16Array(n);
+  for (let i = 0; i < n; i++) out[i] = table[(rng.uint32() >>> 20)]!;
+  return out;
+}
+
+interface DecodeCase {
+  readonly name: string;
+  readonly batch: number;
+  readonly queryHeads: number;
+  readonly kvHeads: number;
+  readonly tokens: number;
+}
+
+function fill(backend: CudaBackend, stores: LayerStore[], c: DecodeCase, tracker: ReturnType<typeof scissorhands>, data: DeviceTensor): void {
+  for (const store of stores) {
+    for (let b = 0; b < c.batch; b++) backend.append(store, b, data as never, data as never, c.tokens, 0, tracker);
+  }
+  backend.synchronize();
+}
+
+function decodeCase(c: DecodeCase, rng: Rng): void {
+  const d = 128;
+  const backend = createCudaBackend({ stream });
+  const tracker = scissorhands({ window: 400 });
+  const free = streamingLLM();
+  const kvBytes = c.batch * c.kvHeads * c.tokens * d * 2 * 2;
+  const sets = Math.max(2, Math.ceil((200 << 20) / kvBytes));
+  const stores = Array.from({ length: sets }, (_, layer) => backend.allocate({
+    layer, dtype: 'f16', maxSequences: c.batch, kvHeads: c.kvHeads, headDim: d, capacity: c.tokens, auxWords: tracker.auxWords, queryHeads: c.queryHeads,
+  }));
+  {
+    using data = DeviceTensor.fromHost(randomF16(c.tokens * c.kvHeads * d, rng), 'f16');
+    fill(backend, stores, c, tracker, data);
+  }
+  using q = DeviceTensor.fromHost(randomF16(c.batch * c.queryHeads * d, rng), 'f16');
+  using out = DeviceTensor.alloc('f16', c.batch * c.queryHeads * d);
+  const seqs = Int32Array.from({ length: c.batch }, (_, b) => b);
+  const attention = { queryHeads: c.queryHeads, scale: 1 / Math.sqrt(d) };
+  const inner = Math.max(1, Math.ceil(8 / sets)) * sets;
+  const run = (t: typeof tracker) => (i: number) => backend.decodeBatch(stores[i % sets]!, seqs, q as never, out as never, attention, t);
+  const ms = deviceTime(run(tracker), inner);
+  const msFree = deviceTime(run(free as never), inner);
+  const gbps = kvBytes / (ms * 1e6);
+  results[`${c.name}.ms`] = ms;
+  results[`${c.name}.gbps`] = gbps;
+  results[`${c.name}.noTracker.ms`] = msFree;
+  results[`${c.name}.kvBytes`] = kvBytes;
+  backend.dispose();
+}
+
+function compactionCase(name: string, batch: number, tokens: number, rng: Rng): void {
+  const [kvHeads, d] = [8, 128];
+  const backend = createCudaBackend({ stream });
+  const tracker = scissorhands({ window: 400 });
+  const store = backend.allocate({ layer: 0, dtype: 'f16', maxSequences: batch, kvHeads, headDim: d, capacity: tokens, auxWords: tracker.auxWords, queryHeads: 32 });
+  {
+    using data = DeviceTensor.fromHost(randomF16(tokens * kvHeads * d, rng), 'f16');
+    fill(backend, [store], { name, batch, queryHeads: 32, kvHeads, tokens }, tracker, data);
+  }
+  // Scores: random, as a tracker would leave them.
+  const scores = Float32Array.from({ length: batch * kvHeads * tokens }, () => rng.float());
+  const device = (store as unknown as { device: { info: { scores: bigint; lengths: bigint } } }).device;
+  cuda.cudaUpload(device.info.scores, scores, stream);
+  const full = new Int32Array(batch * kvHeads).fill(tokens);
+  const drop = Math.floor(tokens * 0.2);
+  const times: number[] = [];
+  for (let s = 0; s < ITER + 5; s++) {
+    cuda.cudaUpload(device.info.lengths, full, stream);
+    store.lengths.set(full);
+    cuda.cudaEventRecord(ev0, stream);
+    for (let b = 0; b < batch; b++) backend.evict(store, b, drop, 4, 32, 'head');
+    cuda.cudaEventRecord(ev1, stream);
+    const ms = cuda.cudaEventElapsed(ev0, ev1);
+    if (s >= 5) times.push(ms);
+  }
+  results[`${name}.ms`] = median(times);
+  results[`${name}.movedBytes`] = batch * kvHeads * (tokens - drop) * d * 2 * 2 * 2;
+  backend.dispose();
+}
+
+function overhead(): void {
+  const geometry = { layers: 1, queryHeads: 4, kvHeads: 1, headDim: 64 };
+  using cache = KVCache.create({ geometry, dtype: 'f16', backend: 'cuda', tracker: scissorhands({ window: 64 }), policy: fullCache({ maxTokens: 4096 }) });
+  cache.setStream(stream);
+  const seq = cache.open();
+  using q = DeviceTensor.fromHost(new Uint16Array(4 * 64).fill(0x3c00), 'f16');
+  using k = DeviceTensor.fromHost(new Uint16Array(64).fill(0x3c00), 'f16');
+  using out = DeviceTensor.alloc('f16', 4 * 64);
+  for (let i = 0; i < 100; i++) cache.attend(seq, 0, q, k, k, out);
+  cuda.cudaSynchronize(stream);
+  const calls = 200;
+  const samples: number[] = [];
+  for (let s = 0; s < 10; s++) {
+    const t0 = process.hrtime.bigint();
+    for (let i = 0; i < calls; i++) cache.attend(seq, 0, q, k, k, out);
+    samples.push(Number(process.hrtime.bigint() - t0) / 1e3 / calls);
+    cuda.cudaSynchronize(stream);
+    cache.reset(seq);
+  }
+  results['overhead.attend.us'] = median(samples);
+  // decode alone through the backend (one addon call, two launches)
+  const backend = createCudaBackend({ stream });
+  const tracker = scissorhands({ window: 64 });
+  const store = backend.allocate({ layer: 0, dtype: 'f16', maxSequences: 1, kvHeads: 1, headDim: 64, capacity: 256, auxWords: tracker.auxWords, queryHeads: 4 });
+  backend.append(store, 0, k as never, k as never, 1, 0, tracker);
+  const attention = { queryHeads: 4, scale: 0.125 };
+  const dec: number[] = [];
+  const raw: number[] = [];
+  for (let s = 0; s < 10; s++) {
+    let t0 = process.hrtime.bigint();
+    for (let i = 0; i < calls; i++) backend.decode(store, 0, q as never, out as never, attention, tracker);
+    dec.push(Number(process.hrtime.bigint() - t0) / 1e3 / calls);
+    cuda.cudaSynchronize(stream);
+    const handle = (store as unknown as { device: { native: never } }).device.native;
+    const seqs = Int32Array.of(0);
+    t0 = process.hrtime.bigint();
+    for (let i = 0; i < calls; i++) cuda.cudaDecode(handle, seqs, 1, q.ptr, 1, 256, out.ptr, 1, 256, 4, 0.125, 1 | 0x200, 64, 0, stream);
+    raw.push(Number(process.hrtime.bigint() - t0) / 1e3 / calls);
+    cuda.cudaSynchronize(stream);
+  }
+  results['overhead.decode.us'] = median(dec);
+  results['overhead.rawDecode.us'] = median(raw);
+  backend.dispose();
+}
+
+const rng = new Rng(2024);
+results['card'] = info.device?.name ?? 'unknown';
+results['date'] = new Date().toISOString();
+results['readGBps'] = readBandwidth();
+console.error(`read bandwidth ${(results['readGBps'] as number).toFixed(0)} GB/s`);
+const cases: DecodeCase[] = [
+  { name: 'decode.b1.h32.n4096', batch: 1, queryHeads: 32, kvHeads: 32, tokens: 4096 },
+  { name: 'decode.b8.h32.n4096', batch: 8, queryHeads: 32, kvHeads: 32, tokens: 4096 },
+  { name: 'decode.gqa32x8.b16.n8192', batch: 16, queryHeads: 32, kvHeads: 8, tokens: 8192 },
+];
+for (const c of cases) {
+  decodeCase(c, rng);
+  console.error(`${c.name}: ${(results[`${c.name}.ms`] as number).toFixed(4)} ms`);
+}
+compactionCase('compact.b1.n4096', 1, 4096, rng);
+compactionCase('compact.b32.n2048', 32, 2048, rng);
+overhead();
+
+// The report.
+const read = results['readGBps'] as number;
+const lines = [
+  `# GPU benchmarks: ${results['card']} (${results['date']})`,
+  '',
+  `Command: \`python3 bench/gpu/torch_baseline.py > torch.json && node .device/bench/decode.mjs --torch torch.json\` (bundled by scripts/device-bundle.sh). `
+    + `CUDA-event medians of ${ITER} samples; PyTorch ${torch['torch_version'] ?? '?'} in the same run. f16, head size 128.`,
+  '',
+  `Read bandwidth (one pass over 1 GiB): ${read.toFixed(0)} GB/s (PyTorch 1 GiB f16 sum: ${(torch['read_gbps'] ?? NaN).toFixed(0)} GB/s; device copy r+w: ${(torch['copy_gbps'] ?? NaN).toFixed(0)} GB/s).`,
+  '',
+  '| decode with probability capture | ours ms | GB/s of K+V | % of read bw | no tracker ms | torch probs ms | torch SDPA ms | x torch probs | x SDPA |',
+  '|---|---|---|---|---|---|---|---|---|',
+];
+for (const c of cases) {
+  const ms = results[`${c.name}.ms`] as number;
+  const gbps = results[`${c.name}.gbps`] as number;
+  const tp = torch[`${c.name}.probs_ms`] ?? NaN;
+  const ts = torch[`${c.name}.sdpa_ms`] ?? NaN;
+  lines.push(`| ${c.name} | ${ms.toFixed(4)} | ${gbps.toFixed(0)} | ${((100 * gbps) / read).toFixed(1)}% | ${(results[`${c.name}.noTracker.ms`] as number).toFixed(4)} | ${tp.toFixed(4)} | ${ts.toFixed(4)} | ${(tp / ms).toFixed(1)} | ${(ts / ms).toFixed(2)} |`);
+}
+lines.push('', '| compaction, drop 20% (8 KV heads) | ours ms | torch top-k + gather ms | x torch |', '|---|---|---|---|');
+for (const name of ['compact.b1.n4096', 'compact.b32.n2048']) {
+  const ms = results[`${name}.ms`] as number;
+  const t = torch[`${name}.ms`] ?? NaN;
+  lines.push(`| ${name} | ${ms.toFixed(4)} | ${t.toFixed(4)} | ${(t / ms).toFixed(1)} |`);
+}
+lines.push('', '| host overhead per call | us |', '|---|---|',
+  `| KVCache.attend (append + decode, device tensors) | ${(results['overhead.attend.us'] as number).toFixed(2)} |`,
+  `| backend.decode (one addon call, two launches) | ${(results['overhead.decode.us'] as number).toFixed(2)} |`,
+  `| raw addon cudaDecode | ${(results['overhead.rawDecode.us'] as number).toFixed(2)} |`);
+const report = lines.join('\n') + '\n';
+writeFileSync(join(args.out, 'gpu-bench.md'), report);
+writeFileSync(join(args.out, 'gpu-bench.json'), JSON.stringify({ ours: results, torch }, null, 2));
+console.log(report);

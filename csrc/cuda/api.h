@@ -1,0 +1,146 @@
+// The CUDA kernels as the addon sees them: plain C++ (no CUDA headers), so csrc/napi can include it. Every
+// entry point returns a Result and never throws; launches go on the caller's stream and neither allocate
+// nor synchronise (decode, prefill, append, observe, evict and clear are CUDA-graph capturable).
+//
+// A device store has the layout of LayerStore (src/backend/backend.ts): element [s][h][t] of the
+// per-token arrays at (s * kvHeads + h) * capacity + t, keys and values headDim elements per token. Its
+// lengths and clocks live on the device and the kernels advance them, so a captured graph replays
+// correctly; the caller's host mirror passes `length` hints that only size the grids.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "scissorhands/dtype.h"
+#include "scissorhands/status.h"
+#include "scissorhands/tracker.h"
+
+namespace sh::cuda {
+
+// Status::Ok with cuda == 0 is success; cuda != 0 is a CUDA runtime error code (cudaError_t). `what`
+// names the failing step (a static string).
+struct Result {
+  Status status = Status::Ok;
+  int cuda = 0;
+  const char* what = "";
+};
+
+inline bool ok(const Result& r) { return r.status == Status::Ok && r.cuda == 0; }
+
+// Head sizes compiled into the kernels (FlashInfer-style dispatch turns these into template arguments).
+bool head_dim_supported(int32_t head_dim);
+// Largest query heads per KV head that decode and prefill accept.
+constexpr int32_t kMaxGroup = 256;
+// Largest group that prefill with an observing tracker accepts (one tile of query rows per slot tile).
+constexpr int32_t kMaxPrefillTrackGroup = 16;
+// Sequences one decode launch covers.
+constexpr int32_t kMaxBatch = 64;
+// The architectures this build has code for, e.g. "sm_80 sm_86 sm_89 sm_90".
+const char* compiled_archs();
+const char* error_string(int cuda);
+
+struct DeviceInfo {
+  int count = 0;
+  int device = 0;
+  char name[256] = {0};
+  int major = 0;
+  int minor = 0;
+  int multiprocessors = 0;
+  size_t memory = 0;
+  int l2_bytes = 0;
+  int runtime_version = 0;
+  int driver_version = 0;
+};
+
+// Fills `info` for the current device; returns 0, or the CUDA error that says why no device is usable.
+int device_info(DeviceInfo* info);
+
+struct StoreSpec {
+  uint32_t layer = 0;
+  DType dtype = DType::F16;
+  int32_t max_sequences = 1;
+  int32_t kv_heads = 1;
+  int32_t head_dim = 128;
+  int32_t capacity = 1;
+  int32_t aux_words = 0;
+  // Query heads the scratch is sized for (decode/prefill/observe accept at most this many).
+  int32_t query_heads = 1;
+};
+
+struct Store {
+  StoreSpec spec;
+  void* base = nullptr;
+  size_t bytes = 0;
+  uint8_t* keys = nullptr;
+  uint8_t* values = nullptr;
+  int32_t* positions = nullptr;
+  float* scores = nullptr;
+  uint32_t* aux = nullptr;
+  int32_t* lengths = nullptr;
+  double* steps = nullptr;
+  // [maxSequences][queryHeads][capacity] floats: raw decode scores, prefill log-sum-exps, layer means.
+  float* scratch = nullptr;
+  // [maxSequences][queryHeads][maxSplits][headDim + 2] floats: split-K partial outputs, max and sum.
+  float* partial = nullptr;
+  // Bit flags a kernel sets when the device state breaks a precondition (it then writes nothing).
+  int32_t* error = nullptr;
+  int32_t max_splits = 1;
+  int32_t multiprocessors = 1;
+};
+
+// Error flags of Store::error.
+constexpr int32_t kErrorNoRoom = 1;
+constexpr int32_t kErrorBadLength = 2;
+constexpr int32_t kErrorCandidates = 4;
+
+size_t store_bytes(const StoreSpec& spec, int32_t* max_splits);
+// Allocates (cudaMalloc, zeroed) on the current device. Status::Argument for an unsupported head size.
+Result store_create(const StoreSpec& spec, Store* out);
+void store_destroy(Store* store);
+
+// A caller's device array: `data` of element type `dtype` (F32, or the store's 16-bit dtype); row r
+// (a token or query row) starts `row_stride` elements after row r - 1, and holds heads x headDim
+// contiguous elements.
+struct Tensor {
+  const void* data = nullptr;
+  DType dtype = DType::F32;
+  int64_t row_stride = 0;
+};
+
+Result append(const Store& store, int32_t seq, Tensor k, Tensor v, int32_t count, int32_t first_position,
+              const TrackerSpec& tracker, void* stream);
+// One query row per sequence of `seqs` (host array, batch <= kMaxBatch): q and out rows b are the rows
+// of seqs[b]. max_length sizes the split-K grid (any device length stays correct).
+Result decode(const Store& store, const int32_t* seqs, int32_t batch, int32_t max_length, Tensor q, Tensor out,
+              int32_t query_heads, float scale, const TrackerSpec& tracker, void* stream);
+// Causal attention of `rows` rows over the kept tokens of seq (length sizes the grid).
+Result prefill(const Store& store, int32_t seq, int32_t length, Tensor q, int32_t rows, Tensor out, int32_t query_heads,
+               float scale, const TrackerSpec& tracker, void* stream);
+// One observation of engine-computed probabilities (device f32, [queryHeads][stride]).
+Result observe(const Store& store, int32_t seq, int32_t length, const float* probs, int64_t stride, int32_t query_heads,
+               const TrackerSpec& tracker, void* stream);
+Result evict(const Store& store, int32_t seq, int32_t length, int32_t count, int32_t sinks, int32_t recent,
+             EvictScope scope, void* stream);
+Result clear(const Store& store, int32_t seq, void* stream);
+
+// Thin wrappers of the CUDA runtime for csrc/napi (which includes no CUDA header). Each returns 0 or a
+// cudaError_t code. copy_to_device / copy_to_host return when the copy is done (pageable host memory).
+int device_malloc(void** ptr, size_t bytes);
+int device_free(void* ptr);
+int copy_to_device(void* dst, const void* src, size_t bytes, void* stream);
+int copy_to_host(void* dst, const void* src, size_t bytes, void* stream);
+int copy_async(void* dst, const void* src, size_t bytes, void* stream);
+int memset_async(void* dst, int value, size_t bytes, void* stream);
+int synchronize(void* stream);
+int stream_create(void** stream);
+int stream_destroy(void* stream);
+int event_create(void** event);
+int event_record(void* event, void* stream);
+int event_elapsed(float* ms, void* start, void* end);
+int event_destroy(void* event);
+
+// Reads `bytes` (a multiple of 16) at `data` once, for a read-bandwidth reference; writes one float per
+// block to `sink` (at least 4096 floats).
+Result read_bench(const void* data, size_t bytes, float* sink, void* stream);
+
+}  // namespace sh::cuda

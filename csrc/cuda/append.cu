@@ -1,0 +1,125 @@
+// append (docs/semantics.md) from strided device inputs: one block per KV head writes the tokens at the
+// head's end, initialises their tracker state and advances the head's length.
+#include "common.cuh"
+
+namespace sh::cuda {
+namespace {
+
+struct AppendParams {
+  uint8_t* keys;
+  uint8_t* values;
+  int32_t* positions;
+  float* scores;
+  uint32_t* aux;
+  int32_t* lengths;
+  int32_t* error;
+  Tensor k;
+  Tensor v;
+  int32_t seq;
+  int32_t kv_heads;
+  int32_t head_dim;
+  int32_t capacity;
+  int32_t aux_words;
+  int32_t count;
+  int32_t first_position;
+  uint32_t layer;
+  TrackerArgs tracker;
+};
+
+// Stores element i of a caller's array as T: a copy of the bits when the input has the store's dtype,
+// else rounded from f32 (exactly as the CPU backend rounds).
+template <typename T>
+__device__ __forceinline__ void put(T* dst, const Tensor& src, int64_t i) {
+  if constexpr (sizeof(T) == 4) {
+    *dst = static_cast<const float*>(src.data)[i];
+  } else {
+    if (src.dtype == DType::F32) {
+      Elem<T>::store_f32(dst, static_cast<const float*>(src.data)[i]);
+    } else {
+      *reinterpret_cast<uint16_t*>(dst) = static_cast<const uint16_t*>(src.data)[i];
+    }
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(256) append_kernel(const AppendParams p) {
+  const int h = blockIdx.x;
+  const size_t slot0 = static_cast<size_t>(p.seq) * p.kv_heads + h;
+  const int32_t n = p.lengths[slot0];
+  if (n < 0 || n > p.capacity || p.count > p.capacity - n) {
+    if (threadIdx.x == 0) atomicOr(p.error, n < 0 || n > p.capacity ? kErrorBadLength : kErrorNoRoom);
+    return;
+  }
+  const size_t base = slot0 * p.capacity + n;
+  const int d = p.head_dim;
+  T* keys = reinterpret_cast<T*>(p.keys) + base * d;
+  T* values = reinterpret_cast<T*>(p.values) + base * d;
+  const int64_t total = static_cast<int64_t>(p.count) * d;
+  for (int64_t idx = threadIdx.x; idx < total; idx += blockDim.x) {
+    const int64_t i = idx / d;
+    const int64_t c = idx - i * d;
+    put(keys + idx, p.k, i * p.k.row_stride + static_cast<int64_t>(h) * d + c);
+    put(values + idx, p.v, i * p.v.row_stride + static_cast<int64_t>(h) * d + c);
+  }
+  for (int64_t idx = threadIdx.x; idx < static_cast<int64_t>(p.count) * p.aux_words; idx += blockDim.x) {
+    p.aux[base * p.aux_words + idx] = 0;
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < p.count; i += blockDim.x) {
+    const int32_t position = p.first_position + i;
+    p.positions[base + i] = position;
+    float score = 0.0f;
+    if (p.tracker.kind == static_cast<int32_t>(TrackerKind::KeyNorm)) {
+      // Sum of squares in f64, in element order, over the key as stored.
+      double sum = 0.0;
+      const T* key = keys + static_cast<int64_t>(i) * d;
+      for (int c = 0; c < d; ++c) {
+        const double x = Elem<T>::load(key + c);
+        sum = __dadd_rn(sum, __dmul_rn(x, x));
+      }
+      score = -static_cast<float>(sqrt(sum));
+    } else if (p.tracker.kind == static_cast<int32_t>(TrackerKind::Random)) {
+      score = random_score_d(p.tracker.seed, p.layer, static_cast<uint32_t>(h), position);
+    } else if (p.tracker.kind == static_cast<int32_t>(TrackerKind::Position)) {
+      score = static_cast<float>(position);
+    }
+    p.scores[base + i] = score;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) p.lengths[slot0] = n + p.count;
+}
+
+}  // namespace
+
+Result append(const Store& store, int32_t seq, Tensor k, Tensor v, int32_t count, int32_t first_position,
+              const TrackerSpec& tracker, void* stream) {
+  const StoreSpec& s = store.spec;
+  if (seq < 0 || seq >= s.max_sequences || count < 0 || count > s.capacity) return Result{Status::Argument, 0, "append"};
+  if (count == 0) return Result{};
+  AppendParams p{};
+  p.keys = store.keys;
+  p.values = store.values;
+  p.positions = store.positions;
+  p.scores = store.scores;
+  p.aux = store.aux;
+  p.lengths = store.lengths;
+  p.error = store.error;
+  p.k = k;
+  p.v = v;
+  p.seq = seq;
+  p.kv_heads = s.kv_heads;
+  p.head_dim = s.head_dim;
+  p.capacity = s.capacity;
+  p.aux_words = s.aux_words;
+  p.count = count;
+  p.first_position = first_position;
+  p.layer = s.layer;
+  p.tracker = tracker_args(tracker);
+  const cudaStream_t st = static_cast<cudaStream_t>(stream);
+  return SH_DISPATCH_DTYPE(s.dtype, T, [&] {
+    append_kernel<T><<<s.kv_heads, 256, 0, st>>>(p);
+    return launched("append");
+  });
+}
+
+}  // namespace sh::cuda

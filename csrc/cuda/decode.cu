@@ -1,0 +1,412 @@
+// Decode attention (one query row per sequence) over the kept tokens, split over the key length so one
+// sequence fills the card (flash-decoding), with the tracker fed in the same pass:
+//
+//  1. decode_split: block (split, KV head x query batch, sequence) streams its share of the head's keys
+//     and values once for all the group's query heads (GQA): 16-byte loads decoded in registers, an
+//     online softmax per query, the raw scores written to scratch for the tracker, and a partial output
+//     with its running max and sum.
+//  2. decode_combine: merges the partials into the output and, from the raw scores and the global max
+//     and sum, gives each kept token its probability per query head, GQA-combined, to the tracker rule.
+//
+// The clock: block (0, 0) of the split kernel advances steps[seq]; the combine kernel, which runs after
+// it on the stream, reads the observation's step as steps[seq] - 1.
+#include <algorithm>
+
+#include "common.cuh"
+
+namespace sh::cuda {
+namespace {
+
+constexpr int kThreads = 128;
+constexpr int kTile = 128;
+
+struct SeqList {
+  int32_t ids[kMaxBatch];
+};
+
+struct DecodeParams {
+  const uint8_t* keys;
+  const uint8_t* values;
+  const int32_t* lengths;
+  double* steps;
+  float* scratch;
+  float* partial;
+  Tensor q;
+  int32_t kv_heads;
+  int32_t capacity;
+  int32_t group;
+  int32_t gbatches;
+  int32_t scratch_heads;
+  int32_t max_splits;
+  int32_t splits;
+  int32_t chunk;
+  float scale;
+  SeqList seqs;
+};
+
+template <typename T, int D, int GT>
+__global__ void __launch_bounds__(kThreads) decode_split(const DecodeParams p) {
+  constexpr int VEC = 16 / static_cast<int>(sizeof(T));
+  constexpr int LANES = (D / VEC) < 32 ? (D / VEC) : 32;
+  constexpr int NV = D / (VEC * LANES);
+  constexpr int PER = NV * VEC;
+  constexpr int GROUPS = kThreads / LANES;
+  constexpr int UNROLL = 2;
+  __shared__ float s_sh[GT][kTile];
+  __shared__ float red[GROUPS * GT * D];
+  __shared__ float wred[kThreads / 32][GT];
+
+  const int split = blockIdx.x;
+  const int hk = blockIdx.y / p.gbatches;
+  const int gb = blockIdx.y - hk * p.gbatches;
+  const int b = blockIdx.z;
+  const int seq = p.seqs.ids[b];
+  const int tid = threadIdx.x;
+  const int grp = tid / LANES;
+  const int lid = tid % LANES;
+  const int warp = tid / 32;
+  const int lane = tid % 32;
+  if (split == 0 && blockIdx.y == 0 && tid == 0) p.steps[seq] += 1.0;
+
+  int n = p.lengths[static_cast<size_t>(seq) * p.kv_heads + hk];
+  n = n < 0 ? 0 : (n > p.capacity ? p.capacity : n);
+  const int t0 = split * p.chunk;
+  const int t1 = split == p.splits - 1 ? n : min(n, t0 + p.chunk);
+  const size_t head = (static_cast<size_t>(seq) * p.kv_heads + hk) * p.capacity;
+  const T* K = reinterpret_cast<const T*>(p.keys) + head * D;
+  const T* V = reinterpret_cast<const T*>(p.values) + head * D;
+
+  float q[GT][PER];
+#pragma unroll
+  for (int i = 0; i < GT; ++i) {
+    const int g = gb * GT + i;
+#pragma unroll
+    for (int v = 0; v < NV; ++v) {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) {
+        const int c = (v * LANES + lid) * VEC + e;
+        q[i][v * VEC + e] =
+            g < p.group ? load_input(p.q.data, p.q.dtype, b * p.q.row_stride + static_cast<int64_t>(hk * p.group + g) * D + c)
+                        : 0.0f;
+      }
+    }
+  }
+  float acc[GT][PER];
+  float m[GT];
+  float lsum[GT];
+#pragma unroll
+  for (int i = 0; i < GT; ++i) {
+    m[i] = -INFINITY;
+    lsum[i] = 0.0f;
+#pragma unroll
+    for (int e = 0; e < PER; ++e) acc[i][e] = 0.0f;
+  }
+
+  for (int base = t0; base < t1; base += kTile) {
+    const int nt = min(kTile, t1 - base);
+    // Scores of the tile: LANES threads per key, keys GROUPS apart, UNROLL keys in flight per thread.
+    for (int k0 = grp; k0 < nt; k0 += GROUPS * UNROLL) {
+      uint4 raw[UNROLL][NV];
+#pragma unroll
+      for (int u = 0; u < UNROLL; ++u) {
+        const int k = k0 + u * GROUPS;
+        if (k < nt) {
+#pragma unroll
+          for (int v = 0; v < NV; ++v) raw[u][v] = raw16(K + static_cast<size_t>(base + k) * D + (v * LANES + lid) * VEC);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < UNROLL; ++u) {
+        const int k = k0 + u * GROUPS;
+        float x[PER];
+#pragma unroll
+        for (int v = 0; v < NV; ++v) decode16<T>(raw[u][v], x + v * VEC);
+#pragma unroll
+        for (int i = 0; i < GT; ++i) {
+          float dot = 0.0f;
+#pragma unroll
+          for (int e = 0; e < PER; ++e) dot = fmaf(q[i][e], x[e], dot);
+#pragma unroll
+          for (int o = LANES / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+          if (lid == 0 && k < nt) s_sh[i][k] = p.scale * dot;
+        }
+      }
+    }
+    __syncthreads();
+    // Tile max per query, the rescale of what came before, exponentials in place, raw scores to scratch.
+#pragma unroll
+    for (int i = 0; i < GT; ++i) {
+      const float s = tid < nt ? s_sh[i][tid] : -INFINITY;
+      const float w = warp_max(s);
+      if (lane == 0) wred[warp][i] = w;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < GT; ++i) {
+      float tmax = wred[0][i];
+#pragma unroll
+      for (int w = 1; w < kThreads / 32; ++w) tmax = fmaxf(tmax, wred[w][i]);
+      const float mnew = fmaxf(m[i], tmax);
+      const float alpha = mnew == -INFINITY ? 1.0f : __expf(m[i] - mnew);
+      m[i] = mnew;
+      lsum[i] *= alpha;
+#pragma unroll
+      for (int e = 0; e < PER; ++e) acc[i][e] *= alpha;
+      if (tid < nt) {
+        const float s = s_sh[i][tid];
+        const int g = gb * GT + i;
+        if (g < p.group) {
+          p.scratch[(static_cast<size_t>(seq) * p.scratch_heads + hk * p.group + g) * p.capacity + base + tid] = s;
+        }
+        const float e = mnew == -INFINITY ? 0.0f : __expf(s - mnew);
+        lsum[i] += e;
+        s_sh[i][tid] = e;
+      }
+    }
+    __syncthreads();
+    // Values: each key group accumulates its keys' rows into its own partial output.
+    for (int k0 = grp; k0 < nt; k0 += GROUPS * UNROLL) {
+      uint4 raw[UNROLL][NV];
+#pragma unroll
+      for (int u = 0; u < UNROLL; ++u) {
+        const int k = k0 + u * GROUPS;
+        if (k < nt) {
+#pragma unroll
+          for (int v = 0; v < NV; ++v) raw[u][v] = raw16(V + static_cast<size_t>(base + k) * D + (v * LANES + lid) * VEC);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < UNROLL; ++u) {
+        const int k = k0 + u * GROUPS;
+        if (k < nt) {
+          float x[PER];
+#pragma unroll
+          for (int v = 0; v < NV; ++v) decode16<T>(raw[u][v], x + v * VEC);
+#pragma unroll
+          for (int i = 0; i < GT; ++i) {
+            const float e = s_sh[i][k];
+#pragma unroll
+            for (int j = 0; j < PER; ++j) acc[i][j] = fmaf(e, x[j], acc[i][j]);
+          }
+        }
+      }
+    }
+    __syncthreads();
+  }
+
+  // Block sums of the exponentials; partial outputs summed over key groups.
+#pragma unroll
+  for (int i = 0; i < GT; ++i) {
+    const float w = warp_sum(lsum[i]);
+    if (lane == 0) wred[warp][i] = w;
+  }
+#pragma unroll
+  for (int i = 0; i < GT; ++i) {
+#pragma unroll
+    for (int v = 0; v < NV; ++v) {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) red[(grp * GT + i) * D + (v * LANES + lid) * VEC + e] = acc[i][v * VEC + e];
+    }
+  }
+  __syncthreads();
+  for (int idx = tid; idx < GT * D; idx += kThreads) {
+    const int i = idx / D;
+    const int c = idx - i * D;
+    const int g = gb * GT + i;
+    if (g >= p.group) continue;
+    float o = 0.0f;
+#pragma unroll 4
+    for (int r = 0; r < GROUPS; ++r) o += red[(r * GT + i) * D + c];
+    float* out = p.partial + ((static_cast<size_t>(seq) * p.scratch_heads + hk * p.group + g) * p.max_splits + split) * (D + 2);
+    out[c] = o;
+    if (c == 0) {
+      float l = 0.0f;
+#pragma unroll
+      for (int w = 0; w < kThreads / 32; ++w) l += wred[w][i];
+      out[D] = m[i];
+      out[D + 1] = l;
+    }
+  }
+}
+
+struct CombineParams {
+  const int32_t* lengths;
+  const double* steps;
+  const float* scratch;
+  const float* partial;
+  float* scores;
+  uint32_t* aux;
+  void* out;
+  DType out_dtype;
+  int64_t out_stride;
+  int32_t kv_heads;
+  int32_t capacity;
+  int32_t aux_words;
+  int32_t group;
+  int32_t scratch_heads;
+  int32_t max_splits;
+  int32_t splits;
+  int32_t head_dim;
+  TrackerArgs tracker;
+  SeqList seqs;
+};
+
+constexpr int kCombineThreads = 256;
+
+__global__ void __launch_bounds__(kCombineThreads) decode_combine(const CombineParams p) {
+  __shared__ float gmax[kMaxGroup];
+  __shared__ float ginv[kMaxGroup];
+  const int hk = blockIdx.y;
+  const int b = blockIdx.z;
+  const int seq = p.seqs.ids[b];
+  const int tid = threadIdx.x;
+  const int warp = tid / 32;
+  const int lane = tid % 32;
+  const int D = p.head_dim;
+  const size_t stride = static_cast<size_t>(D) + 2;
+  const float* part = p.partial + (static_cast<size_t>(seq) * p.scratch_heads + static_cast<size_t>(hk) * p.group) * p.max_splits * stride;
+
+  for (int g = warp; g < p.group; g += kCombineThreads / 32) {
+    const float* pg = part + static_cast<size_t>(g) * p.max_splits * stride;
+    float mx = -INFINITY;
+    for (int s = lane; s < p.splits; s += 32) mx = fmaxf(mx, pg[s * stride + D]);
+    mx = warp_max(mx);
+    float l = 0.0f;
+    for (int s = lane; s < p.splits; s += 32) {
+      const float ms = pg[s * stride + D];
+      if (ms != -INFINITY) l += pg[s * stride + D + 1] * __expf(ms - mx);
+    }
+    l = warp_sum(l);
+    if (lane == 0) {
+      gmax[g] = mx;
+      ginv[g] = 1.0f / l;
+    }
+  }
+  __syncthreads();
+
+  if (blockIdx.x == 0) {
+    for (int idx = tid; idx < p.group * D; idx += kCombineThreads) {
+      const int g = idx / D;
+      const int c = idx - g * D;
+      const float* pg = part + static_cast<size_t>(g) * p.max_splits * stride;
+      const float mx = gmax[g];
+      float o = 0.0f;
+      for (int s = 0; s < p.splits; ++s) {
+        const float ms = pg[s * stride + D];
+        if (ms != -INFINITY) o += pg[s * stride + c] * __expf(ms - mx);
+      }
+      store_output(p.out, p.out_dtype, b * p.out_stride + static_cast<int64_t>(hk * p.group + g) * D + c, o * ginv[g]);
+    }
+  }
+
+  if (!tracker_observes(p.tracker)) return;
+  int n = p.lengths[static_cast<size_t>(seq) * p.kv_heads + hk];
+  n = n < 0 ? 0 : (n > p.capacity ? p.capacity : n);
+  const uint64_t step = static_cast<uint64_t>(p.steps[seq]) - 1;
+  const size_t head = (static_cast<size_t>(seq) * p.kv_heads + hk) * p.capacity;
+  const float* raw = p.scratch + (static_cast<size_t>(seq) * p.scratch_heads + static_cast<size_t>(hk) * p.group) * p.capacity;
+  for (int j = blockIdx.x * kCombineThreads + tid; j < n; j += gridDim.x * kCombineThreads) {
+    float c = 0.0f;
+    for (int g = 0; g < p.group; ++g) {
+      const float prob = __fmul_rn(expf(raw[static_cast<size_t>(g) * p.capacity + j] - gmax[g]), ginv[g]);
+      c = gqa_fold(c, prob, g, p.tracker.gqa_max);
+    }
+    c = gqa_finish(c, p.group, p.tracker.gqa_max);
+    observe_token(p.scores + head + j, p.aux + (head + j) * p.aux_words, p.tracker, c, n, step);
+  }
+}
+
+template <typename T, int D, int GT>
+Result launch_split(const DecodeParams& p, dim3 grid, cudaStream_t stream) {
+  decode_split<T, D, GT><<<grid, kThreads, 0, stream>>>(p);
+  return launched("decode_split");
+}
+
+}  // namespace
+
+Result decode(const Store& store, const int32_t* seqs, int32_t batch, int32_t max_length, Tensor q, Tensor out,
+              int32_t query_heads, float scale, const TrackerSpec& tracker, void* stream) {
+  const StoreSpec& s = store.spec;
+  if (batch < 1 || batch > kMaxBatch || query_heads < 1 || query_heads % s.kv_heads != 0 || query_heads > s.query_heads) {
+    return Result{Status::Argument, 0, "decode"};
+  }
+  const int32_t group = query_heads / s.kv_heads;
+  if (group > kMaxGroup) return Result{Status::Argument, 0, "queryHeads"};
+  const cudaStream_t st = static_cast<cudaStream_t>(stream);
+  const int32_t gt = group >= 8 ? 8 : group >= 3 ? 4 : group;
+  const int32_t gbatches = (group + gt - 1) / gt;
+
+  DecodeParams p{};
+  p.keys = store.keys;
+  p.values = store.values;
+  p.lengths = store.lengths;
+  p.steps = store.steps;
+  p.scratch = store.scratch;
+  p.partial = store.partial;
+  p.q = q;
+  p.kv_heads = s.kv_heads;
+  p.capacity = s.capacity;
+  p.group = group;
+  p.gbatches = gbatches;
+  p.scratch_heads = s.query_heads;
+  p.max_splits = store.max_splits;
+  for (int32_t b = 0; b < batch; ++b) {
+    if (seqs[b] < 0 || seqs[b] >= s.max_sequences) return Result{Status::Argument, 0, "seq"};
+    p.seqs.ids[b] = seqs[b];
+  }
+  // Enough blocks for about four per multiprocessor, at least 64 keys each.
+  const int64_t per_split = static_cast<int64_t>(s.kv_heads) * gbatches * batch;
+  const int64_t want = (4LL * store.multiprocessors + per_split - 1) / per_split;
+  const int64_t longest = std::max<int64_t>(1, std::min<int64_t>(max_length, s.capacity));
+  int32_t splits = static_cast<int32_t>(std::max<int64_t>(1, std::min<int64_t>({want, store.max_splits, (longest + 63) / 64})));
+  int32_t chunk = static_cast<int32_t>((longest + splits - 1) / splits);
+  chunk = (chunk + 31) / 32 * 32;
+  splits = static_cast<int32_t>(std::max<int64_t>(1, (longest + chunk - 1) / chunk));
+  p.splits = splits;
+  p.chunk = chunk;
+  p.scale = scale;
+
+  const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(s.kv_heads * gbatches), static_cast<unsigned>(batch));
+  Result r = SH_DISPATCH_DTYPE(s.dtype, T, [&] {
+    return SH_DISPATCH_HEAD_DIM(s.head_dim, D, [&] {
+      switch (gt) {
+        case 1:
+          return launch_split<T, D, 1>(p, grid, st);
+        case 2:
+          return launch_split<T, D, 2>(p, grid, st);
+        case 4:
+          return launch_split<T, D, 4>(p, grid, st);
+        default:
+          return launch_split<T, D, 8>(p, grid, st);
+      }
+    });
+  });
+  if (!ok(r)) return r;
+
+  CombineParams c{};
+  c.lengths = store.lengths;
+  c.steps = store.steps;
+  c.scratch = store.scratch;
+  c.partial = store.partial;
+  c.scores = store.scores;
+  c.aux = store.aux;
+  c.out = const_cast<void*>(out.data);
+  c.out_dtype = out.dtype;
+  c.out_stride = out.row_stride;
+  c.kv_heads = s.kv_heads;
+  c.capacity = s.capacity;
+  c.aux_words = s.aux_words;
+  c.group = group;
+  c.scratch_heads = s.query_heads;
+  c.max_splits = store.max_splits;
+  c.splits = splits;
+  c.head_dim = s.head_dim;
+  c.tracker = tracker_args(tracker);
+  c.seqs = p.seqs;
+  const int64_t blocks_x = tracker_observes(c.tracker) ? std::min<int64_t>(256, (longest + kCombineThreads - 1) / kCombineThreads) : 1;
+  decode_combine<<<dim3(static_cast<unsigned>(blocks_x), static_cast<unsigned>(s.kv_heads), static_cast<unsigned>(batch)),
+                   kCombineThreads, 0, st>>>(c);
+  return launched("decode_combine");
+}
+
+}  // namespace sh::cuda

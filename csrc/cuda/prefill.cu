@@ -1,0 +1,230 @@
+// Causal prefill attention (docs/semantics.md): `rows` query rows whose tokens are the last `rows` kept
+// tokens; row r sees slots [0, length - rows + r]. Two tiled kernels:
+//
+//  1. prefill_attend: block (32 rows, query head) streams key/value tiles through shared memory with an
+//     online softmax (4 threads per row), writes the outputs and each row's log-sum-exp to scratch.
+//  2. prefill_track (only for trackers that observe): block (tile of slots, KV head) recomputes the scores
+//     of its slots for tiles of query rows, turns them into probabilities with the row's log-sum-exp,
+//     combines the group, and applies the tracker rule row by row in order (one observation per row).
+//
+// The clock: block (0, 0) of the first kernel advances steps[seq] by rows; the second reads the first
+// row's step as steps[seq] - rows.
+#include <algorithm>
+
+#include "common.cuh"
+
+namespace sh::cuda {
+namespace {
+
+struct PrefillParams {
+  const uint8_t* keys;
+  const uint8_t* values;
+  const int32_t* lengths;
+  double* steps;
+  float* scratch;
+  float* scores;
+  uint32_t* aux;
+  Tensor q;
+  Tensor out;
+  int32_t seq;
+  int32_t rows;
+  int32_t kv_heads;
+  int32_t capacity;
+  int32_t aux_words;
+  int32_t group;
+  int32_t scratch_heads;
+  float scale;
+  TrackerArgs tracker;
+};
+
+constexpr int kRows = 32;
+
+template <typename T, int D>
+__global__ void __launch_bounds__(128) prefill_attend(const PrefillParams p) {
+  constexpr int BK = 4096 / D;
+  constexpr int PER = D / 4;
+  __shared__ float ks[BK][D];
+  __shared__ float vs[BK][D];
+  const int hq = blockIdx.y;
+  const int hk = hq / p.group;
+  const int tid = threadIdx.x;
+  const int part = tid & 3;
+  const int rr = blockIdx.x * kRows + tid / 4;
+  const bool active = rr < p.rows;
+  if (blockIdx.x == 0 && blockIdx.y == 0 && tid == 0) p.steps[p.seq] += static_cast<double>(p.rows);
+
+  int n = p.lengths[static_cast<size_t>(p.seq) * p.kv_heads + hk];
+  n = n < p.rows ? p.rows : (n > p.capacity ? p.capacity : n);
+  const int first = n - p.rows;
+  const size_t head = (static_cast<size_t>(p.seq) * p.kv_heads + hk) * p.capacity;
+  const T* K = reinterpret_cast<const T*>(p.keys) + head * D;
+  const T* V = reinterpret_cast<const T*>(p.values) + head * D;
+
+  float q[PER];
+  float acc[PER];
+#pragma unroll
+  for (int e = 0; e < PER; ++e) {
+    q[e] = active ? load_input(p.q.data, p.q.dtype, rr * p.q.row_stride + static_cast<int64_t>(hq) * D + e * 4 + part) : 0.0f;
+    acc[e] = 0.0f;
+  }
+  float m = -INFINITY;
+  float l = 0.0f;
+  const int last_row = min(p.rows - 1, static_cast<int>(blockIdx.x) * kRows + kRows - 1);
+  const int kend = first + last_row + 1;
+  const int visible = active ? first + rr + 1 : 0;
+  for (int kb = 0; kb < kend; kb += BK) {
+    const int nk = min(BK, kend - kb);
+    __syncthreads();
+    for (int idx = tid; idx < nk * D; idx += 128) {
+      const int k = idx / D;
+      const int c = idx - k * D;
+      ks[k][c] = Elem<T>::load(K + static_cast<size_t>(kb + k) * D + c);
+      vs[k][c] = Elem<T>::load(V + static_cast<size_t>(kb + k) * D + c);
+    }
+    __syncthreads();
+    for (int k = 0; k < nk; ++k) {
+      float s = 0.0f;
+#pragma unroll
+      for (int e = 0; e < PER; ++e) s = fmaf(q[e], ks[k][e * 4 + part], s);
+      s += __shfl_xor_sync(0xffffffffu, s, 1);
+      s += __shfl_xor_sync(0xffffffffu, s, 2);
+      s *= p.scale;
+      if (kb + k < visible) {
+        if (s > m) {
+          const float alpha = m == -INFINITY ? 0.0f : __expf(m - s);
+          l *= alpha;
+#pragma unroll
+          for (int e = 0; e < PER; ++e) acc[e] *= alpha;
+          m = s;
+        }
+        const float w = __expf(s - m);
+        l += w;
+#pragma unroll
+        for (int e = 0; e < PER; ++e) acc[e] = fmaf(w, vs[k][e * 4 + part], acc[e]);
+      }
+    }
+  }
+  if (!active) return;
+  const float inv = 1.0f / l;
+#pragma unroll
+  for (int e = 0; e < PER; ++e) {
+    store_output(p.out.data == nullptr ? nullptr : const_cast<void*>(p.out.data), p.out.dtype,
+                 rr * p.out.row_stride + static_cast<int64_t>(hq) * D + e * 4 + part, acc[e] * inv);
+  }
+  if (part == 0) p.scratch[(static_cast<size_t>(p.seq) * p.scratch_heads + hq) * p.capacity + rr] = m + logf(l);
+}
+
+// Query rows per tile: 16 queries (rows x group) at a time.
+constexpr int kQueries = 16;
+
+template <typename T, int D>
+__global__ void __launch_bounds__(256) prefill_track(const PrefillParams p) {
+  constexpr int BJ = 4096 / D;
+  __shared__ float ks[BJ][D + 1];
+  __shared__ float qs[kQueries][D];
+  __shared__ float ps[kQueries][BJ];
+  const int hk = blockIdx.y;
+  const int tid = threadIdx.x;
+  const int j0 = blockIdx.x * BJ;
+  int n = p.lengths[static_cast<size_t>(p.seq) * p.kv_heads + hk];
+  n = n < p.rows ? p.rows : (n > p.capacity ? p.capacity : n);
+  if (j0 >= n) return;
+  const int first = n - p.rows;
+  const uint64_t step0 = static_cast<uint64_t>(p.steps[p.seq]) - static_cast<uint64_t>(p.rows);
+  const size_t head = (static_cast<size_t>(p.seq) * p.kv_heads + hk) * p.capacity;
+  const T* K = reinterpret_cast<const T*>(p.keys) + head * D;
+  const int nj = min(BJ, n - j0);
+  for (int idx = tid; idx < nj * D; idx += 256) {
+    const int j = idx / D;
+    const int c = idx - j * D;
+    ks[j][c] = Elem<T>::load(K + static_cast<size_t>(j0 + j) * D + c);
+  }
+  const int G = p.group;
+  const int rows_per_tile = max(1, kQueries / G);
+  const int r_start = max(0, j0 - first);
+  for (int r0 = r_start; r0 < p.rows; r0 += rows_per_tile) {
+    const int nr = min(rows_per_tile, p.rows - r0);
+    __syncthreads();
+    for (int idx = tid; idx < nr * G * D; idx += 256) {
+      const int qi = idx / D;
+      const int c = idx - qi * D;
+      const int r = r0 + qi / G;
+      const int g = qi - (qi / G) * G;
+      qs[qi][c] = load_input(p.q.data, p.q.dtype, r * p.q.row_stride + static_cast<int64_t>(hk * G + g) * D + c);
+    }
+    __syncthreads();
+    for (int idx = tid; idx < nr * G * BJ; idx += 256) {
+      const int qi = idx / BJ;
+      const int j = idx - qi * BJ;
+      float prob = 0.0f;
+      if (j < nj) {
+        float dot = 0.0f;
+#pragma unroll 8
+        for (int c = 0; c < D; ++c) dot = fmaf(qs[qi][c], ks[j][c], dot);
+        const int r = r0 + qi / G;
+        const int g = qi - (qi / G) * G;
+        const float lse = p.scratch[(static_cast<size_t>(p.seq) * p.scratch_heads + hk * G + g) * p.capacity + r];
+        prob = expf(p.scale * dot - lse);
+      }
+      ps[qi][j] = prob;
+    }
+    __syncthreads();
+    if (tid < nj) {
+      const int j = j0 + tid;
+      for (int lr = 0; lr < nr; ++lr) {
+        const int r = r0 + lr;
+        if (j > first + r) continue;
+        float c = 0.0f;
+        for (int g = 0; g < G; ++g) c = gqa_fold(c, ps[lr * G + g][tid], g, p.tracker.gqa_max);
+        c = gqa_finish(c, G, p.tracker.gqa_max);
+        observe_token(p.scores + head + j, p.aux + (head + j) * p.aux_words, p.tracker, c, first + r + 1, step0 + r);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+Result prefill(const Store& store, int32_t seq, int32_t length, Tensor q, int32_t rows, Tensor out, int32_t query_heads,
+               float scale, const TrackerSpec& tracker, void* stream) {
+  const StoreSpec& s = store.spec;
+  if (seq < 0 || seq >= s.max_sequences || rows < 1 || rows > s.capacity || query_heads < 1 ||
+      query_heads % s.kv_heads != 0 || query_heads > s.query_heads) {
+    return Result{Status::Argument, 0, "prefill"};
+  }
+  PrefillParams p{};
+  p.keys = store.keys;
+  p.values = store.values;
+  p.lengths = store.lengths;
+  p.steps = store.steps;
+  p.scratch = store.scratch;
+  p.scores = store.scores;
+  p.aux = store.aux;
+  p.q = q;
+  p.out = out;
+  p.seq = seq;
+  p.rows = rows;
+  p.kv_heads = s.kv_heads;
+  p.capacity = s.capacity;
+  p.aux_words = s.aux_words;
+  p.group = query_heads / s.kv_heads;
+  p.scratch_heads = s.query_heads;
+  p.scale = scale;
+  p.tracker = tracker_args(tracker);
+  const bool track = tracker_observes(p.tracker);
+  if (track && p.group > kMaxPrefillTrackGroup) return Result{Status::Argument, 0, "queryHeads"};
+  const cudaStream_t st = static_cast<cudaStream_t>(stream);
+  const int32_t longest = std::max(rows, std::min(length, s.capacity));
+  return SH_DISPATCH_DTYPE(s.dtype, T, [&] {
+    return SH_DISPATCH_HEAD_DIM(s.head_dim, D, [&] {
+      prefill_attend<T, D><<<dim3((rows + kRows - 1) / kRows, query_heads), 128, 0, st>>>(p);
+      Result r = launched("prefill_attend");
+      if (!ok(r) || !track) return r;
+      constexpr int BJ = 4096 / D;
+      prefill_track<T, D><<<dim3((longest + BJ - 1) / BJ, s.kv_heads), 256, 0, st>>>(p);
+      return launched("prefill_track");
+    });
+  });
+}
+
+}  // namespace sh::cuda

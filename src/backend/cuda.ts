@@ -1,0 +1,483 @@
+/**
+ * The CUDA backend: the kernels of `docs/semantics.md` on an NVIDIA GPU (`csrc/cuda`), over stores in
+ * device memory. Inputs and outputs are {@link DeviceTensor}s (SDK-owned, or views of the engine's own
+ * memory) used in place on the backend's stream, or host arrays, which are copied (and wait for the
+ * device) so that code written for the CPU backends runs unchanged. Built-in trackers run inside the
+ * kernels; TypeScript (custom) trackers and packed storage are not supported on this backend yet.
+ *
+ * Each store keeps a host mirror of its lengths and clocks (the cache plans evictions from it without
+ * reading the device); the kernels keep the device copies, so launches can be captured in a CUDA graph.
+ * @module
+ */
+import { type DType, type HostArray, bytesPerElement, dtypeCode, parseDType } from '../core/dtype.js';
+import { ArgumentError, BackendError, BudgetError, DTypeError, DisposedError, ShapeError } from '../core/errors.js';
+import { checkInt } from '../core/geometry.js';
+import type { DeviceStoreInfo, NativeDeviceStore, RawCudaBinding } from '../native/binding.js';
+import { loadCuda } from '../native/loader.js';
+import { TrackerKind, type ImportanceTracker } from '../trackers/tracker.js';
+import type { AttentionSpec, Backend, HeadInspection, HeadView, LayerStore, LayerStoreSpec } from './backend.js';
+import { DeviceTensor } from './device-tensor.js';
+
+/** An input or output the cuda backend accepts: a device tensor, or a host array (copied). */
+export type CudaArray = HostArray | DeviceTensor;
+
+/** The device side of a {@link CudaLayerStore}. */
+export interface DeviceStore {
+  readonly native: NativeDeviceStore;
+  /** Device addresses of the store's arrays. */
+  readonly info: DeviceStoreInfo;
+  /** Query heads the store's scratch is sized for. */
+  readonly queryHeads: number;
+}
+
+/**
+ * A layer store whose data lives on the GPU. `keys`, `values`, `positions`, `scores` and `aux` are empty
+ * host arrays; `lengths` and `steps` are the host mirror. Read the data with `inspect`/`view` (copies),
+ * or {@link copyStoreToHost}.
+ */
+export interface CudaLayerStore extends LayerStore {
+  readonly device: DeviceStore;
+}
+
+/** Options of {@link createCudaBackend}. */
+export interface CudaBackendOptions {
+  /** The CUDA stream (a `cudaStream_t` as bigint) kernels are launched on; default `0n`, the legacy default stream. */
+  readonly stream?: bigint;
+}
+
+/** The CUDA backend: the {@link Backend} table plus stream control and batched decode. */
+export interface CudaBackend extends Backend {
+  readonly name: 'cuda';
+  /** The stream every launch and copy goes on (settable, e.g. to the engine's stream). */
+  stream: bigint;
+  /** Waits for the work queued on the stream. */
+  synchronize(): void;
+  /**
+   * One decode row for each of `seqs` (up to any number; 64 per launch) in one go: `q` and `out` are
+   * `[seqs.length][queryHeads][headDim]`, row `b` belonging to `seqs[b]`.
+   */
+  decodeBatch(store: LayerStore, seqs: Int32Array, q: CudaArray, out: CudaArray, attention: AttentionSpec, tracker: ImportanceTracker): void;
+  /** Reads and clears the store's device error flags (waits for the stream): 0 when every kernel found its preconditions. */
+  errors(store: LayerStore): number;
+}
+
+const EMPTY_U8 = new Uint8Array(0);
+const EMPTY_I32 = new Int32Array(0);
+const EMPTY_F32 = new Float32Array(0);
+const EMPTY_U32 = new Uint32Array(0);
+
+function deviceOf(store: LayerStore): DeviceStore {
+  const device = (store as Partial<CudaLayerStore>).device;
+  if (device === undefined) throw new ArgumentError('the store was not allocated by the cuda backend', 'store');
+  return device;
+}
+
+/** Tracker flags as the CUDA addon takes them: `kind | gqaMax << 8 | observes << 9`. */
+function trackerFlags(store: LayerStore, tracker: ImportanceTracker): number {
+  if (tracker.auxWords !== store.auxWords) {
+    throw new ArgumentError(`the tracker needs ${tracker.auxWords} aux words per token, the store has ${store.auxWords}`, 'tracker');
+  }
+  const kernel = tracker.kernel;
+  if (kernel === undefined || kernel.kind === TrackerKind.Custom) {
+    throw new BackendError(
+      `tracker ${tracker.name} has no native kernel: the cuda backend runs built-in trackers only (custom TypeScript trackers need the cpu backend for now)`,
+      'tracker',
+    );
+  }
+  return kernel.kind | (tracker.gqa === 'max' ? 0x100 : 0) | (tracker.input === 'attention' ? 0x200 : 0);
+}
+
+/**
+ * Creates the CUDA backend on the current device.
+ * @throws `KV_BACKEND` when there is no CUDA build or no usable device (`backendInfo().cuda.reason` says which).
+ * @example
+ * ```ts
+ * const backend = createCudaBackend({ stream: engineStream });
+ * const store = backend.allocate({ layer: 0, dtype: 'f16', maxSequences: 8, kvHeads: 8, headDim: 128, capacity: 4096, auxWords: 13, queryHeads: 32 });
+ * backend.append(store, 0, k, v, 1, 0, tracker);
+ * backend.decode(store, 0, q, out, { queryHeads: 32, scale: 1 / Math.sqrt(128) }, tracker);
+ * ```
+ */
+export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend {
+  let native: RawCudaBinding | undefined = loadCuda();
+  let stream = options.stream ?? 0n;
+  const stores = new Set<NativeDeviceStore>();
+  /** Device staging for host-array inputs and outputs, by role; grown on demand. */
+  const staging = new Map<string, { ptr: bigint; bytes: number }>();
+  const one = new Int32Array(1);
+
+  function live(): RawCudaBinding {
+    if (native === undefined) throw new DisposedError('the cuda backend');
+    return native;
+  }
+
+  function stage(role: string, bytes: number): bigint {
+    const binding = live();
+    let buffer = staging.get(role);
+    if (buffer === undefined || buffer.bytes < bytes) {
+      if (buffer !== undefined) {
+        binding.cudaSynchronize(stream);
+        binding.cudaFree(buffer.ptr);
+      }
+      const size = Math.max(256, bytes, buffer === undefined ? 0 : buffer.bytes * 2);
+      buffer = { ptr: binding.cudaMalloc(size), bytes: size };
+      staging.set(role, buffer);
+    }
+    return buffer.ptr;
+  }
+
+  /** The element-type code of an input for a store. */
+  function typeOf(store: LayerStore, array: CudaArray, argument: string): number {
+    if (array instanceof DeviceTensor) {
+      if (array.dtype !== 'f32' && array.dtype !== store.dtype) {
+        throw new DTypeError(`expected f32 or ${store.dtype} elements, got ${array.dtype}`, argument);
+      }
+      return dtypeCode(array.dtype);
+    }
+    if (array instanceof Float32Array) return 0;
+    if (array instanceof Uint16Array) {
+      if (store.dtype === 'f32') throw new DTypeError('a Uint16Array holds f16/bf16 bits, but the store is f32: pass a Float32Array', argument);
+      return dtypeCode(store.dtype);
+    }
+    throw new DTypeError('expected a DeviceTensor, Float32Array or Uint16Array', argument);
+  }
+
+  /** (address, type, row stride) of an input of `rows` rows of `rowLength` elements; host arrays are uploaded. */
+  function input(store: LayerStore, array: CudaArray, argument: string, rows: number, rowLength: number): [bigint, number, number] {
+    const type = typeOf(store, array, argument);
+    if (array.length !== rows * rowLength) throw new ShapeError(`expected ${rows * rowLength} elements, got ${array.length}`, argument);
+    if (array instanceof DeviceTensor) return [array.ptr, type, array.strideFor(rowLength)];
+    const ptr = stage(argument, array.byteLength);
+    live().cudaUpload(ptr, array, stream);
+    return [ptr, type, rowLength];
+  }
+
+  /** (address, type, row stride) of an output like `like`; host outputs go to staging first. */
+  function output(store: LayerStore, array: CudaArray, like: CudaArray, rows: number, rowLength: number): [bigint, number, number] {
+    const type = typeOf(store, array, 'out');
+    const likeType = typeOf(store, like, 'q');
+    if (type !== likeType) throw new DTypeError('expected the same element type as q', 'out');
+    if (array.length !== rows * rowLength) throw new ShapeError(`expected ${rows * rowLength} elements, got ${array.length}`, 'out');
+    if (array instanceof DeviceTensor) return [array.ptr, type, array.strideFor(rowLength)];
+    return [stage('out', array.byteLength), type, rowLength];
+  }
+
+  function finish(out: CudaArray, ptr: bigint): void {
+    if (!(out instanceof DeviceTensor)) live().cudaDownload(out, ptr, stream);
+  }
+
+  function checkSeq(store: LayerStore, seq: number): number {
+    return checkInt(seq, 'seq', 0, store.maxSequences - 1);
+  }
+
+  function longest(store: LayerStore, seq: number): number {
+    let n = 0;
+    for (let h = 0; h < store.kvHeads; h++) n = Math.max(n, store.lengths[seq * store.kvHeads + h]!);
+    return n;
+  }
+
+  function checkAttention(store: LayerStore, attention: AttentionSpec): number {
+    const device = deviceOf(store);
+    const queryHeads = checkInt(attention.queryHeads, 'attention.queryHeads', 1, device.queryHeads);
+    if (queryHeads % store.kvHeads !== 0) throw new ArgumentError("must be a multiple of the store's kvHeads", 'attention.queryHeads');
+    if (typeof attention.scale !== 'number' || !Number.isFinite(attention.scale)) throw new ArgumentError('expected a finite number', 'attention.scale');
+    return queryHeads;
+  }
+
+  const backend: CudaBackend = {
+    name: 'cuda',
+
+    get stream(): bigint {
+      return stream;
+    },
+    set stream(value: bigint) {
+      if (typeof value !== 'bigint' || value < 0n) throw new ArgumentError('expected a bigint cudaStream_t (0n for the default stream)', 'stream');
+      stream = value;
+    },
+
+    synchronize(): void {
+      live().cudaSynchronize(stream);
+    },
+
+    allocate(spec: LayerStoreSpec): LayerStore {
+      const binding = live();
+      if (spec.storage !== undefined && spec.storage.format !== 'dense') {
+        throw new BackendError('packed storage is not supported by the cuda backend yet; use a dense dtype', 'storage');
+      }
+      const dtype: DType = parseDType(spec.dtype, 'dtype');
+      const maxSequences = checkInt(spec.maxSequences, 'maxSequences', 1, 1 << 16);
+      const kvHeads = checkInt(spec.kvHeads, 'kvHeads', 1, 4096);
+      const headDim = checkInt(spec.headDim, 'headDim', 1, 512);
+      const capacity = checkInt(spec.capacity, 'capacity', 1, 1 << 24);
+      const auxWords = checkInt(spec.auxWords, 'auxWords', 0, 1 << 16);
+      const layer = checkInt(spec.layer, 'layer', 0);
+      const queryHeads = checkInt(spec.queryHeads ?? Math.min(4096, kvHeads * 8), 'queryHeads', kvHeads, 4096);
+      const handle = binding.cudaStoreCreate(layer, dtypeCode(dtype), maxSequences, kvHeads, headDim, capacity, auxWords, queryHeads);
+      stores.add(handle);
+      const store: CudaLayerStore = {
+        layer, dtype, maxSequences, kvHeads, headDim, capacity, auxWords,
+        keys: EMPTY_U8, values: EMPTY_U8, positions: EMPTY_I32, scores: EMPTY_F32, aux: EMPTY_U32,
+        lengths: new Int32Array(maxSequences * kvHeads),
+        steps: new Float64Array(maxSequences),
+        device: { native: handle, info: binding.cudaStoreInfo(handle), queryHeads },
+      };
+      return store;
+    },
+
+    bytes(store: LayerStore): number {
+      return deviceOf(store).info.bytes + store.lengths.byteLength + store.steps.byteLength;
+    },
+
+    clear(store: LayerStore, seq: number): void {
+      const device = deviceOf(store);
+      checkSeq(store, seq);
+      live().cudaClear(device.native, seq, stream);
+      store.lengths.fill(0, seq * store.kvHeads, (seq + 1) * store.kvHeads);
+      store.steps[seq] = 0;
+    },
+
+    inspect(store: LayerStore, seq: number, kvHead: number): HeadInspection {
+      const device = deviceOf(store);
+      checkSeq(store, seq);
+      checkInt(kvHead, 'kvHead', 0, store.kvHeads - 1);
+      const n = store.lengths[seq * store.kvHeads + kvHead]!;
+      const first = BigInt((seq * store.kvHeads + kvHead) * store.capacity * 4);
+      const positions = new Int32Array(n);
+      const scores = new Float32Array(n);
+      if (n > 0) {
+        live().cudaDownload(positions, device.info.positions + first, stream);
+        live().cudaDownload(scores, device.info.scores + first, stream);
+      }
+      return { positions, scores };
+    },
+
+    view(store: LayerStore, seq: number, kvHead: number): HeadView {
+      const device = deviceOf(store);
+      checkSeq(store, seq);
+      checkInt(kvHead, 'kvHead', 0, store.kvHeads - 1);
+      const n = store.lengths[seq * store.kvHeads + kvHead]!;
+      const slot = (seq * store.kvHeads + kvHead) * store.capacity;
+      const d = store.headDim;
+      const row = BigInt(d * bytesPerElement(store.dtype));
+      const make = (): HostArray => (store.dtype === 'f32' ? new Float32Array(n * d) : new Uint16Array(n * d));
+      const keys = make();
+      const values = make();
+      const positions = new Int32Array(n);
+      if (n > 0) {
+        live().cudaDownload(keys, device.info.keys + BigInt(slot) * row, stream);
+        live().cudaDownload(values, device.info.values + BigInt(slot) * row, stream);
+        live().cudaDownload(positions, device.info.positions + BigInt(slot * 4), stream);
+      }
+      return { length: n, keys, values, positions };
+    },
+
+    append(store, seq, k, v, count, firstPosition, tracker): void {
+      const binding = live();
+      const device = deviceOf(store);
+      checkSeq(store, seq);
+      checkInt(count, 'count', 0, store.capacity);
+      checkInt(firstPosition, 'firstPosition', -(2 ** 31), 2 ** 31 - 1 - count);
+      const flags = trackerFlags(store, tracker);
+      const { kvHeads, headDim } = store;
+      for (let h = 0; h < kvHeads; h++) {
+        const n = store.lengths[seq * kvHeads + h]!;
+        if (count > store.capacity - n) {
+          throw new BudgetError(
+            `head ${h} of sequence ${seq} keeps ${n} of ${store.capacity} tokens: no room for ${count} more`, 'count');
+        }
+      }
+      if (count === 0) return;
+      const kernel = tracker.kernel!;
+      const [kp, kt, ks] = input(store, k as CudaArray, 'k', count, kvHeads * headDim);
+      const [vp, vt, vs] = input(store, v as CudaArray, 'v', count, kvHeads * headDim);
+      binding.cudaAppend(device.native, seq, kp, kt, ks, vp, vt, vs, count, firstPosition, flags, kernel.window, kernel.seed, stream);
+      for (let h = 0; h < kvHeads; h++) store.lengths[seq * kvHeads + h]! += count;
+    },
+
+    decode(store, seq, q, out, attention, tracker): void {
+      checkSeq(store, seq);
+      one[0] = seq;
+      backend.decodeBatch(store, one, q as CudaArray, out as CudaArray, attention, tracker);
+    },
+
+    decodeBatch(store, seqs, q, out, attention, tracker): void {
+      const binding = live();
+      const device = deviceOf(store);
+      if (!(seqs instanceof Int32Array) || seqs.length === 0) throw new ArgumentError('expected a non-empty Int32Array of sequence ids', 'seqs');
+      const queryHeads = checkAttention(store, attention);
+      const flags = trackerFlags(store, tracker);
+      const kernel = tracker.kernel!;
+      const batch = seqs.length;
+      let maxLength = 1;
+      for (let b = 0; b < batch; b++) {
+        const seq = checkSeq(store, seqs[b]!);
+        for (let h = 0; h < store.kvHeads; h++) {
+          const n = store.lengths[seq * store.kvHeads + h]!;
+          if (n < 1) throw new ArgumentError(`decode needs the query token appended first, but KV head ${h} of sequence ${seq} keeps no tokens`, 'rows');
+          maxLength = Math.max(maxLength, n);
+        }
+      }
+      const row = queryHeads * store.headDim;
+      const [qp, qt, qs] = input(store, q, 'q', batch, row);
+      const [op, ot, os] = output(store, out, q, batch, row);
+      for (let b0 = 0; b0 < batch; b0 += 64) {
+        const part = batch <= 64 ? seqs : seqs.subarray(b0, Math.min(batch, b0 + 64));
+        const qOffset = BigInt(b0 * qs * (qt === 0 ? 4 : 2));
+        const oOffset = BigInt(b0 * os * (ot === 0 ? 4 : 2));
+        binding.cudaDecode(
+          device.native, part, maxLength, qp + qOffset, qt, qs, op + oOffset, ot, os, queryHeads, attention.scale, flags,
+          kernel.window, kernel.seed, stream,
+        );
+      }
+      for (let b = 0; b < batch; b++) store.steps[seqs[b]!]! += 1;
+      finish(out, op);
+    },
+
+    prefill(store, seq, q, rows, out, attention, tracker): void {
+      const binding = live();
+      const device = deviceOf(store);
+      checkSeq(store, seq);
+      const queryHeads = checkAttention(store, attention);
+      checkInt(rows, 'rows', 1, store.capacity);
+      const flags = trackerFlags(store, tracker);
+      const kernel = tracker.kernel!;
+      for (let h = 0; h < store.kvHeads; h++) {
+        const n = store.lengths[seq * store.kvHeads + h]!;
+        if (n < rows) throw new ArgumentError(`${rows} query row(s) need as many kept tokens, but KV head ${h} keeps ${n}`, 'rows');
+      }
+      const row = queryHeads * store.headDim;
+      const [qp, qt, qs] = input(store, q as CudaArray, 'q', rows, row);
+      const [op, ot, os] = output(store, out as CudaArray, q as CudaArray, rows, row);
+      binding.cudaPrefill(
+        device.native, seq, longest(store, seq), qp, qt, qs, rows, op, ot, os, queryHeads, attention.scale, flags, kernel.window,
+        kernel.seed, stream,
+      );
+      store.steps[seq]! += rows;
+      finish(out as CudaArray, op);
+    },
+
+    observe(store, seq, probs, stride, queryHeads, tracker): void {
+      const binding = live();
+      const device = deviceOf(store);
+      checkSeq(store, seq);
+      checkAttention(store, { queryHeads, scale: 1 });
+      checkInt(stride, 'stride', 0, 2 ** 31 - 1);
+      const flags = trackerFlags(store, tracker);
+      const kernel = tracker.kernel!;
+      const n = longest(store, seq);
+      if (n > stride) throw new ShapeError(`stride ${stride} is shorter than the ${n} tokens kept`, 'stride');
+      const array = probs as CudaArray;
+      if (array instanceof DeviceTensor ? array.dtype !== 'f32' : !(array instanceof Float32Array)) {
+        throw new DTypeError('expected f32 probabilities', 'probs');
+      }
+      const [pp] = input(store, array, 'probs', queryHeads, stride);
+      binding.cudaObserve(device.native, seq, n, pp, stride, queryHeads, flags, kernel.window, kernel.seed, stream);
+      store.steps[seq]! += 1;
+    },
+
+    evict(store, seq, count, sinks, recent, scope): void {
+      const binding = live();
+      const device = deviceOf(store);
+      checkSeq(store, seq);
+      checkInt(count, 'count', 0);
+      checkInt(sinks, 'sinks', 0);
+      checkInt(recent, 'recent', 0);
+      if (scope !== 'head' && scope !== 'layer') throw new ArgumentError("expected 'head' or 'layer'", 'scope');
+      const { kvHeads } = store;
+      const length = store.lengths[seq * kvHeads]!;
+      for (let h = 0; h < kvHeads; h++) {
+        const n = store.lengths[seq * kvHeads + h]!;
+        const candidates = Math.max(0, n - sinks - recent);
+        if (count > candidates) {
+          throw new BudgetError(
+            `head ${h} has ${candidates} tokens outside the ${sinks} sinks and ${recent} recent ones, asked to drop ${count}`, 'count');
+        }
+        // The kernels keep every head of a sequence at one length (appends and evictions apply to all).
+        if (n !== length) throw new ArgumentError('the cuda backend needs every KV head of a sequence to keep the same number of tokens', 'scope');
+      }
+      if (count === 0) return;
+      binding.cudaEvict(device.native, seq, length, count, sinks, recent, scope === 'layer', stream);
+      for (let h = 0; h < kvHeads; h++) store.lengths[seq * kvHeads + h]! -= count;
+    },
+
+    errors(store: LayerStore): number {
+      const device = deviceOf(store);
+      const flags = new Int32Array(1);
+      live().cudaDownload(flags, device.info.error, stream);
+      if (flags[0] !== 0) live().cudaMemset(device.info.error, 0, 4, stream);
+      return flags[0]!;
+    },
+
+    dispose(): void {
+      if (native === undefined) return;
+      const binding = native;
+      try {
+        binding.cudaSynchronize(stream);
+      } finally {
+        for (const handle of stores) binding.cudaStoreDestroy(handle);
+        for (const buffer of staging.values()) binding.cudaFree(buffer.ptr);
+        stores.clear();
+        staging.clear();
+        native = undefined;
+      }
+    },
+  };
+  return backend;
+}
+
+/**
+ * A host copy of everything a device store holds (the layout of a host `LayerStore`), e.g. to compare
+ * it with the CPU backend's store. Waits for the backend's stream.
+ * @example
+ * ```ts
+ * const host = copyStoreToHost(backend, store);
+ * console.log(host.scores);
+ * ```
+ */
+export function copyStoreToHost(backend: CudaBackend, store: LayerStore): LayerStore {
+  const device = deviceOf(store);
+  const binding = loadCuda();
+  const tokens = store.maxSequences * store.kvHeads * store.capacity;
+  const bytes = tokens * store.headDim * bytesPerElement(store.dtype);
+  const host = {
+    layer: store.layer, dtype: store.dtype, maxSequences: store.maxSequences, kvHeads: store.kvHeads, headDim: store.headDim,
+    capacity: store.capacity, auxWords: store.auxWords,
+    keys: new Uint8Array(bytes), values: new Uint8Array(bytes), positions: new Int32Array(tokens),
+    scores: new Float32Array(tokens), aux: new Uint32Array(tokens * store.auxWords),
+    lengths: new Int32Array(store.maxSequences * store.kvHeads), steps: new Float64Array(store.maxSequences),
+  };
+  const s = backend.stream;
+  binding.cudaDownload(host.keys, device.info.keys, s);
+  binding.cudaDownload(host.values, device.info.values, s);
+  binding.cudaDownload(host.positions, device.info.positions, s);
+  binding.cudaDownload(host.scores, device.info.scores, s);
+  if (host.aux.length > 0) binding.cudaDownload(host.aux, device.info.aux, s);
+  binding.cudaDownload(host.lengths, device.info.lengths, s);
+  binding.cudaDownload(host.steps, device.info.steps, s);
+  return host;
+}
+
+/**
+ * Overwrites a device store (and its host mirror) with the contents of a host store of the same spec.
+ * @example
+ * ```ts
+ * copyStoreToDevice(backend, cpuStore, cudaStore);
+ * ```
+ */
+export function copyStoreToDevice(backend: CudaBackend, from: LayerStore, to: LayerStore): void {
+  const device = deviceOf(to);
+  const binding = loadCuda();
+  const s = backend.stream;
+  if (from.keys.byteLength !== to.maxSequences * to.kvHeads * to.capacity * to.headDim * bytesPerElement(to.dtype)) {
+    throw new ShapeError('the stores have different specs', 'from');
+  }
+  binding.cudaUpload(device.info.keys, from.keys, s);
+  binding.cudaUpload(device.info.values, from.values, s);
+  binding.cudaUpload(device.info.positions, from.positions, s);
+  binding.cudaUpload(device.info.scores, from.scores, s);
+  if (from.aux.length > 0) binding.cudaUpload(device.info.aux, from.aux, s);
+  binding.cudaUpload(device.info.lengths, from.lengths, s);
+  binding.cudaUpload(device.info.steps, from.steps, s);
+  to.lengths.set(from.lengths);
+  to.steps.set(from.steps);
+}
