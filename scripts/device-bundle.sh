@@ -17,10 +17,14 @@ out=.device
 mkdir -p "$out/addon" "$out/build/Release" "$out/tests" "$out/bench"
 
 # 1. The addons, from a copy of the native sources.
+# Timestamps are kept, so a second run recompiles only what changed.
 rm -rf "$out/addon/csrc" "$out/addon/scripts"
-cp -r csrc scripts binding.gyp package.json "$out/addon/"
+cp -rp csrc scripts binding.gyp package.json "$out/addon/"
 ln -sfn "$root/node_modules" "$out/addon/node_modules"
-(cd "$out/addon" && SCISSORHANDS_CUDA_ARCHS="${SCISSORHANDS_CUDA_ARCHS:-90}" "$root/node_modules/.bin/node-gyp" rebuild -j max --loglevel=warn --nodedir="$(npm config get nodedir 2>/dev/null || true)")
+nodedir="$(npm config get nodedir 2>/dev/null || true)"
+gyp="$root/node_modules/.bin/node-gyp"
+(cd "$out/addon" && export SCISSORHANDS_CUDA_ARCHS="${SCISSORHANDS_CUDA_ARCHS:-90}" \
+  && "$gyp" configure --loglevel=warn ${nodedir:+--nodedir="$nodedir"} && "$gyp" build -j max --loglevel=warn)
 cp "$out/addon/build/Release/scissorhands_cpu.node" "$out/addon/build/Release/scissorhands_cuda.node" "$out/build/Release/"
 
 # 2. The GPU tests and benchmarks as self-contained ES modules.

@@ -51,7 +51,7 @@ __global__ void __launch_bounds__(kThreads) decode_split(const DecodeParams p) {
   constexpr int NV = D / (VEC * LANES);
   constexpr int PER = NV * VEC;
   constexpr int GROUPS = kThreads / LANES;
-  constexpr int UNROLL = 2;
+  constexpr int UNROLL = GT <= 4 ? 4 : 2;
   __shared__ float s_sh[GT][kTile];
   __shared__ float red[GROUPS * GT * D];
   __shared__ float wred[kThreads / 32][GT];
@@ -104,20 +104,21 @@ __global__ void __launch_bounds__(kThreads) decode_split(const DecodeParams p) {
 
   for (int base = t0; base < t1; base += kTile) {
     const int nt = min(kTile, t1 - base);
-    // Scores of the tile: LANES threads per key, keys GROUPS apart, UNROLL keys in flight per thread.
-    for (int k0 = grp; k0 < nt; k0 += GROUPS * UNROLL) {
+    // Scores of the tile: LANES threads per key, keys GROUPS apart, UNROLL keys in flight per thread. The
+    // loop bound is uniform over the block so every lane of a warp reaches the shuffles.
+    for (int k0 = 0; k0 < nt; k0 += GROUPS * UNROLL) {
       uint4 raw[UNROLL][NV];
 #pragma unroll
       for (int u = 0; u < UNROLL; ++u) {
-        const int k = k0 + u * GROUPS;
-        if (k < nt) {
+        const int k = k0 + u * GROUPS + grp;
 #pragma unroll
-          for (int v = 0; v < NV; ++v) raw[u][v] = raw16(K + static_cast<size_t>(base + k) * D + (v * LANES + lid) * VEC);
+        for (int v = 0; v < NV; ++v) {
+          raw[u][v] = k < nt ? raw16(K + static_cast<size_t>(base + k) * D + (v * LANES + lid) * VEC) : make_uint4(0, 0, 0, 0);
         }
       }
 #pragma unroll
       for (int u = 0; u < UNROLL; ++u) {
-        const int k = k0 + u * GROUPS;
+        const int k = k0 + u * GROUPS + grp;
         float x[PER];
 #pragma unroll
         for (int v = 0; v < NV; ++v) decode16<T>(raw[u][v], x + v * VEC);
@@ -165,11 +166,11 @@ __global__ void __launch_bounds__(kThreads) decode_split(const DecodeParams p) {
     }
     __syncthreads();
     // Values: each key group accumulates its keys' rows into its own partial output.
-    for (int k0 = grp; k0 < nt; k0 += GROUPS * UNROLL) {
+    for (int k0 = 0; k0 < nt; k0 += GROUPS * UNROLL) {
       uint4 raw[UNROLL][NV];
 #pragma unroll
       for (int u = 0; u < UNROLL; ++u) {
-        const int k = k0 + u * GROUPS;
+        const int k = k0 + u * GROUPS + grp;
         if (k < nt) {
 #pragma unroll
           for (int v = 0; v < NV; ++v) raw[u][v] = raw16(V + static_cast<size_t>(base + k) * D + (v * LANES + lid) * VEC);
@@ -177,7 +178,7 @@ __global__ void __launch_bounds__(kThreads) decode_split(const DecodeParams p) {
       }
 #pragma unroll
       for (int u = 0; u < UNROLL; ++u) {
-        const int k = k0 + u * GROUPS;
+        const int k = k0 + u * GROUPS + grp;
         if (k < nt) {
           float x[PER];
 #pragma unroll

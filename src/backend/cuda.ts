@@ -311,6 +311,7 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
       let maxLength = 1;
       for (let b = 0; b < batch; b++) {
         const seq = checkSeq(store, seqs[b]!);
+        if (seqs.indexOf(seq) !== b) throw new ArgumentError(`sequence ${seq} appears twice`, 'seqs');
         for (let h = 0; h < store.kvHeads; h++) {
           const n = store.lengths[seq * store.kvHeads + h]!;
           if (n < 1) throw new ArgumentError(`decode needs the query token appended first, but KV head ${h} of sequence ${seq} keeps no tokens`, 'rows');
