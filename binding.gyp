@@ -13,6 +13,9 @@
       "csrc/cpu/attention.cc",
       "csrc/cpu/context.cc",
       "csrc/cpu/evict.cc",
+      "csrc/cpu/pack.cc",
+      "csrc/cpu/packed_attention.cc",
+      "csrc/cpu/packed_store.cc",
       "csrc/cpu/simd_avx2.cc",
       "csrc/cpu/simd_avx512.cc",
       "csrc/cpu/simd_scalar.cc",
@@ -20,7 +23,8 @@
       "csrc/cpu/tracker.cc",
       "csrc/napi/addon.cc",
       "csrc/napi/args.cc",
-      "csrc/napi/calls.cc"
+      "csrc/napi/calls.cc",
+      "csrc/napi/packed.cc"
     ]
   },
   "target_defaults": {

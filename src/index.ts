@@ -17,13 +17,14 @@ export type { KVCacheOptions } from './cache/options.js';
 export type { CacheStats, LayerStats } from './cache/stats.js';
 export * from './trackers/index.js';
 export * from './policies/index.js';
+export * from './quant/index.js';
 export * from './core/errors.js';
 export {
   type DType, type HostArray, DTYPES, bytesPerElement, f32ToF16Bits, f16BitsToF32, f32ToBf16Bits, bf16BitsToF32,
 } from './core/dtype.js';
 export { type Geometry, MAX_HEAD_DIM } from './core/geometry.js';
 export { Registry, type Factory } from './core/registry.js';
-export type { Backend, LayerStore, LayerStoreSpec, AttentionSpec, HeadView, HeadInspection } from './backend/backend.js';
+export type { Backend, LayerStore, LayerStoreSpec, AttentionSpec, HeadView, HeadInspection, PackedStore } from './backend/backend.js';
 export { backendInfo, type BackendInfo, type BackendName } from './backend/select.js';
 export { createReferenceBackend } from './backend/reference.js';
 export { createCpuBackend } from './backend/cpu.js';

@@ -22,14 +22,18 @@ struct Lower {
   }
 };
 
+}  // namespace
+
 // Marks in `dropped` (one byte per slot) the `count` lowest of slots [begin, end) under `keys`.
-void choose(const float* keys, int32_t begin, int32_t end, int32_t count, uint32_t* order, uint8_t* dropped) {
+void choose_lowest(const float* keys, int32_t begin, int32_t end, int32_t count, uint32_t* order, uint8_t* dropped) {
   const size_t n = static_cast<size_t>(end - begin);
   for (size_t i = 0; i < n; ++i) order[i] = static_cast<uint32_t>(begin) + static_cast<uint32_t>(i);
   // Linear-time selection: after it, the first `count` entries are exactly the lowest ones.
   std::nth_element(order, order + count, order + n, Lower{keys});
   for (int32_t i = 0; i < count; ++i) dropped[order[i]] = 1;
 }
+
+namespace {
 
 // Moves the kept tokens of (seq, head) to the front in order; returns the new length.
 int32_t compact(const LayerView& view, int32_t seq, int32_t head, int32_t length, const uint8_t* dropped) {
@@ -84,7 +88,7 @@ Status evict(Context& ctx, const LayerView& view, int32_t seq, int32_t count, in
       mean[j] = acc / static_cast<float>(heads);
     }
     std::memset(dropped, 0, static_cast<size_t>(length));
-    choose(mean, sinks, length - recent, count, order, dropped);
+    choose_lowest(mean, sinks, length - recent, count, order, dropped);
     for (size_t h = 0; h < heads; ++h) lengths[h] = compact(view, seq, static_cast<int32_t>(h), length, dropped);
     return Status::Ok;
   }
@@ -92,7 +96,7 @@ Status evict(Context& ctx, const LayerView& view, int32_t seq, int32_t count, in
     const int32_t length = kept(view, seq, static_cast<int32_t>(h));
     if (count > static_cast<int64_t>(length) - recent - sinks) return Status::Budget;
     std::memset(dropped, 0, static_cast<size_t>(length));
-    choose(view.scores + view.head_base(seq, static_cast<int32_t>(h)), sinks, length - recent, count, order, dropped);
+    choose_lowest(view.scores + view.head_base(seq, static_cast<int32_t>(h)), sinks, length - recent, count, order, dropped);
     lengths[h] = compact(view, seq, static_cast<int32_t>(h), length, dropped);
   }
   return Status::Ok;

@@ -72,6 +72,10 @@ inline int32_t kept(const LayerView& view, int32_t seq, int32_t head) {
   return n < 0 ? 0 : n > view.capacity ? view.capacity : n;
 }
 
+// Marks in `dropped` (one byte per slot) the `count` lowest of slots [begin, end) under `keys`: NaN first,
+// then by value, ties to the lower slot (evict.cc). `order` has room for end - begin slots.
+void choose_lowest(const float* keys, int32_t begin, int32_t end, int32_t count, uint32_t* order, uint8_t* dropped);
+
 // True when every head's length is in [0, capacity] (and at least min_length).
 bool lengths_valid(const LayerView& view, int32_t seq, int32_t min_length);
 

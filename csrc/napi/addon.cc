@@ -1,6 +1,7 @@
 #include "addon.h"
 
 #include "args.h"
+#include "packed.h"
 
 #ifndef SCISSORHANDS_VERSION
 #error "SCISSORHANDS_VERSION must be defined by the build (binding.gyp reads it from package.json)"
@@ -32,11 +33,11 @@ Addon::Addon(Napi::Env env, Napi::Object exports) {
                            InstanceMethod("observe", &Addon::Observe, napi_enumerable),
                            InstanceMethod("evict", &Addon::Evict, napi_enumerable),
                        });
-}
   RegisterPacked(*this, env, exports);
 #ifdef SCISSORHANDS_WITH_CUDA
   DefineCuda(exports);
 #endif
+}
 
 napi_value Addon::key(Napi::Env env, Key which) const {
   napi_value name = nullptr;

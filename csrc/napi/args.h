@@ -63,6 +63,8 @@ class Args {
   void check(Status status, const char* what) const;
 
   napi_env env() const { return env_; }
+  // Argument i as passed (undefined past the last).
+  napi_value argument(size_t i) const { return argv_[i]; }
 
  private:
   napi_value property(napi_value object, Key key) const;

@@ -4,6 +4,7 @@
  * @module
  */
 import type { DType, HostArray } from '../core/dtype.js';
+import type { PackedStorage, StorageFormat } from '../quant/storage.js';
 import type { ImportanceTracker } from '../trackers/tracker.js';
 
 /**
@@ -35,6 +36,56 @@ export interface LayerStore {
   readonly lengths: Int32Array;
   /** `[seq]` observations made so far (the tracker's clock). */
   readonly steps: Float64Array;
+  /**
+   * Packed storage (absent for dense stores, whose `keys` and `values` hold every token). With it,
+   * `keys` and `values` are empty: slots `[0, packed)` of a head are codes, slots `[packed, length)` the
+   * full-precision residual window. Layout: `docs/packing.md`.
+   */
+  readonly packed?: PackedStore;
+}
+
+/**
+ * The packed storage of one layer (KIVI-style, `docs/packing.md`). Per (sequence, KV head) `i =
+ * seq * kvHeads + head`: slots `[0, packed[i])` are packed, in `runs[i]` key runs of `runLengths`
+ * tokens each (a run shares one f16 scale and zero point per channel); slots `[packed[i], length)` are
+ * the residual window, in the store's element type. Per-slot arrays of the {@link LayerStore}
+ * (positions, scores, aux) index logical slots as for dense stores.
+ * @example
+ * ```ts
+ * const p = store.packed;
+ * if (p !== undefined) console.log(p.packed[seq * store.kvHeads + head], 'tokens packed');
+ * ```
+ */
+export interface PackedStore extends PackedStorage {
+  /** Packed token slots per (sequence, KV head). */
+  readonly packedSlots: number;
+  /** Residual-window slots per (sequence, KV head). */
+  readonly residualSlots: number;
+  /** Key runs per (sequence, KV head). */
+  readonly maxRuns: number;
+  /** `[seq][kvHead][packedSlots][headDim * bits / 8]` key codes, token-major. */
+  readonly keyCodes: Uint8Array;
+  /** `[seq][kvHead][packedSlots][headDim * bits / 8]` value codes, token-major. */
+  readonly valueCodes: Uint8Array;
+  /** `[seq][kvHead][packedSlots][headDim / groupSize]` f16 bits of the value groups' scales. */
+  readonly valueScales: Uint16Array;
+  /** Same layout: f16 bits of the value groups' zero points. */
+  readonly valueZeros: Uint16Array;
+  /** `[seq][kvHead][maxRuns][headDim]` f16 bits of each key run's per-channel scales. */
+  readonly keyScales: Uint16Array;
+  /** Same layout: f16 bits of each key run's per-channel zero points. */
+  readonly keyZeros: Uint16Array;
+  /** `[seq][kvHead][maxRuns]` tokens of each run in use, in slot order. */
+  readonly runLengths: Int32Array;
+  /** `[seq][kvHead][maxRuns]` times a run's keys were re-quantised by merges (0: packed once), capped at 255. */
+  readonly runGenerations: Uint8Array;
+  /** `[seq][kvHead]` runs in use. */
+  readonly runs: Int32Array;
+  /** `[seq][kvHead]` packed tokens. */
+  readonly packed: Int32Array;
+  /** `[seq][kvHead][residualSlots][headDim]` residual keys in the store's element type, as raw bytes. */
+  readonly residualKeys: Uint8Array;
+  readonly residualValues: Uint8Array;
 }
 
 /**
@@ -47,10 +98,22 @@ export interface LayerStore {
  */
 export interface HeadView {
   readonly length: number;
-  /** `[length][headDim]` stored keys (Float32Array for f32, Uint16Array bits for f16/bf16). */
+  /**
+   * `[length][headDim]` stored keys (Float32Array for f32, Uint16Array bits for f16/bf16). For packed
+   * storage: a Float32Array copy of the keys as attention reads them (dequantised codes, then the
+   * residual window's values), not a live view.
+   */
   readonly keys: HostArray;
   readonly values: HostArray;
   readonly positions: Int32Array;
+  /** Packed storage only: the leading slots held as codes (the rest is the full-precision residual window). */
+  readonly packed?: number;
+  /** Packed storage only: `[packed][headDim]` the quantisation step (stored scale) of each packed key element. */
+  readonly keySteps?: Float32Array;
+  /** Packed storage only: `[packed][headDim]` the quantisation step of each packed value element. */
+  readonly valueSteps?: Float32Array;
+  /** Packed storage only: `[packed]` times each packed key was re-quantised by a run merge (0: packed once). */
+  readonly requantised?: Uint8Array;
 }
 
 /**
@@ -74,6 +137,10 @@ export interface LayerStoreSpec {
   readonly headDim: number;
   readonly capacity: number;
   readonly auxWords: number;
+  /** Packed storage; absent or dense for one row per token in `dtype`. */
+  readonly storage?: StorageFormat;
+  /** Query heads attention will use (device backends size their scratch by it); default `8 * kvHeads`. */
+  readonly queryHeads?: number;
 }
 
 /** Attention settings shared by decode and prefill. */

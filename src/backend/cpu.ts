@@ -102,8 +102,10 @@ export function createCpuBackend(): Backend {
     append(store, seq, k, v, count, firstPosition, tracker): void {
       const binding = live();
       const described = describe(store, tracker);
+      // Packed stores (docs/packing.md) have their own entry points, with the same arguments.
+      const append = store.packed === undefined ? binding.append : binding.packedAppend;
       if (isNative(tracker)) {
-        binding.append(store, seq, k, v, count, firstPosition, described, null);
+        append(store, seq, k, v, count, firstPosition, described, null);
         return;
       }
       const { kvHeads, headDim } = store;
@@ -111,7 +113,7 @@ export function createCpuBackend(): Backend {
       const fits = Number.isInteger(count) && count >= 0 && count <= store.capacity;
       const keys = new Float32Array(fits ? count * kvHeads * headDim : 0);
       const before = Int32Array.from(store.lengths.subarray(seq * kvHeads, (seq + 1) * kvHeads));
-      binding.append(store, seq, k, v, count, firstPosition, described, keys);
+      append(store, seq, k, v, count, firstPosition, described, keys);
       for (let h = 0; h < kvHeads; h++) {
         const { scores, aux } = stateOf(store, seq, h);
         for (let i = 0; i < count; i++) {
@@ -127,20 +129,22 @@ export function createCpuBackend(): Backend {
     decode(store, seq, q, out, attention, tracker): void {
       const binding = live();
       const described = describe(store, tracker);
+      const decode = store.packed === undefined ? binding.decode : binding.packedDecode;
       if (described.kind !== TrackerKind.Custom || !described.observes) {
-        binding.decode(store, seq, q, out, attention.queryHeads, attention.scale, described, null);
+        decode(store, seq, q, out, attention.queryHeads, attention.scale, described, null);
         return;
       }
       const probs = scratchOf(store);
-      binding.decode(store, seq, q, out, attention.queryHeads, attention.scale, described, probs);
+      decode(store, seq, q, out, attention.queryHeads, attention.scale, described, probs);
       observeRow(store, seq, tracker, probs, 0, store.steps[seq]! - 1, 0);
     },
 
     prefill(store, seq, q, rows, out, attention, tracker): void {
       const binding = live();
       const described = describe(store, tracker);
+      const prefill = store.packed === undefined ? binding.prefill : binding.packedPrefill;
       if (described.kind !== TrackerKind.Custom || !described.observes) {
-        binding.prefill(store, seq, q, rows, out, attention.queryHeads, attention.scale, described, 0, rows, null);
+        prefill(store, seq, q, rows, out, attention.queryHeads, attention.scale, described, 0, rows, null);
         return;
       }
       // Rows go in blocks so the probabilities handed back stay bounded whatever the prompt length.
@@ -151,7 +155,7 @@ export function createCpuBackend(): Backend {
       for (let begin = 0; begin < rows; begin += block) {
         const end = Math.min(rows, begin + block);
         const first = store.steps[seq]!;
-        binding.prefill(
+        prefill(
           store, seq, q, rows, out, attention.queryHeads, attention.scale, described, begin, end,
           probs.subarray(0, (end - begin) * perRow),
         );
@@ -164,17 +168,20 @@ export function createCpuBackend(): Backend {
     observe(store, seq, probs, stride, queryHeads, tracker): void {
       const binding = live();
       const described = describe(store, tracker);
+      const observe = store.packed === undefined ? binding.observe : binding.packedObserve;
       if (described.kind !== TrackerKind.Custom || !described.observes) {
-        binding.observe(store, seq, probs, stride, queryHeads, described, null);
+        observe(store, seq, probs, stride, queryHeads, described, null);
         return;
       }
       const combined = scratchOf(store);
-      binding.observe(store, seq, probs, stride, queryHeads, described, combined);
+      observe(store, seq, probs, stride, queryHeads, described, combined);
       observeRow(store, seq, tracker, combined, 0, store.steps[seq]! - 1, 0);
     },
 
     evict(store, seq, count, sinks, recent, scope): void {
-      live().evict(store, seq, count, sinks, recent, scope);
+      const binding = live();
+      if (store.packed === undefined) binding.evict(store, seq, count, sinks, recent, scope);
+      else binding.packedEvict(store, seq, count, sinks, recent, scope);
     },
 
     dispose(): void {

@@ -6,7 +6,9 @@
 import { bytesPerElement, parseDType, type HostArray } from '../core/dtype.js';
 import { ArgumentError } from '../core/errors.js';
 import { MAX_HEAD_DIM, checkInt } from '../core/geometry.js';
+import { isPacked, resolveStorage } from '../quant/storage.js';
 import type { HeadInspection, HeadView, LayerStore, LayerStoreSpec } from './backend.js';
+import { allocatePacked, packedStoreBytes, viewPacked } from './packed-store.js';
 
 /**
  * Validates a spec and allocates a zeroed host store.
@@ -25,16 +27,20 @@ export function allocateHostStore(spec: LayerStoreSpec): LayerStore {
   const layer = checkInt(spec.layer, 'layer', 0);
   const tokens = maxSequences * kvHeads * capacity;
   const elementBytes = bytesPerElement(dtype);
+  const storage = resolveStorage(spec.storage, headDim);
+  // Packed stores keep their keys and values in `packed`; dense ones one row per token slot.
+  const rows = isPacked(storage) ? 0 : tokens * headDim * elementBytes;
   try {
     return {
       layer, dtype, maxSequences, kvHeads, headDim, capacity, auxWords,
-      keys: new Uint8Array(tokens * headDim * elementBytes),
-      values: new Uint8Array(tokens * headDim * elementBytes),
+      keys: new Uint8Array(rows),
+      values: new Uint8Array(rows),
       positions: new Int32Array(tokens),
       scores: new Float32Array(tokens),
       aux: new Uint32Array(tokens * auxWords),
       lengths: new Int32Array(maxSequences * kvHeads),
       steps: new Float64Array(maxSequences),
+      ...(isPacked(storage) ? { packed: allocatePacked(storage, maxSequences, kvHeads, headDim, capacity, dtype) } : {}),
     };
   } catch (e) {
     if (e instanceof RangeError) throw new ArgumentError(`${tokens} token slots of ${headDim} elements cannot be allocated`, 'capacity');
@@ -51,7 +57,8 @@ export function allocateHostStore(spec: LayerStoreSpec): LayerStore {
  */
 export function hostStoreBytes(store: LayerStore): number {
   return store.keys.byteLength + store.values.byteLength + store.positions.byteLength + store.scores.byteLength
-    + store.aux.byteLength + store.lengths.byteLength + store.steps.byteLength;
+    + store.aux.byteLength + store.lengths.byteLength + store.steps.byteLength
+    + (store.packed === undefined ? 0 : packedStoreBytes(store.packed));
 }
 
 /**
@@ -64,6 +71,8 @@ export function hostStoreBytes(store: LayerStore): number {
 export function clearHostStore(store: LayerStore, seq: number): void {
   store.lengths.fill(0, seq * store.kvHeads, (seq + 1) * store.kvHeads);
   store.steps[seq] = 0;
+  store.packed?.packed.fill(0, seq * store.kvHeads, (seq + 1) * store.kvHeads);
+  store.packed?.runs.fill(0, seq * store.kvHeads, (seq + 1) * store.kvHeads);
 }
 
 /**
@@ -88,6 +97,7 @@ export function inspectHostStore(store: LayerStore, seq: number, kvHead: number)
  * ```
  */
 export function viewHostStore(store: LayerStore, seq: number, kvHead: number): HeadView {
+  if (store.packed !== undefined) return viewPacked(store, seq, kvHead);
   const slot = seq * store.kvHeads + kvHead;
   const length = store.lengths[slot]!;
   const d = store.headDim;

@@ -11,6 +11,7 @@ import { MAX_HEAD_DIM, checkInt } from '../core/geometry.js';
 import type { ImportanceTracker } from '../trackers/tracker.js';
 import type { AttentionSpec, Backend, LayerStore, LayerStoreSpec } from './backend.js';
 import { allocateHostStore, clearHostStore, hostStoreBytes, inspectHostStore, viewHostStore } from './host-store.js';
+import { appendPackedToken, checkPackable, compactPacked, decodePacked } from './packed-store.js';
 
 
 /** Stored elements as numbers: an f32 view, or the 16-bit words of an f16/bf16 store. */
@@ -150,6 +151,14 @@ export function createReferenceBackend(): Backend {
     const keys = elements(dtype, store.keys);
     const values = elements(dtype, store.values);
     const stored = (array: Float32Array | Uint16Array, i: number): number => decodeElement(dtype, array[i]!);
+    // Packed storage: each head's rows decoded as the packing rules define them (slot j at j * headDim).
+    const decoded = store.packed === undefined ? undefined : Array.from({ length: kvHeads }, (_, h) => ({
+      keys: decodePacked(store, seq, h, 'keys').rows, values: decodePacked(store, seq, h, 'values').rows,
+    }));
+    const key = (kvHead: number, base: number, j: number, d: number): number =>
+      decoded === undefined ? stored(keys, (base + j) * headDim + d) : decoded[kvHead]!.keys[j * headDim + d]!;
+    const value = (kvHead: number, base: number, j: number, d: number): number =>
+      decoded === undefined ? stored(values, (base + j) * headDim + d) : decoded[kvHead]!.values[j * headDim + d]!;
 
     for (let row = 0; row < rows; row++) {
       const hidden = rows - 1 - row;
@@ -164,7 +173,7 @@ export function createReferenceBackend(): Backend {
         let max = -Infinity;
         for (let j = 0; j < n; j++) {
           let dot = 0;
-          for (let d = 0; d < headDim; d++) dot += query[d]! * stored(keys, (base + j) * headDim + d);
+          for (let d = 0; d < headDim; d++) dot += query[d]! * key(kvHead, base, j, d);
           logits[j] = attention.scale * dot;
           max = Math.max(max, logits[j]!);
         }
@@ -177,7 +186,7 @@ export function createReferenceBackend(): Backend {
         for (let j = 0; j < n; j++) {
           const p = logits[j]! / sum;
           probs[h * stride + j] = p;
-          for (let d = 0; d < headDim; d++) acc[d] = acc[d]! + p * stored(values, (base + j) * headDim + d);
+          for (let d = 0; d < headDim; d++) acc[d] = acc[d]! + p * value(kvHead, base, j, d);
         }
         for (let d = 0; d < headDim; d++) {
           out[qAt + d] = out instanceof Float32Array ? acc[d]! : encodeElement(dtype, acc[d]!);
@@ -187,8 +196,43 @@ export function createReferenceBackend(): Backend {
     }
   }
 
+  /**
+   * Append to a packed store: token by token into the residual window (which packs its oldest group when
+   * full), then the tracker's append rule on each new slot with its key as stored in the window.
+   */
+  function appendPacked(
+    store: LayerStore, seq: number, k: HostArray, v: HostArray, count: number, firstPosition: number, tracker: ImportanceTracker,
+  ): void {
+    const { dtype, kvHeads, headDim, auxWords } = store;
+    for (let h = 0; h < kvHeads; h++) {
+      const index = seq * kvHeads + h;
+      const base = index * store.capacity;
+      const length = store.lengths[index]!;
+      const { scores, aux } = stateOf(store, seq, h);
+      for (let i = 0; i < count; i++) {
+        const slot = length + i;
+        store.positions[base + slot] = firstPosition + i;
+        scores[slot] = 0;
+        aux.fill(0, slot * auxWords, (slot + 1) * auxWords);
+        appendPackedToken(store, seq, h, k, v, (i * kvHeads + h) * headDim);
+      }
+      for (let i = 0; i < count; i++) {
+        const at = (i * kvHeads + h) * headDim;
+        const key = new Float32Array(headDim);
+        for (let d = 0; d < headDim; d++) {
+          key[d] = k instanceof Uint16Array ? decodeElement(dtype, k[at + d]!) : decodeElement(dtype, encodeElement(dtype, k[at + d]!));
+        }
+        tracker.onAppend({ seq, layer: store.layer, kvHead: h, index: length + i, position: firstPosition + i, key, scores, aux });
+      }
+    }
+  }
+
   /** Drops the flagged slots of one head and moves the kept ones to the front, in order. */
   function compact(store: LayerStore, seq: number, kvHead: number, dropped: Uint8Array): void {
+    if (store.packed !== undefined) {
+      compactPacked(store, seq, kvHead, dropped);
+      return;
+    }
     const { headDim, auxWords } = store;
     const bytes = headDim * bytesPerElement(store.dtype);
     const index = seq * store.kvHeads + kvHead;
@@ -248,6 +292,12 @@ export function createReferenceBackend(): Backend {
         if (length + count > capacity) {
           throw new BudgetError(`KV head ${h} keeps ${length} of ${capacity} tokens: no room for ${count} more`, 'count');
         }
+      }
+      if (store.packed !== undefined) {
+        checkPackable(dtype, k, 'k');
+        checkPackable(dtype, v, 'v');
+        appendPacked(store, seq, k, v, count, firstPosition, tracker);
+        return;
       }
       const keys = elements(dtype, store.keys);
       const values = elements(dtype, store.values);

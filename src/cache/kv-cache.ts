@@ -9,7 +9,9 @@ import { Lifetime } from '../core/disposable.js';
 import { type DType, type HostArray, bytesPerElement } from '../core/dtype.js';
 import { BudgetError, CapacityError, DTypeError, SequenceError, ShapeError } from '../core/errors.js';
 import { type Geometry, checkInt } from '../core/geometry.js';
+import { checkPackable, packedKvBytesUsed } from '../backend/packed-store.js';
 import type { BudgetPolicy } from '../policies/policy.js';
+import { type StorageFormat, isPacked } from '../quant/storage.js';
 import type { ImportanceTracker } from '../trackers/tracker.js';
 import { scissorhands } from '../trackers/scissorhands.js';
 import { type KVCacheOptions, type ResolvedOptions, resolveOptions } from './options.js';
@@ -48,6 +50,8 @@ interface Step {
 export class KVCache implements Disposable {
   readonly geometry: Geometry;
   readonly dtype: DType;
+  /** How keys and values are stored: dense, or packed (`docs/packing.md`). */
+  readonly storage: StorageFormat;
   readonly maxSequences: number;
   readonly tracker: ImportanceTracker;
   readonly policy: BudgetPolicy;
@@ -61,6 +65,10 @@ export class KVCache implements Disposable {
   /** Token-head entries kept over all layers and open sequences, now and at most so far. */
   #kept = 0;
   #peakKept = 0;
+  /** `[layer][seq]` bytes of keys and values held, their sum, and the largest `bytesUsed` so far. */
+  readonly #kvBytes: Float64Array;
+  #kvTotal = 0;
+  #peakBytes = 0;
   readonly #life = new Lifetime('KVCache');
   readonly #group: number;
   readonly #attention: { queryHeads: number; scale: number };
@@ -69,6 +77,7 @@ export class KVCache implements Disposable {
     this.#options = options;
     this.geometry = options.geometry;
     this.dtype = options.dtype;
+    this.storage = options.storage;
     this.maxSequences = options.maxSequences;
     this.tracker = options.tracker;
     this.policy = options.policy;
@@ -77,8 +86,9 @@ export class KVCache implements Disposable {
     this.#stores = options.capacities.map((capacity, layer) =>
       backend.allocate({
         layer, dtype: options.dtype, maxSequences: options.maxSequences, kvHeads, headDim, capacity,
-        auxWords: options.tracker.auxWords,
+        auxWords: options.tracker.auxWords, ...(isPacked(options.storage) ? { storage: options.storage } : {}),
       }));
+    this.#kvBytes = new Float64Array(layers * options.maxSequences);
     this.#open = new Uint8Array(options.maxSequences);
     this.#seen = new Float64Array(layers * options.maxSequences);
     this.#evictions = new Float64Array(layers);
@@ -185,6 +195,7 @@ export class KVCache implements Disposable {
     this.#checkArray(k, 'k', kvHeads * headDim, q);
     this.#checkArray(v, 'v', kvHeads * headDim, q);
     const output = this.#output(out, q, queryHeads * headDim);
+    this.#checkValues(k, v);
     const [step] = this.#plan(store, seq, layer, 1, false);
     this.#apply(store, seq, layer, step!, k, v);
     this.#backend.decode(store, seq, q, output, this.#attention, this.tracker);
@@ -211,6 +222,7 @@ export class KVCache implements Disposable {
     this.#checkArray(k, 'k', rows * kvHeads * headDim, q);
     this.#checkArray(v, 'v', rows * kvHeads * headDim, q);
     const output = this.#output(out, q, rows * queryHeads * headDim);
+    this.#checkValues(k, v);
     const qRow = queryHeads * headDim;
     const kvRow = kvHeads * headDim;
     let done = 0;
@@ -244,6 +256,7 @@ export class KVCache implements Disposable {
     this.#checkArray(v, 'v', rows * kvHeads * headDim, k);
     const room = store.capacity - this.policy.sinks;
     if (rows > room) throw new BudgetError(`cannot append ${rows} tokens at once; at most ${room} fit beside the sinks`, 'k');
+    this.#checkValues(k, v);
     const [step] = this.#plan(store, seq, layer, rows, false);
     this.#apply(store, seq, layer, step!, k, v);
   }
@@ -329,12 +342,15 @@ export class KVCache implements Disposable {
     const { kvHeads, headDim } = this.geometry;
     const bytesPerToken = 2 * headDim * bytesPerElement(this.dtype);
     const metaPerToken = 8 + 4 * this.tracker.auxWords;
-    let bytesReserved = this.#seen.byteLength + this.#evictions.byteLength + this.#open.byteLength;
+    let bytesReserved = this.#seen.byteLength + this.#evictions.byteLength + this.#open.byteLength + this.#kvBytes.byteLength;
+    let storeBytes = 0;
     let tokensKept = 0;
     let tokensSeen = 0;
     let evictions = 0;
     const layers: LayerStats[] = this.#stores.map((store, layer) => {
-      bytesReserved += this.#backend.bytes(store);
+      const bytes = this.#backend.bytes(store);
+      bytesReserved += bytes;
+      storeBytes += bytes;
       const kept = new Array<number>(kvHeads).fill(0);
       let seen = 0;
       for (let seq = 0; seq < this.maxSequences; seq++) {
@@ -347,12 +363,18 @@ export class KVCache implements Disposable {
       evictions += this.#evictions[layer]!;
       return { layer, capacity: store.capacity, tokensKept: kept, tokensSeen: seen, evictions: this.#evictions[layer]! };
     });
+    const bytesF16 = tokensSeen * 4 * headDim;
     return {
       backend: this.#backend.name,
+      storage: this.storage.format,
       bytesReserved,
-      bytesUsed: tokensKept * (bytesPerToken + metaPerToken),
-      peakBytesUsed: this.#peakKept * (bytesPerToken + metaPerToken),
+      bytesPerSequence: storeBytes / this.maxSequences,
+      bytesUsed: this.#kvTotal + tokensKept * metaPerToken,
+      peakBytesUsed: this.#peakBytes,
       peakTokensKept: this.#peakKept,
+      bytesKV: this.#kvTotal,
+      bytesF16,
+      compressionVsF16: this.#kvTotal === 0 ? 1 : bytesF16 / this.#kvTotal,
       bytesFull: tokensSeen * bytesPerToken,
       bytesPerToken,
       tokensKept,
@@ -392,7 +414,25 @@ export class KVCache implements Disposable {
       for (let h = 0; h < kvHeads; h++) this.#kept -= store.lengths[seq * kvHeads + h]!;
       this.#backend.clear(store, seq);
       this.#seen[layer * this.maxSequences + seq] = 0;
+      this.#kvTotal -= this.#kvBytes[layer * this.maxSequences + seq]!;
+      this.#kvBytes[layer * this.maxSequences + seq] = 0;
     });
+  }
+
+  /** Bytes of keys and values a sequence holds now in one layer's store (exact for packed storage). */
+  #kvBytesOf(store: LayerStore, seq: number): number {
+    if (store.packed !== undefined) return packedKvBytesUsed(store, seq);
+    const { kvHeads, headDim } = this.geometry;
+    let kept = 0;
+    for (let h = 0; h < kvHeads; h++) kept += store.lengths[seq * kvHeads + h]!;
+    return kept * 2 * headDim * bytesPerElement(this.dtype);
+  }
+
+  /** Packed storage holds finite values in the f16 range: checked before anything changes. */
+  #checkValues(k: HostArray, v: HostArray): void {
+    if (!isPacked(this.storage)) return;
+    checkPackable(this.dtype, k, 'k');
+    checkPackable(this.dtype, v, 'v');
   }
 
   /**
@@ -407,9 +447,9 @@ export class KVCache implements Disposable {
     const steps: Step[] = [];
     for (let done = 0; done < rows;) {
       const left = rows - done;
-      const fits = !chunked || (length + left <= store.capacity && policy.evictions({ layer, length, incoming: left, seen }) === 0);
+      const fits = !chunked || (length + left <= store.capacity && policy.evictions({ layer, length, incoming: left, seen, capacity: store.capacity }) === 0);
       const incoming = fits ? left : Math.min(left, this.#options.prefillChunks[layer]!);
-      const count = policy.evictions({ layer, length, incoming, seen });
+      const count = policy.evictions({ layer, length, incoming, seen, capacity: store.capacity });
       const sinks = Math.min(policy.sinks, length);
       const recent = Math.min(length - sinks, Math.max(0, policy.recent - incoming));
       const candidates = length - sinks - recent;
@@ -439,6 +479,10 @@ export class KVCache implements Disposable {
     this.#seen[at]! += step.rows;
     this.#kept += (step.rows - step.count) * this.geometry.kvHeads;
     this.#peakKept = Math.max(this.#peakKept, this.#kept);
+    const kv = this.#kvBytesOf(store, seq);
+    this.#kvTotal += kv - this.#kvBytes[at]!;
+    this.#kvBytes[at] = kv;
+    this.#peakBytes = Math.max(this.#peakBytes, this.#kvTotal + this.#kept * (8 + 4 * this.tracker.auxWords));
   }
 
   #store(seq: number, layer: number): LayerStore {

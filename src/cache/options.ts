@@ -7,6 +7,7 @@ import { ArgumentError, BudgetError } from '../core/errors.js';
 import { type Geometry, checkGeometry, checkInt } from '../core/geometry.js';
 import type { BackendName } from '../backend/select.js';
 import type { BudgetPolicy } from '../policies/policy.js';
+import { type StorageFormat, type StorageOptions, type StoreLayout, resolveStorage } from '../quant/storage.js';
 import type { ImportanceTracker } from '../trackers/tracker.js';
 
 /**
@@ -31,6 +32,12 @@ export interface KVCacheOptions {
   readonly maxSequences?: number;
   /** Element type of stored keys and values; default `'f32'`. */
   readonly dtype?: DType;
+  /**
+   * How keys and values are stored: `{ format: 'dense' }` (default: one row per token in `dtype`), or
+   * packed KIVI-style, e.g. `{ format: 'int4', groupSize: 32, residual: 32 }` (keys per channel, values
+   * per token, the newest `residual` tokens in `dtype`; see `docs/packing.md`).
+   */
+  readonly storage?: StorageOptions;
   /** Backend; default `'auto'` (native CPU when built, else the TypeScript reference). */
   readonly backend?: BackendName;
   /** Softmax scale; default `1 / sqrt(headDim)`. */
@@ -49,6 +56,7 @@ export interface ResolvedOptions {
   readonly tracker: ImportanceTracker;
   readonly maxSequences: number;
   readonly dtype: DType;
+  readonly storage: StorageFormat;
   readonly backend: BackendName;
   readonly scale: number;
   readonly capacities: readonly number[];
@@ -83,6 +91,8 @@ export function resolveOptions(options: KVCacheOptions, defaultTracker: () => Im
   if (tracker.gqa !== 'mean' && tracker.gqa !== 'max') throw new ArgumentError("expected 'mean' or 'max'", 'tracker.gqa');
   const maxSequences = checkInt(options.maxSequences ?? 1, 'maxSequences', 1, 1 << 16);
   const dtype = parseDType(options.dtype ?? 'f32', 'dtype');
+  const storage = resolveStorage(options.storage, geometry.headDim);
+  const layout: StoreLayout = { dtype, storage, auxWords: tracker.auxWords };
   const backend = options.backend ?? 'auto';
   const scale = options.scale ?? 1 / Math.sqrt(geometry.headDim);
   if (typeof scale !== 'number' || !Number.isFinite(scale) || scale <= 0) {
@@ -93,7 +103,7 @@ export function resolveOptions(options: KVCacheOptions, defaultTracker: () => Im
   const capacities: number[] = [];
   const prefillChunks: number[] = [];
   for (let layer = 0; layer < geometry.layers; layer++) {
-    const capacity = policy.capacity(layer, geometry);
+    const capacity = policy.capacity(layer, geometry, layout);
     if (typeof capacity !== 'number' || !Number.isInteger(capacity) || capacity < 1 || capacity > 2 ** 24) {
       throw new BudgetError(`policy.capacity(${layer}) must be an integer in [1, 2^24], got ${String(capacity)}`, 'policy');
     }
@@ -107,5 +117,5 @@ export function resolveOptions(options: KVCacheOptions, defaultTracker: () => Im
       : checkInt(options.prefillChunk, 'prefillChunk', 1);
     prefillChunks.push(Math.min(chunk, room));
   }
-  return { geometry, policy, tracker, maxSequences, dtype, backend, scale, capacities, prefillChunks };
+  return { geometry, policy, tracker, maxSequences, dtype, storage, backend, scale, capacities, prefillChunks };
 }

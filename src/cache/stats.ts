@@ -32,10 +32,33 @@ export interface LayerStats {
  */
 export interface CacheStats {
   readonly backend: string;
+  /** Storage format of keys and values: `'dense'` or the packed format. */
+  readonly storage: 'dense' | 'int2' | 'int4' | 'int8';
   /** Bytes reserved at creation (keys, values, positions, scores, tracker state, lengths); constant. */
   readonly bytesReserved: number;
-  /** Bytes that hold kept tokens: keys, values and the per-token metadata. */
+  /**
+   * Bytes the layer stores reserve per sequence slot (all layers; keys and values in their storage
+   * format, positions, scores, tracker words, lengths, clock): what a `byteBudget` bounds.
+   */
+  readonly bytesPerSequence: number;
+  /**
+   * Bytes that hold kept tokens: keys and values exactly as stored ({@link CacheStats.bytesKV}), plus
+   * the per-token metadata (position, score and tracker words).
+   */
   readonly bytesUsed: number;
+  /**
+   * Bytes of keys and values held now, exactly: for packed storage the codes, the value groups' scales
+   * and zero points, the key runs' scales and zero points (with their length and generation words) and
+   * the residual window's rows.
+   */
+  readonly bytesKV: number;
+  /** Bytes a dense f16 cache of every token seen would hold in keys and values (`tokensSeen * 4 * headDim`). */
+  readonly bytesF16: number;
+  /**
+   * `bytesF16 / bytesKV` (1 when nothing is kept): the effective compression against a dense f16 cache of
+   * the same length, fewer tokens and fewer bits together.
+   */
+  readonly compressionVsF16: number;
   /** Largest `bytesUsed` since creation (closing sequences does not lower it). */
   readonly peakBytesUsed: number;
   /** Largest `tokensKept` since creation. */

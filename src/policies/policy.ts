@@ -4,6 +4,7 @@
  * @module
  */
 import type { Geometry } from '../core/geometry.js';
+import type { StoreLayout } from '../quant/storage.js';
 
 /**
  * The state a policy decides on, for one (sequence, layer).
@@ -20,6 +21,8 @@ export interface EvictionContext {
   readonly incoming: number;
   /** Tokens this (sequence, layer) has seen so far, before the incoming ones. */
   readonly seen: number;
+  /** Token slots the layer reserves per (sequence, KV head); the cache always passes it. */
+  readonly capacity?: number;
 }
 
 /**
@@ -42,8 +45,12 @@ export interface BudgetPolicy {
   readonly sinks: number;
   /** Newest tokens (the incoming ones included) that are never dropped. */
   readonly recent: number;
-  /** Token slots reserved per (sequence, KV head) of a layer; memory is reserved from this up front. */
-  capacity(layer: number, geometry: Geometry): number;
+  /**
+   * Token slots reserved per (sequence, KV head) of a layer; memory is reserved from this up front.
+   * `layout` (element type, storage format, tracker words; the cache always passes it) lets a policy
+   * derive tokens from bytes.
+   */
+  capacity(layer: number, geometry: Geometry, layout?: StoreLayout): number;
   /** How many kept tokens to drop before `incoming` tokens are appended. */
   evictions(context: EvictionContext): number;
 }

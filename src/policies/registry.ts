@@ -3,6 +3,7 @@
  * @module
  */
 import { Registry } from '../core/registry.js';
+import { byteBudget } from './byte-budget.js';
 import { fixedBudget } from './fixed-budget.js';
 import { fullCache } from './full-cache.js';
 import type { BudgetPolicy } from './policy.js';
@@ -19,14 +20,15 @@ export interface PolicyFactories {
   readonly fixedBudget: typeof fixedBudget;
   readonly ratioBudget: typeof ratioBudget;
   readonly fullCache: typeof fullCache;
+  readonly byteBudget: typeof byteBudget;
 }
 
 /**
- * Budget-policy factories by name: the built-ins (`fixedBudget`, `ratioBudget`, `fullCache`) and
+ * Budget-policy factories by name: the built-ins (`fixedBudget`, `ratioBudget`, `fullCache`, `byteBudget`) and
  * whatever is registered. Registered factories must validate their options.
  * @example
  * ```ts
  * const policy = policies.create('fixedBudget', { tokens: 512, recent: 10 });
  * ```
  */
-export const policies: Registry<BudgetPolicy, PolicyFactories> = new Registry('policy', { fixedBudget, ratioBudget, fullCache });
+export const policies: Registry<BudgetPolicy, PolicyFactories> = new Registry('policy', { fixedBudget, ratioBudget, fullCache, byteBudget });
