@@ -7,6 +7,7 @@ import { KVCache } from '../cache/kv-cache.js';
 import type { DType } from '../core/dtype.js';
 import type { Geometry } from '../core/geometry.js';
 import type { BudgetPolicy } from '../policies/policy.js';
+import { type StorageOptions, type StoreLayout, resolveStorage } from '../quant/storage.js';
 import type { ImportanceTracker } from '../trackers/tracker.js';
 import type { Spec } from './spec.js';
 
@@ -29,6 +30,8 @@ export interface CacheConfig {
   readonly maxSequences: number;
   /** `prefillChunk` option; absent means the cache's default. */
   readonly prefillChunk?: number;
+  /** `storage` option; absent means dense. */
+  readonly storage?: StorageOptions;
 }
 
 /**
@@ -47,5 +50,22 @@ export function createCache(config: CacheConfig, backend: BackendName): KVCache 
     maxSequences: config.maxSequences,
     backend,
     ...(config.prefillChunk === undefined ? {} : { prefillChunk: config.prefillChunk }),
+    ...(config.storage === undefined ? {} : { storage: config.storage }),
   });
+}
+
+/**
+ * The store layout a configuration's cache hands its policy (element type, storage format, tracker
+ * words per token), for calling `policy.capacity` as the cache does.
+ * @example
+ * ```ts
+ * const capacity = config.policy.create().capacity(0, config.geometry, configLayout(config));
+ * ```
+ */
+export function configLayout(config: CacheConfig): StoreLayout {
+  return {
+    dtype: config.dtype,
+    storage: resolveStorage(config.storage, config.geometry.headDim),
+    auxWords: config.tracker.create().auxWords,
+  };
 }

@@ -20,7 +20,7 @@ export {
   AppendCommand, AttendCommand, type CacheCommand, CacheCommandBase, CloseCommand, ClosedSequenceCommand, type DataSpec, DecodeStepCommand,
   ObserveCommand, OpenCommand, PrefillCommand, ResetCommand,
 } from './commands.js';
-export { type CacheConfig, createCache } from './config.js';
+export { type CacheConfig, configLayout, createCache } from './config.js';
 export {
   type ConformanceCheck, type ConformanceOptions, type ConformanceRunner, policyConformance, runConformance, trackerConformance,
 } from './conformance.js';

@@ -10,6 +10,8 @@ import { BudgetError, CapacityError, KvError, KvErrorCode } from '../core/errors
 import type { Geometry } from '../core/geometry.js';
 import type { BudgetPolicy, EvictionContext } from '../policies/policy.js';
 import { TrackerKind, type ImportanceTracker } from '../trackers/tracker.js';
+import { createReferencePacker } from '../quant/reference.js';
+import { type StorageFormat, type StoreLayout, isPacked, resolveStorage, storeBytesPerSequence } from '../quant/storage.js';
 import { type CacheConfig, createCache } from './config.js';
 import { arrayBits, decodeBits, decodeHost, storedBits } from './data.js';
 import { type CacheOperation, applyOperation, cloneOperation, describeOperation } from './operation.js';
@@ -22,6 +24,10 @@ import { attentionTolerance, referenceAttention } from './reference-attention.js
  * - `positions`: kept positions are unique, strictly increasing and below the tokens seen.
  * - `data`: kept keys and values are bit-identical to what was appended at those positions (in every
  *   open sequence, so an operation on one sequence cannot disturb another); inputs are left untouched.
+ *   With packed storage (`docs/packing.md`): residual-window tokens are bit-identical; packed values are
+ *   exactly the reference packer's per-token dequantisation of what was appended; packed keys packed once
+ *   are within half a step of their run's stored scale (a merged run's keys within a bound that grows
+ *   with the merges, from the channel's range).
  * - `attention`: outputs equal a full-precision attention over exactly the kept keys and values.
  * - `policy`: tokens are evicted only when, and exactly as many as, the policy asks (lengths, seen
  *   counts and eviction counters follow the policy's answers).
@@ -30,7 +36,9 @@ import { attentionTolerance, referenceAttention } from './reference-attention.js
  *   predicted exactly from their rules.
  * - `layerScope`: a `scope: 'layer'` tracker keeps the same positions on every head of a layer.
  * - `stats`: `stats()` agrees with what is kept: token counts are sums of lengths, bytes used never
- *   exceed bytes reserved, bytes reserved never change.
+ *   exceed bytes reserved, bytes reserved never change, bytes reserved per sequence are exactly what the
+ *   storage layout gives at the policy's capacities, bytes of keys and values agree with what is packed
+ *   and what is in the residual window, and `compressionVsF16` is `bytesF16 / bytesKV`.
  * - `oracle`: a second cache on the oracle backend, given the same operations, keeps the same positions
  *   and scores and returns the same outputs (exactly on the same backend, within tolerance across backends).
  * @example
@@ -239,6 +247,8 @@ export class KVCacheModel implements Disposable {
   readonly config: CacheConfig;
   readonly geometry: Geometry;
   readonly dtype: DType;
+  /** The storage format (dense, or packed). */
+  readonly storage: StorageFormat;
   /** The model's own policy instance, asked the same questions as the cache's. */
   readonly policy: BudgetPolicy;
   /** The model's own tracker instance (for its scope, input and kernel). */
@@ -273,7 +283,9 @@ export class KVCacheModel implements Disposable {
     this.#tolerate = options.tolerateDivergence;
     const sinks = this.policy.sinks;
     const recent = this.policy.recent;
-    this.capacities = Array.from({ length: this.geometry.layers }, (_, layer) => this.policy.capacity(layer, this.geometry));
+    this.storage = resolveStorage(config.storage, this.geometry.headDim);
+    const layout: StoreLayout = { dtype: this.dtype, storage: this.storage, auxWords: this.tracker.auxWords };
+    this.capacities = Array.from({ length: this.geometry.layers }, (_, layer) => this.policy.capacity(layer, this.geometry, layout));
     this.prefillChunks = this.capacities.map((capacity) => {
       const room = capacity - sinks;
       const chunk = config.prefillChunk ?? Math.max(1, Math.floor((room - recent) / 4));
@@ -532,7 +544,7 @@ export class KVCacheModel implements Disposable {
   }
 
   #ask(context: EvictionContext): number {
-    return this.policy.evictions(context);
+    return this.policy.evictions({ ...context, capacity: this.capacities[context.layer]! });
   }
 
   /** Applies planned chunks to the model: evictions (predicted, or the cache's checked choice) and appends. */
@@ -649,7 +661,9 @@ export class KVCacheModel implements Disposable {
         }
       }
     }
-    if (this.checks.has('data')) {
+    if (this.checks.has('data') && isPacked(this.storage)) {
+      this.#checkPackedData(real, seq, layer, h, ls, positions, where);
+    } else if (this.checks.has('data')) {
       const view = real.view(seq, layer, h);
       if (view.length !== positions.length || !sameList(view.positions, positions)) {
         this.#fail('data', `${where} view() lists positions ${show(view.positions)}, inspect() ${show(positions)}`);
@@ -668,6 +682,71 @@ export class KVCacheModel implements Disposable {
         if (!sameList(keys.subarray(j * d, (j + 1) * d), token.key) || !sameList(values.subarray(j * d, (j + 1) * d), token.value)) {
           this.#fail('data', `${where} slot ${j} (position ${positions[j]}) holds key ${show(keys.subarray(j * d, (j + 1) * d))} / value `
             + `${show(values.subarray(j * d, (j + 1) * d))}, appended ${show(token.key)} / ${show(token.value)}`);
+        }
+      }
+    }
+  }
+
+  /** The `data` invariant on packed storage (see {@link InvariantName}). */
+  #checkPackedData(real: KVCache, seq: number, layer: number, h: number, ls: LayerState, positions: Int32Array, where: string): void {
+    const storage = this.storage;
+    if (!isPacked(storage)) return;
+    const view = real.view(seq, layer, h);
+    const d = this.geometry.headDim;
+    const qmax = 2 ** storage.bits - 1;
+    if (view.length !== positions.length || !sameList(view.positions, positions)) {
+      this.#fail('data', `${where} view() lists positions ${show(view.positions)}, inspect() ${show(positions)}`);
+    }
+    const packed = view.packed ?? -1;
+    const keys = view.keys;
+    const values = view.values;
+    if (!(keys instanceof Float32Array) || !(values instanceof Float32Array) || keys.length !== positions.length * d || values.length !== positions.length * d
+      || packed < 0 || packed > positions.length || view.keySteps?.length !== packed * d || view.valueSteps?.length !== packed * d
+      || view.requantised?.length !== packed) {
+      this.#fail('data', `${where} view() of packed storage is malformed (packed ${packed}, ${keys.length} keys for ${positions.length} tokens)`);
+    }
+    // Each channel's range over every key this head was given: how far a re-quantised key may move.
+    const range = new Float64Array(d);
+    const low = new Float64Array(d).fill(Infinity);
+    const high = new Float64Array(d).fill(-Infinity);
+    for (const token of ls.history[h]!.values()) {
+      const key = decodeBits(this.dtype, token.key);
+      for (let c = 0; c < d; c++) {
+        low[c] = Math.min(low[c]!, key[c]!);
+        high[c] = Math.max(high[c]!, key[c]!);
+      }
+    }
+    for (let c = 0; c < d; c++) range[c] = high[c]! - low[c]!;
+    const packer = createReferencePacker();
+    for (let j = 0; j < positions.length; j++) {
+      const token = ls.history[h]!.get(positions[j]!);
+      if (token === undefined) this.#fail('data', `${where} keeps position ${positions[j]}, never appended since the last reset`);
+      const key = decodeBits(this.dtype, token.key);
+      const value = decodeBits(this.dtype, token.value);
+      const gotKey = keys.subarray(j * d, (j + 1) * d);
+      const gotValue = values.subarray(j * d, (j + 1) * d);
+      if (j >= packed) {
+        if (!sameList(gotKey, key) || !sameList(gotValue, value)) {
+          this.#fail('data', `${where} residual slot ${j} (position ${positions[j]}) holds key ${show(gotKey)} / value ${show(gotValue)}, appended ${show(key)} / ${show(value)}`);
+        }
+        continue;
+      }
+      // Values are packed per token, once: exactly the reference packer's round trip.
+      const want = packer.unpack(packer.pack(Float32Array.from(value), { format: storage.format, shape: [1, d], groupSize: storage.groupSize })) as Float32Array;
+      if (!sameList(gotValue, want)) {
+        this.#fail('data', `${where} packed slot ${j} (position ${positions[j]}) holds value ${show(gotValue)}, the packer gives ${show(want)} for ${show(value)}`);
+      }
+      const merges = view.requantised![j]!;
+      for (let c = 0; c < d; c++) {
+        const x = key[c]!;
+        const y = gotKey[c]!;
+        const step = view.keySteps![j * d + c]!;
+        const rounding = 2 ** -24 * Math.max(Math.abs(x), Math.abs(y)) + 2 ** -149;
+        const bound = merges === 0
+          ? step * (0.5 + 2 ** -12) + rounding
+          : (merges + 1) * ((range[c]! / qmax) * (0.5 + 2 ** -10) + 2 ** -23 * (Math.abs(low[c]!) + Math.abs(high[c]!)) + 2 ** -24) + rounding;
+        if (!(Math.abs(x - y) <= bound)) {
+          this.#fail('data', `${where} packed slot ${j} (position ${positions[j]}) key element ${c} is ${y}, appended ${x}: off by more than ${bound} (step ${step}, merges ${merges})`);
         }
       }
     }
@@ -711,10 +790,39 @@ export class KVCacheModel implements Disposable {
     if (stats.openSequences !== open.length) fail(`stats().openSequences is ${stats.openSequences}, expected ${open.length}`);
     if (stats.bytesPerToken !== bytesPerToken) fail(`stats().bytesPerToken is ${stats.bytesPerToken}, expected ${bytesPerToken}`);
     if (stats.bytesFull !== tokensSeen * bytesPerToken) fail(`stats().bytesFull is ${stats.bytesFull}, expected ${tokensSeen * bytesPerToken}`);
-    if (!(stats.bytesUsed >= tokensKept * bytesPerToken)) fail(`stats().bytesUsed ${stats.bytesUsed} is less than the kept keys and values (${tokensKept * bytesPerToken})`);
+    const meta = 8 + 4 * this.tracker.auxWords;
     if (!(stats.bytesUsed <= stats.bytesReserved)) fail(`stats().bytesUsed ${stats.bytesUsed} exceeds bytesReserved ${stats.bytesReserved}`);
-    const minimum = this.capacities.reduce((a, c) => a + c, 0) * this.config.maxSequences * kvHeads * bytesPerToken;
-    if (!(stats.bytesReserved >= minimum)) fail(`stats().bytesReserved ${stats.bytesReserved} is less than the keys and values of every slot (${minimum})`);
+    if (stats.bytesUsed !== stats.bytesKV + tokensKept * meta) fail(`stats().bytesUsed ${stats.bytesUsed} is not bytesKV ${stats.bytesKV} + ${meta} per kept token`);
+    const layout: StoreLayout = { dtype: this.dtype, storage: this.storage, auxWords: this.tracker.auxWords };
+    const perSequence = this.capacities.reduce((a, c) => a + storeBytesPerSequence(layout, kvHeads, headDim, c), 0);
+    if (stats.bytesPerSequence !== perSequence) fail(`stats().bytesPerSequence is ${stats.bytesPerSequence}, the layout gives ${perSequence}`);
+    if (!(stats.bytesReserved >= perSequence * this.config.maxSequences)) fail(`stats().bytesReserved ${stats.bytesReserved} is less than ${this.config.maxSequences} x ${perSequence}`);
+    const storage = this.storage;
+    if (stats.storage !== storage.format) fail(`stats().storage is ${stats.storage}, the cache stores ${storage.format}`);
+    if (isPacked(storage)) {
+      // Packed tokens cost their codes and value scales; each run in use between 1 and all of them.
+      const codes = (headDim * storage.bits) / 8;
+      const perPacked = 2 * codes + 4 * (headDim / storage.groupSize);
+      let low = 0;
+      let high = 0;
+      for (const seq of open) {
+        for (let layer = 0; layer < this.geometry.layers; layer++) {
+          for (let h = 0; h < kvHeads; h++) {
+            const view = real.view(seq, layer, h);
+            const packed = view.packed ?? 0;
+            const fixed = packed * perPacked + (view.length - packed) * bytesPerToken;
+            low += fixed + (packed > 0 ? 4 * headDim + 5 : 0);
+            high += fixed + Math.ceil(packed) * (4 * headDim + 5);
+          }
+        }
+      }
+      if (!(stats.bytesKV >= low && stats.bytesKV <= high)) fail(`stats().bytesKV ${stats.bytesKV} is outside [${low}, ${high}], what the packed and residual tokens take`);
+    } else if (stats.bytesKV !== tokensKept * bytesPerToken) {
+      fail(`stats().bytesKV ${stats.bytesKV} is not the kept keys and values (${tokensKept * bytesPerToken})`);
+    }
+    if (stats.bytesF16 !== tokensSeen * 4 * headDim) fail(`stats().bytesF16 is ${stats.bytesF16}, expected ${tokensSeen * 4 * headDim}`);
+    const vsF16 = stats.bytesKV === 0 ? 1 : stats.bytesF16 / stats.bytesKV;
+    if (stats.compressionVsF16 !== vsF16) fail(`stats().compressionVsF16 is ${stats.compressionVsF16}, expected ${vsF16}`);
     this.#bytesReserved ??= stats.bytesReserved;
     if (stats.bytesReserved !== this.#bytesReserved) fail(`stats().bytesReserved changed from ${this.#bytesReserved} to ${stats.bytesReserved}`);
     const compression = tokensKept === 0 ? 1 : tokensSeen / tokensKept;
@@ -737,7 +845,10 @@ export class KVCacheModel implements Disposable {
       const view = real.view(op.seq, op.layer, h);
       return { positions: Array.from(view.positions), keys: decodeHost(view.keys, this.dtype), values: decodeHost(view.values, this.dtype) };
     });
-    for (let r = plan.settledFrom; r < rows; r++) {
+    // With packed storage the rows of a chunked prefill before its last chunk saw tokens in the residual
+    // window that later chunks packed: only the oracle checks them.
+    const from = isPacked(this.storage) ? Math.max(plan.settledFrom, plan.chunks.at(-1)?.start ?? 0) : plan.settledFrom;
+    for (let r = from; r < rows; r++) {
       const position = seenBefore + r;
       for (let qh = 0; qh < queryHeads; qh++) {
         const view = views[Math.floor(qh / group)]!;
@@ -811,6 +922,17 @@ export class KVCacheModel implements Disposable {
                 ? Object.is(x, y) || (Number.isNaN(x) && Number.isNaN(y))
                 : x === y || (Number.isNaN(x) && Number.isNaN(y)) || Math.abs(x - y) <= 1e-4 * (1 + Math.abs(y));
               if (!ok) problem = `position ${a.positions[j]} scores ${x} on ${real.backend}, ${y} on the ${oracle.backend} oracle`;
+            }
+          }
+          // Packing is exact and its rules deterministic: the same history packs to the same bits on every
+          // backend (not checked where near-ties may have changed which tokens were kept in between).
+          if (problem === undefined && isPacked(this.storage) && !tolerate) {
+            const x = real.view(seq, layer, h);
+            const y = oracle.view(seq, layer, h);
+            const bits = (v: HostArray): Uint32Array => new Uint32Array(Float32Array.from(v).buffer);
+            if (x.packed !== y.packed || !sameList(bits(x.keys), bits(y.keys)) || !sameList(bits(x.values), bits(y.values))
+              || !sameList(x.requantised ?? [], y.requantised ?? [])) {
+              problem = `packs ${x.packed} tokens on ${real.backend}, ${y.packed} on the ${oracle.backend} oracle, or their dequantised bits differ`;
             }
           }
           if (problem === undefined) continue;

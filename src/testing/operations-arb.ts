@@ -9,7 +9,7 @@ import {
   AppendCommand, AttendCommand, type CacheCommand, CloseCommand, ClosedSequenceCommand, type DataSpec, DecodeStepCommand,
   ObserveCommand, OpenCommand, PrefillCommand, ResetCommand,
 } from './commands.js';
-import type { CacheConfig } from './config.js';
+import { type CacheConfig, configLayout } from './config.js';
 import type { DataKind } from './data.js';
 import type { KVCacheModel } from './model.js';
 
@@ -73,7 +73,8 @@ export function operationsArb(config: CacheConfig, constraints: OperationsConstr
   const { layers } = config.geometry;
   const policy = config.policy.create();
   let largest = 1;
-  for (let layer = 0; layer < layers; layer++) largest = Math.max(largest, policy.capacity(layer, config.geometry));
+  const layout = configLayout(config);
+  for (let layer = 0; layer < layers; layer++) largest = Math.max(largest, policy.capacity(layer, config.geometry, layout));
   const maxRows = constraints.maxRows ?? Math.min(40, largest + 3);
   const weights = { ...DEFAULT_OPERATION_WEIGHTS, ...constraints.weights };
   const kinds = constraints.dataKinds ?? ['normal', 'normal', 'normal', 'large', 'repeat', 'zero', 'tiny'];
