@@ -26,9 +26,10 @@ import { f32ToF16Bits } from '../../src/core/dtype.js';
 import { loadCuda } from '../../src/native/loader.js';
 import { fullCache } from '../../src/policies/index.js';
 import { Rng } from '../../src/testing/rng.js';
-import { scissorhands, streamingLLM } from '../../src/trackers/index.js';
+import type { ImportanceTracker } from '../../src/trackers/tracker.js';
+import { scissorhands } from '../../src/trackers/index.js';
 
-const { values: args } = parseArgs({ options: { torch: { type: 'string' }, out: { type: 'string', default: '.' }, quick: { type: 'boolean', default: false } } });
+const { values: args } = parseArgs({ options: { torch: { type: 'string' }, out: { type: 'string', default: '.' }, quick: { type: 'boolean', default: false }, 'decode-only': { type: 'boolean', default: false } } });
 const cuda = loadCuda();
 const stream = cuda.cudaStreamCreate();
 const info = backendInfo().cuda;
@@ -98,7 +99,8 @@ function decodeCase(c: DecodeCase, rng: Rng): void {
   const d = 128;
   const backend = createCudaBackend({ stream });
   const tracker = scissorhands({ window: 400 });
-  const free = streamingLLM();
+  // The same tracker without its attention input: decode without probability capture.
+  const free = { ...tracker, input: 'none' as const };
   const kvBytes = c.batch * c.kvHeads * c.tokens * d * 2 * 2;
   const sets = Math.max(2, Math.ceil((200 << 20) / kvBytes));
   const stores = Array.from({ length: sets }, (_, layer) => backend.allocate({
@@ -113,9 +115,9 @@ function decodeCase(c: DecodeCase, rng: Rng): void {
   const seqs = Int32Array.from({ length: c.batch }, (_, b) => b);
   const attention = { queryHeads: c.queryHeads, scale: 1 / Math.sqrt(d) };
   const inner = Math.max(1, Math.ceil(8 / sets)) * sets;
-  const run = (t: typeof tracker) => (i: number) => backend.decodeBatch(stores[i % sets]!, seqs, q as never, out as never, attention, t);
+  const run = (t: ImportanceTracker) => (i: number) => backend.decodeBatch(stores[i % sets]!, seqs, q as never, out as never, attention, t);
   const ms = deviceTime(run(tracker), inner);
-  const msFree = deviceTime(run(free as never), inner);
+  const msFree = deviceTime(run(free), inner);
   const gbps = kvBytes / (ms * 1e6);
   results[`${c.name}.ms`] = ms;
   results[`${c.name}.gbps`] = gbps;
@@ -139,12 +141,13 @@ function compactionCase(name: string, batch: number, tokens: number, rng: Rng): 
   cuda.cudaUpload(device.info.scores, scores, stream);
   const full = new Int32Array(batch * kvHeads).fill(tokens);
   const drop = Math.floor(tokens * 0.2);
+  const seqs = Int32Array.from({ length: batch }, (_, b) => b);
   const times: number[] = [];
   for (let s = 0; s < ITER + 5; s++) {
     cuda.cudaUpload(device.info.lengths, full, stream);
     store.lengths.set(full);
     cuda.cudaEventRecord(ev0, stream);
-    for (let b = 0; b < batch; b++) backend.evict(store, b, drop, 4, 32, 'head');
+    backend.evictBatch(store, seqs, drop, 4, 32, 'head');
     cuda.cudaEventRecord(ev1, stream);
     const ms = cuda.cudaEventElapsed(ev0, ev1);
     if (s >= 5) times.push(ms);
@@ -194,6 +197,14 @@ function overhead(): void {
     raw.push(Number(process.hrtime.bigint() - t0) / 1e3 / calls);
     cuda.cudaSynchronize(stream);
   }
+  // One cheap asynchronous CUDA call through the addon, for scale.
+  const rec: number[] = [];
+  for (let s = 0; s < 10; s++) {
+    const t0 = process.hrtime.bigint();
+    for (let i = 0; i < calls; i++) cuda.cudaEventRecord(ev0, stream);
+    rec.push(Number(process.hrtime.bigint() - t0) / 1e3 / calls);
+  }
+  results['overhead.eventRecord.us'] = median(rec);
   results['overhead.decode.us'] = median(dec);
   results['overhead.rawDecode.us'] = median(raw);
   backend.dispose();
@@ -213,9 +224,14 @@ for (const c of cases) {
   decodeCase(c, rng);
   console.error(`${c.name}: ${(results[`${c.name}.ms`] as number).toFixed(4)} ms`);
 }
-compactionCase('compact.b1.n4096', 1, 4096, rng);
-compactionCase('compact.b32.n2048', 32, 2048, rng);
-overhead();
+if (!args['decode-only']) {
+  compactionCase('compact.b1.n4096', 1, 4096, rng);
+  compactionCase('compact.b32.n2048', 32, 2048, rng);
+  overhead();
+}
+results['decodeWaves'] = process.env['SCISSORHANDS_DECODE_WAVES'] ?? '1';
+results['decodeImpl'] = process.env['SCISSORHANDS_DECODE_IMPL'] ?? 'stream';
+results['evictImpl'] = process.env['SCISSORHANDS_EVICT_IMPL'] ?? 'ordered';
 
 // The report.
 const read = results['readGBps'] as number;
@@ -223,20 +239,23 @@ const lines = [
   `# GPU benchmarks: ${results['card']} (${results['date']})`,
   '',
   `Command: \`python3 bench/gpu/torch_baseline.py > torch.json && node .device/bench/decode.mjs --torch torch.json\` (bundled by scripts/device-bundle.sh). `
-    + `CUDA-event medians of ${ITER} samples; PyTorch ${torch['torch_version'] ?? '?'} in the same run. f16, head size 128.`,
+    + `CUDA-event medians of ${ITER} samples; PyTorch ${torch['torch_version'] ?? '?'} in the same run. f16, head size 128. `
+    + `Kernels: decode ${results['decodeImpl']}, evict ${results['evictImpl']}, decode waves ${results['decodeWaves']}.`,
   '',
   `Read bandwidth (one pass over 1 GiB): ${read.toFixed(0)} GB/s (PyTorch 1 GiB f16 sum: ${(torch['read_gbps'] ?? NaN).toFixed(0)} GB/s; device copy r+w: ${(torch['copy_gbps'] ?? NaN).toFixed(0)} GB/s).`,
   '',
-  '| decode with probability capture | ours ms | GB/s of K+V | % of read bw | no tracker ms | torch probs ms | torch SDPA ms | x torch probs | x SDPA |',
-  '|---|---|---|---|---|---|---|---|---|',
+  '| decode with probability capture | ours ms | GB/s of K+V | % of read bw | no capture ms | torch probs (repeat KV) ms | torch probs (grouped) ms | torch SDPA ms | x torch repeat | x torch grouped | x SDPA |',
+  '|---|---|---|---|---|---|---|---|---|---|---|',
 ];
 for (const c of cases) {
   const ms = results[`${c.name}.ms`] as number;
   const gbps = results[`${c.name}.gbps`] as number;
+  const tr = torch[`${c.name}.probs_repeat_ms`] ?? NaN;
   const tp = torch[`${c.name}.probs_ms`] ?? NaN;
   const ts = torch[`${c.name}.sdpa_ms`] ?? NaN;
-  lines.push(`| ${c.name} | ${ms.toFixed(4)} | ${gbps.toFixed(0)} | ${((100 * gbps) / read).toFixed(1)}% | ${(results[`${c.name}.noTracker.ms`] as number).toFixed(4)} | ${tp.toFixed(4)} | ${ts.toFixed(4)} | ${(tp / ms).toFixed(1)} | ${(ts / ms).toFixed(2)} |`);
+  lines.push(`| ${c.name} | ${ms.toFixed(4)} | ${gbps.toFixed(0)} | ${((100 * gbps) / read).toFixed(1)}% | ${(results[`${c.name}.noTracker.ms`] as number).toFixed(4)} | ${tr.toFixed(4)} | ${tp.toFixed(4)} | ${ts.toFixed(4)} | ${(tr / ms).toFixed(1)} | ${(tp / ms).toFixed(1)} | ${(ts / ms).toFixed(2)} |`);
 }
+if (!args['decode-only']) {
 lines.push('', '| compaction, drop 20% (8 KV heads) | ours ms | torch top-k + gather ms | x torch |', '|---|---|---|---|');
 for (const name of ['compact.b1.n4096', 'compact.b32.n2048']) {
   const ms = results[`${name}.ms`] as number;
@@ -246,7 +265,9 @@ for (const name of ['compact.b1.n4096', 'compact.b32.n2048']) {
 lines.push('', '| host overhead per call | us |', '|---|---|',
   `| KVCache.attend (append + decode, device tensors) | ${(results['overhead.attend.us'] as number).toFixed(2)} |`,
   `| backend.decode (one addon call, two launches) | ${(results['overhead.decode.us'] as number).toFixed(2)} |`,
-  `| raw addon cudaDecode | ${(results['overhead.rawDecode.us'] as number).toFixed(2)} |`);
+  `| raw addon cudaDecode | ${(results['overhead.rawDecode.us'] as number).toFixed(2)} |`,
+  `| addon cudaEventRecord (one cheap CUDA call, for scale) | ${(results['overhead.eventRecord.us'] as number).toFixed(2)} |`);
+}
 const report = lines.join('\n') + '\n';
 writeFileSync(join(args.out, 'gpu-bench.md'), report);
 writeFileSync(join(args.out, 'gpu-bench.json'), JSON.stringify({ ours: results, torch }, null, 2));

@@ -70,7 +70,16 @@ for name, batch, qh, kvh, n in cases:
         o = (p.to(torch.float16) @ v).view(batch, qh, 1, d)
         return o, p
 
+    def probs_repeat(i):
+        # The textbook version: every query head gets its own copy of its KV head (repeat_kv, as in HF
+        # transformers' eager attention), then matmul, softmax, matmul.
+        k = ks[i % sets].repeat_interleave(g, dim=1) if g > 1 else ks[i % sets]
+        v = vs[i % sets].repeat_interleave(g, dim=1) if g > 1 else vs[i % sets]
+        p = torch.softmax((q @ k.transpose(-1, -2)).float() * scale, dim=-1)
+        return p.to(torch.float16) @ v, p
+
     out[name + ".sdpa_ms"] = timed(sdpa, inner)
+    out[name + ".probs_repeat_ms"] = timed(probs_repeat, inner)
     out[name + ".probs_ms"] = timed(probs, inner)
     del ks, vs
 

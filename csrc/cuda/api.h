@@ -86,6 +86,11 @@ struct Store {
   int32_t* error = nullptr;
   int32_t max_splits = 1;
   int32_t multiprocessors = 1;
+  // Eviction bookkeeping per (sequence, head): a header, then per chunk of evict_chunk slots the drops
+  // and ties before it and a read mark (see evict.cu).
+  int32_t* evict_state = nullptr;
+  int32_t evict_chunk = 1;
+  int32_t evict_chunks = 1;
 };
 
 // Error flags of Store::error.
@@ -119,8 +124,10 @@ Result prefill(const Store& store, int32_t seq, int32_t length, Tensor q, int32_
 // One observation of engine-computed probabilities (device f32, [queryHeads][stride]).
 Result observe(const Store& store, int32_t seq, int32_t length, const float* probs, int64_t stride, int32_t query_heads,
                const TrackerSpec& tracker, void* stream);
-Result evict(const Store& store, int32_t seq, int32_t length, int32_t count, int32_t sinks, int32_t recent,
-             EvictScope scope, void* stream);
+// Drops count tokens of every KV head of each of `seqs` (host array, batch <= kMaxBatch); `length` is
+// the longest of their lengths (it sizes the grid of the layer-scope mean).
+Result evict(const Store& store, const int32_t* seqs, int32_t batch, int32_t length, int32_t count, int32_t sinks,
+             int32_t recent, EvictScope scope, void* stream);
 Result clear(const Store& store, int32_t seq, void* stream);
 
 // Thin wrappers of the CUDA runtime for csrc/napi (which includes no CUDA header). Each returns 0 or a

@@ -61,8 +61,11 @@ __global__ void __launch_bounds__(256) append_kernel(const AppendParams p) {
     put(keys + idx, p.k, i * p.k.row_stride + static_cast<int64_t>(h) * d + c);
     put(values + idx, p.v, i * p.v.row_stride + static_cast<int64_t>(h) * d + c);
   }
+  // Aux words are word-major per head: [word][capacity].
   for (int64_t idx = threadIdx.x; idx < static_cast<int64_t>(p.count) * p.aux_words; idx += blockDim.x) {
-    p.aux[base * p.aux_words + idx] = 0;
+    const int64_t w = idx / p.count;
+    const int64_t i = idx - w * p.count;
+    p.aux[(slot0 * p.aux_words + w) * p.capacity + n + i] = 0;
   }
   __syncthreads();
   for (int i = threadIdx.x; i < p.count; i += blockDim.x) {

@@ -182,12 +182,14 @@ __device__ __forceinline__ float gqa_finish(float acc, int group, int gqa_max) {
 }
 
 // Applies one observation (combined probability c of a token, n slots attended, clock step) to the
-// token's score and aux words.
-__device__ __forceinline__ void observe_token(float* score, uint32_t* aux, const TrackerArgs& t, float c, int n,
-                                              uint64_t step) {
+// token's score and aux words; word w of the token is aux[w * word_stride]. Device stores keep aux words
+// word-major per (sequence, head) ([word][capacity], so a rule touching one word per token reads and
+// writes contiguous memory); host stores are token-major (copyStoreToHost transposes).
+__device__ __forceinline__ void observe_token(float* score, uint32_t* aux, size_t word_stride, const TrackerArgs& t, float c,
+                                              int n, uint64_t step) {
   if (t.kind == static_cast<int32_t>(TrackerKind::Scissorhands)) {
     const uint64_t bit = step % t.window;
-    uint32_t* word = aux + (bit >> 5);
+    uint32_t* word = aux + (bit >> 5) * word_stride;
     const uint32_t mask = 1u << (bit & 31);
     const int unimportant = static_cast<double>(c) < 1.0 / static_cast<double>(n) ? 1 : 0;
     const int old = (*word & mask) != 0 ? 1 : 0;

@@ -11,6 +11,8 @@
 // The clock: block (0, 0) of the split kernel advances steps[seq]; the combine kernel, which runs after
 // it on the stream, reads the observation's step as steps[seq] - 1.
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 
 #include "common.cuh"
 
@@ -230,6 +232,166 @@ __global__ void __launch_bounds__(kThreads) decode_split(const DecodeParams p) {
   }
 }
 
+// The streaming variant (the default): no barrier in the main loop. Each key group keeps its own online
+// softmax over the keys it takes (keys GROUPS apart), with the key and value rows of UNROLL keys loaded
+// together, so loads stay in flight back to back; the groups' states merge once at the end.
+template <typename T, int D, int GT>
+__global__ void __launch_bounds__(kThreads) decode_stream(const DecodeParams p) {
+  constexpr int VEC = 16 / static_cast<int>(sizeof(T));
+  constexpr int LANES = (D / VEC) < 32 ? (D / VEC) : 32;
+  constexpr int NV = D / (VEC * LANES);
+  constexpr int PER = NV * VEC;
+  constexpr int GROUPS = kThreads / LANES;
+  constexpr int UNROLL = GT <= 2 ? 4 : 2;
+  __shared__ float red[GROUPS * GT * D];
+  __shared__ float mred[GROUPS][GT];
+  __shared__ float lred[GROUPS][GT];
+  __shared__ float factor[GROUPS][GT];
+  __shared__ float total[GT][2];
+
+  const int split = blockIdx.x;
+  const int hk = blockIdx.y / p.gbatches;
+  const int gb = blockIdx.y - hk * p.gbatches;
+  const int b = blockIdx.z;
+  const int seq = p.seqs.ids[b];
+  const int tid = threadIdx.x;
+  const int grp = tid / LANES;
+  const int lid = tid % LANES;
+  if (split == 0 && blockIdx.y == 0 && tid == 0) p.steps[seq] += 1.0;
+
+  int n = p.lengths[static_cast<size_t>(seq) * p.kv_heads + hk];
+  n = n < 0 ? 0 : (n > p.capacity ? p.capacity : n);
+  const int t0 = split * p.chunk;
+  const int t1 = split == p.splits - 1 ? n : min(n, t0 + p.chunk);
+  const size_t head = (static_cast<size_t>(seq) * p.kv_heads + hk) * p.capacity;
+  const T* K = reinterpret_cast<const T*>(p.keys) + head * D;
+  const T* V = reinterpret_cast<const T*>(p.values) + head * D;
+  float* raw_scores = p.scratch + (static_cast<size_t>(seq) * p.scratch_heads + hk * p.group + gb * GT) * p.capacity;
+
+  float q[GT][PER];
+#pragma unroll
+  for (int i = 0; i < GT; ++i) {
+    const int g = gb * GT + i;
+#pragma unroll
+    for (int v = 0; v < NV; ++v) {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) {
+        const int c = (v * LANES + lid) * VEC + e;
+        q[i][v * VEC + e] =
+            g < p.group ? load_input(p.q.data, p.q.dtype, b * p.q.row_stride + static_cast<int64_t>(hk * p.group + g) * D + c)
+                        : 0.0f;
+      }
+    }
+  }
+  float acc[GT][PER];
+  float m[GT];
+  float l[GT];
+#pragma unroll
+  for (int i = 0; i < GT; ++i) {
+    m[i] = -INFINITY;
+    l[i] = 0.0f;
+#pragma unroll
+    for (int e = 0; e < PER; ++e) acc[i][e] = 0.0f;
+  }
+
+  // The loop bound is uniform over the block so every lane of a warp reaches the shuffles.
+  for (int k0 = t0; k0 < t1; k0 += GROUPS * UNROLL) {
+    uint4 kr[UNROLL][NV];
+    uint4 vr[UNROLL][NV];
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) {
+      const int k = k0 + u * GROUPS + grp;
+#pragma unroll
+      for (int v = 0; v < NV; ++v) {
+        const size_t at = static_cast<size_t>(k) * D + (v * LANES + lid) * VEC;
+        kr[u][v] = k < t1 ? raw16(K + at) : make_uint4(0, 0, 0, 0);
+        vr[u][v] = k < t1 ? raw16(V + at) : make_uint4(0, 0, 0, 0);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) {
+      const int k = k0 + u * GROUPS + grp;
+      const bool valid = k < t1;
+      float x[PER];
+#pragma unroll
+      for (int v = 0; v < NV; ++v) decode16<T>(kr[u][v], x + v * VEC);
+      float w[GT];
+#pragma unroll
+      for (int i = 0; i < GT; ++i) {
+        float dot = 0.0f;
+#pragma unroll
+        for (int e = 0; e < PER; ++e) dot = fmaf(q[i][e], x[e], dot);
+#pragma unroll
+        for (int o = LANES / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+        const float s = p.scale * dot;
+        w[i] = 0.0f;
+        if (valid) {
+          if (lid == 0 && gb * GT + i < p.group) raw_scores[static_cast<size_t>(i) * p.capacity + k] = s;
+          if (s > m[i]) {
+            const float alpha = m[i] == -INFINITY ? 0.0f : __expf(m[i] - s);
+            l[i] *= alpha;
+#pragma unroll
+            for (int e = 0; e < PER; ++e) acc[i][e] *= alpha;
+            m[i] = s;
+          }
+          w[i] = __expf(s - m[i]);
+          l[i] += w[i];
+        }
+      }
+#pragma unroll
+      for (int v = 0; v < NV; ++v) decode16<T>(vr[u][v], x + v * VEC);
+#pragma unroll
+      for (int i = 0; i < GT; ++i) {
+#pragma unroll
+        for (int e = 0; e < PER; ++e) acc[i][e] = fmaf(w[i], x[e], acc[i][e]);
+      }
+    }
+  }
+
+  // Merge the key groups: rescale each to the block's max.
+#pragma unroll
+  for (int i = 0; i < GT; ++i) {
+    if (lid == 0) {
+      mred[grp][i] = m[i];
+      lred[grp][i] = l[i];
+    }
+#pragma unroll
+    for (int v = 0; v < NV; ++v) {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) red[(grp * GT + i) * D + (v * LANES + lid) * VEC + e] = acc[i][v * VEC + e];
+    }
+  }
+  __syncthreads();
+  if (tid < GT) {
+    float mx = -INFINITY;
+    for (int r = 0; r < GROUPS; ++r) mx = fmaxf(mx, mred[r][tid]);
+    float sum = 0.0f;
+    for (int r = 0; r < GROUPS; ++r) {
+      const float f = mred[r][tid] == -INFINITY ? 0.0f : __expf(mred[r][tid] - mx);
+      factor[r][tid] = f;
+      sum += lred[r][tid] * f;
+    }
+    total[tid][0] = mx;
+    total[tid][1] = sum;
+  }
+  __syncthreads();
+  for (int idx = tid; idx < GT * D; idx += kThreads) {
+    const int i = idx / D;
+    const int c = idx - i * D;
+    const int g = gb * GT + i;
+    if (g >= p.group) continue;
+    float o = 0.0f;
+#pragma unroll 4
+    for (int r = 0; r < GROUPS; ++r) o += red[(r * GT + i) * D + c] * factor[r][i];
+    float* out = p.partial + ((static_cast<size_t>(seq) * p.scratch_heads + hk * p.group + g) * p.max_splits + split) * (D + 2);
+    out[c] = o;
+    if (c == 0) {
+      out[D] = total[i][0];
+      out[D + 1] = total[i][1];
+    }
+  }
+}
+
 struct CombineParams {
   const int32_t* lengths;
   const double* steps;
@@ -313,13 +475,67 @@ __global__ void __launch_bounds__(kCombineThreads) decode_combine(const CombineP
       c = gqa_fold(c, prob, g, p.tracker.gqa_max);
     }
     c = gqa_finish(c, p.group, p.tracker.gqa_max);
-    observe_token(p.scores + head + j, p.aux + (head + j) * p.aux_words, p.tracker, c, n, step);
+    observe_token(p.scores + head + j, p.aux + head * p.aux_words + j, p.capacity, p.tracker, c, n, step);
   }
 }
 
+// SCISSORHANDS_DECODE_IMPL=tiled selects the first split kernel (per-tile block softmax with barriers)
+// instead of the streaming one.
+bool tiled_decode() {
+  static const bool tiled = [] {
+    const char* text = std::getenv("SCISSORHANDS_DECODE_IMPL");
+    return text != nullptr && std::strcmp(text, "tiled") == 0;
+  }();
+  return tiled;
+}
+
+// Blocks of one split kernel variant resident per multiprocessor (asked once per variant and process).
 template <typename T, int D, int GT>
-Result launch_split(const DecodeParams& p, dim3 grid, cudaStream_t stream) {
-  decode_split<T, D, GT><<<grid, kThreads, 0, stream>>>(p);
+int resident_blocks() {
+  static int cached = 0;
+  if (cached == 0) {
+    int blocks = 0;
+    const cudaError_t e = tiled_decode()
+                              ? cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, decode_split<T, D, GT>, kThreads, 0)
+                              : cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, decode_stream<T, D, GT>, kThreads, 0);
+    if (e != cudaSuccess || blocks < 1) {
+      cudaGetLastError();
+      blocks = 2;
+    }
+    cached = blocks;
+  }
+  return cached;
+}
+
+// Waves of blocks the split-K grid aims at (SCISSORHANDS_DECODE_WAVES, default 1: every block of the
+// grid resident at once, no tail).
+double target_waves() {
+  static double waves = [] {
+    const char* text = std::getenv("SCISSORHANDS_DECODE_WAVES");
+    const double w = text == nullptr ? 1.0 : std::atof(text);
+    return w > 0.0 && w < 64.0 ? w : 1.0;
+  }();
+  return waves;
+}
+
+template <typename T, int D, int GT>
+Result launch_split(DecodeParams& p, int64_t per_split, int64_t longest, int32_t max_splits, int32_t multiprocessors,
+                    int32_t batch, cudaStream_t stream) {
+  // Split the key length so the grid fills the card about `target_waves()` times, at least 64 keys a block.
+  const double slots = target_waves() * multiprocessors * resident_blocks<T, D, GT>();
+  const int64_t want = std::max<int64_t>(1, static_cast<int64_t>(slots / static_cast<double>(per_split) + 0.5));
+  int32_t splits = static_cast<int32_t>(std::max<int64_t>(1, std::min<int64_t>({want, max_splits, (longest + 63) / 64})));
+  int32_t chunk = static_cast<int32_t>((longest + splits - 1) / splits);
+  chunk = (chunk + 31) / 32 * 32;
+  splits = static_cast<int32_t>(std::max<int64_t>(1, (longest + chunk - 1) / chunk));
+  p.splits = splits;
+  p.chunk = chunk;
+  const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(p.kv_heads * p.gbatches), static_cast<unsigned>(batch));
+  if (tiled_decode()) {
+    decode_split<T, D, GT><<<grid, kThreads, 0, stream>>>(p);
+  } else {
+    decode_stream<T, D, GT><<<grid, kThreads, 0, stream>>>(p);
+  }
   return launched("decode_split");
 }
 
@@ -355,34 +571,26 @@ Result decode(const Store& store, const int32_t* seqs, int32_t batch, int32_t ma
     if (seqs[b] < 0 || seqs[b] >= s.max_sequences) return Result{Status::Argument, 0, "seq"};
     p.seqs.ids[b] = seqs[b];
   }
-  // Enough blocks for about four per multiprocessor, at least 64 keys each.
   const int64_t per_split = static_cast<int64_t>(s.kv_heads) * gbatches * batch;
-  const int64_t want = (4LL * store.multiprocessors + per_split - 1) / per_split;
   const int64_t longest = std::max<int64_t>(1, std::min<int64_t>(max_length, s.capacity));
-  int32_t splits = static_cast<int32_t>(std::max<int64_t>(1, std::min<int64_t>({want, store.max_splits, (longest + 63) / 64})));
-  int32_t chunk = static_cast<int32_t>((longest + splits - 1) / splits);
-  chunk = (chunk + 31) / 32 * 32;
-  splits = static_cast<int32_t>(std::max<int64_t>(1, (longest + chunk - 1) / chunk));
-  p.splits = splits;
-  p.chunk = chunk;
   p.scale = scale;
-
-  const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(s.kv_heads * gbatches), static_cast<unsigned>(batch));
+  const int32_t sms = store.multiprocessors;
   Result r = SH_DISPATCH_DTYPE(s.dtype, T, [&] {
     return SH_DISPATCH_HEAD_DIM(s.head_dim, D, [&] {
       switch (gt) {
         case 1:
-          return launch_split<T, D, 1>(p, grid, st);
+          return launch_split<T, D, 1>(p, per_split, longest, store.max_splits, sms, batch, st);
         case 2:
-          return launch_split<T, D, 2>(p, grid, st);
+          return launch_split<T, D, 2>(p, per_split, longest, store.max_splits, sms, batch, st);
         case 4:
-          return launch_split<T, D, 4>(p, grid, st);
+          return launch_split<T, D, 4>(p, per_split, longest, store.max_splits, sms, batch, st);
         default:
-          return launch_split<T, D, 8>(p, grid, st);
+          return launch_split<T, D, 8>(p, per_split, longest, store.max_splits, sms, batch, st);
       }
     });
   });
   if (!ok(r)) return r;
+  const int32_t splits = p.splits;
 
   CombineParams c{};
   c.lengths = store.lengths;

@@ -9,6 +9,8 @@
 // With scope 'layer' a first kernel writes the per-slot mean over heads to scratch and every head uses it.
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
+#include <cstring>
 
 #include "common.cuh"
 #include "internal.cuh"
@@ -17,8 +19,15 @@ namespace sh::cuda {
 namespace {
 
 constexpr int kThreads = 512;
-// Within the 99 KB a block may opt into on sm_86/sm_89, beside the static shared memory.
-constexpr int kStagingBytes = 88 * 1024;
+// Staging when the device's opt-in limit is unknown: within the 99 KB sm_86/sm_89 allow, beside the
+// static shared memory. prepare_kernels raises it to what the device allows (about 220 KB on Hopper).
+constexpr int kDefaultStagingBytes = 88 * 1024;
+constexpr int kMaxDevices = 64;
+int staging_bytes[kMaxDevices] = {0};
+
+struct SeqList {
+  int32_t ids[kMaxBatch];
+};
 
 struct EvictParams {
   uint8_t* keys;
@@ -28,8 +37,10 @@ struct EvictParams {
   uint32_t* aux;
   int32_t* lengths;
   int32_t* error;
+  // Layer scope: each sequence's mean scores at mean + seq * mean_stride; else null.
   const float* mean;
-  int32_t seq;
+  size_t mean_stride;
+  SeqList seqs;
   int32_t kv_heads;
   int32_t capacity;
   int32_t aux_words;
@@ -77,9 +88,13 @@ __device__ int block_scan(int v, int* warp_sums, int* total) {
   return result;
 }
 
-__global__ void layer_mean(const float* scores, float* mean, int32_t seq, int32_t kv_heads, int32_t capacity, int32_t n) {
+__global__ void layer_mean(const float* scores, const int32_t* lengths, float* mean, size_t mean_stride, SeqList seqs,
+                           int32_t kv_heads, int32_t capacity) {
+  const int seq = seqs.ids[blockIdx.y];
   const int j = blockIdx.x * blockDim.x + threadIdx.x;
-  if (j >= n) return;
+  const int n = lengths[static_cast<size_t>(seq) * kv_heads];
+  if (j >= n || j >= capacity) return;
+  mean += static_cast<size_t>(seq) * mean_stride;
   float acc = 0.0f;
   for (int h = 0; h < kv_heads; ++h) acc = __fadd_rn(acc, scores[(static_cast<size_t>(seq) * kv_heads + h) * capacity + j]);
   mean[j] = __fdiv_rn(acc, static_cast<float>(kv_heads));
@@ -93,7 +108,7 @@ __global__ void __launch_bounds__(kThreads) evict_kernel(const EvictParams p) {
   __shared__ int warp_sums[kThreads / 32];
   __shared__ int dest[kThreads];
   const int tid = threadIdx.x;
-  const size_t slot = static_cast<size_t>(p.seq) * p.kv_heads + blockIdx.x;
+  const size_t slot = static_cast<size_t>(p.seqs.ids[blockIdx.y]) * p.kv_heads + blockIdx.x;
   const int n = p.lengths[slot];
   if (n < 0 || n > p.capacity) {
     if (tid == 0) atomicOr(p.error, kErrorBadLength);
@@ -105,7 +120,7 @@ __global__ void __launch_bounds__(kThreads) evict_kernel(const EvictParams p) {
   }
   if (p.count <= 0) return;
   const size_t head = slot * p.capacity;
-  const float* sc = p.mean != nullptr ? p.mean : p.scores + head;
+  const float* sc = p.mean != nullptr ? p.mean + static_cast<size_t>(p.seqs.ids[blockIdx.y]) * p.mean_stride : p.scores + head;
   const int cand_end = n - p.recent;
 
   // The count-th lowest key among the candidates, 8 bits at a time.
@@ -182,8 +197,9 @@ __global__ void __launch_bounds__(kThreads) evict_kernel(const EvictParams p) {
       staging[idx] = *reinterpret_cast<const uint4*>(base + (head + c0 + t) * p.row_bytes + v * 16);
     }
     for (int idx = tid; idx < p.chunk * words; idx += kThreads) {
-      const int t = idx / words;
-      if (dest[t] >= 0) aux_stage[idx] = p.aux[(head + c0 + t) * words + (idx - t * words)];
+      const int w = idx / p.chunk;
+      const int t = idx - w * p.chunk;
+      if (dest[t] >= 0) aux_stage[idx] = p.aux[head * words + static_cast<size_t>(w) * p.capacity + c0 + t];
     }
     __syncthreads();
     for (int idx = tid; idx < vecs; idx += kThreads) {
@@ -196,9 +212,10 @@ __global__ void __launch_bounds__(kThreads) evict_kernel(const EvictParams p) {
       *reinterpret_cast<uint4*>(base + (head + to) * p.row_bytes + v * 16) = staging[idx];
     }
     for (int idx = tid; idx < p.chunk * words; idx += kThreads) {
-      const int t = idx / words;
+      const int w = idx / p.chunk;
+      const int t = idx - w * p.chunk;
       const int to = dest[t];
-      if (to >= 0) p.aux[(head + to) * words + (idx - t * words)] = aux_stage[idx];
+      if (to >= 0) p.aux[head * words + static_cast<size_t>(w) * p.capacity + to] = aux_stage[idx];
     }
     if (moving) {
       p.positions[head + j - before] = position;
@@ -207,6 +224,257 @@ __global__ void __launch_bounds__(kThreads) evict_kernel(const EvictParams p) {
     __syncthreads();
   }
   if (tid == 0) p.lengths[slot] = n - p.count;
+}
+
+
+// ---- The ordered variant (the default): many blocks per head ----
+//
+// evict_select (one block per head) finds the threshold as above, then counts per chunk of `chunk` slots
+// how many tokens are dropped before it (and how many threshold ties), stores that in the head's evict
+// state and sets the head's new length. evict_move (one block per chunk and head) stages the chunk's
+// moving rows in shared memory, marks the chunk read, waits until every earlier chunk its rows land on
+// has been read, and writes. Blocks take their chunk from a per-head ticket counter, so a block only ever
+// waits on blocks that are already running (as in decoupled look-back scans): no deadlock, and in-place
+// moves never overwrite rows not yet read. An epoch per head tells this eviction's marks from older ones.
+
+// Head evict state: kStateHeader ints, then per chunk: drops before it, ties before it, the read mark.
+constexpr int kStateHeader = 8;
+enum StateField { kEpoch = 0, kTicket = 1, kLengthBefore = 2, kThreshold = 3, kNeedEqual = 4 };
+
+constexpr int kMoveThreads = 256;
+
+struct OrderedParams {
+  uint8_t* keys;
+  uint8_t* values;
+  int32_t* positions;
+  float* scores;
+  uint32_t* aux;
+  int32_t* lengths;
+  int32_t* error;
+  int32_t* state;
+  const float* mean;
+  size_t mean_stride;
+  SeqList seqs;
+  int32_t kv_heads;
+  int32_t capacity;
+  int32_t aux_words;
+  int32_t row_bytes;
+  int32_t count;
+  int32_t sinks;
+  int32_t recent;
+  int32_t chunk;
+  int32_t chunks;
+};
+
+__device__ __forceinline__ int32_t* head_state(const OrderedParams& p, size_t slot) {
+  return p.state + slot * (kStateHeader + 3 * static_cast<size_t>(p.chunks));
+}
+
+__global__ void __launch_bounds__(kThreads) evict_select(const OrderedParams p) {
+  __shared__ uint32_t hist[256];
+  __shared__ uint32_t s_prefix;
+  __shared__ uint32_t s_k;
+  const int tid = threadIdx.x;
+  const size_t slot = static_cast<size_t>(p.seqs.ids[blockIdx.y]) * p.kv_heads + blockIdx.x;
+  int32_t* state = head_state(p, slot);
+  const int n = p.lengths[slot];
+  const bool bad = n < 0 || n > p.capacity || static_cast<int64_t>(p.count) > static_cast<int64_t>(n) - p.sinks - p.recent;
+  if (bad || p.count <= 0) {
+    if (tid == 0) {
+      state[kEpoch] += 1;
+      state[kLengthBefore] = -1;
+      if (bad) atomicOr(p.error, n < 0 || n > p.capacity ? kErrorBadLength : kErrorCandidates);
+    }
+    return;
+  }
+  const size_t head = slot * p.capacity;
+  const float* sc = p.mean != nullptr ? p.mean + static_cast<size_t>(p.seqs.ids[blockIdx.y]) * p.mean_stride : p.scores + head;
+  const int cand_end = n - p.recent;
+  uint32_t prefix = 0;
+  uint32_t mask = 0;
+  uint32_t k = static_cast<uint32_t>(p.count);
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int i = tid; i < 256; i += kThreads) hist[i] = 0;
+    __syncthreads();
+    for (int j = p.sinks + tid; j < cand_end; j += kThreads) {
+      const uint32_t u = order_key(sc[j]);
+      if ((u & mask) == prefix) atomicAdd(&hist[(u >> shift) & 255u], 1u);
+    }
+    __syncthreads();
+    if (tid == 0) {
+      uint32_t cum = 0;
+      for (uint32_t b = 0; b < 256; ++b) {
+        const uint32_t h = hist[b];
+        if (cum + h >= k) {
+          s_prefix = prefix | (b << shift);
+          s_k = k - cum;
+          break;
+        }
+        cum += h;
+      }
+    }
+    __syncthreads();
+    prefix = s_prefix;
+    k = s_k;
+    mask |= 255u << shift;
+  }
+  const int need_equal = static_cast<int>(k);
+  // Per chunk: drops and threshold ties before it (one pass, a chunk per step, counts by barrier votes).
+  int32_t* drops_before = state + kStateHeader;
+  int32_t* equal_before = drops_before + p.chunks;
+  int drops = 0;
+  int equals = 0;
+  for (int c = 0; c * p.chunk < n; ++c) {
+    int less_here = 0;
+    int equal_here = 0;
+    for (int j0 = c * p.chunk; j0 < min(n, (c + 1) * p.chunk); j0 += kThreads) {
+      const int j = j0 + tid;
+      const bool cand = j < min(n, (c + 1) * p.chunk) && j >= p.sinks && j < cand_end;
+      const uint32_t u = cand ? order_key(sc[j]) : 0u;
+      less_here += __syncthreads_count(cand && u < prefix);
+      equal_here += __syncthreads_count(cand && u == prefix);
+    }
+    if (tid == 0) {
+      drops_before[c] = drops;
+      equal_before[c] = equals;
+    }
+    const int ties_dropped = max(0, min(equal_here, need_equal - equals));
+    drops += less_here + ties_dropped;
+    equals += equal_here;
+  }
+  if (tid == 0) {
+    state[kEpoch] += 1;
+    state[kLengthBefore] = n;
+    state[kThreshold] = static_cast<int32_t>(prefix);
+    state[kNeedEqual] = need_equal;
+    p.lengths[slot] = n - p.count;
+  }
+}
+
+
+// Exclusive prefix sum over a kMoveThreads block (as block_scan).
+__device__ int move_scan(int v, int* warp_sums, int* total) {
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  int x = v;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int y = __shfl_up_sync(0xffffffffu, x, o);
+    if (lane >= o) x += y;
+  }
+  if (lane == 31) warp_sums[warp] = x;
+  __syncthreads();
+  if (warp == 0) {
+    int w = lane < kMoveThreads / 32 ? warp_sums[lane] : 0;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int y = __shfl_up_sync(0xffffffffu, w, o);
+      if (lane >= o) w += y;
+    }
+    if (lane < kMoveThreads / 32) warp_sums[lane] = w;
+  }
+  __syncthreads();
+  const int before = warp == 0 ? 0 : warp_sums[warp - 1];
+  const int result = before + x - v;
+  *total = warp_sums[kMoveThreads / 32 - 1];
+  __syncthreads();
+  return result;
+}
+
+__global__ void __launch_bounds__(kMoveThreads) evict_move(const OrderedParams p) {
+  extern __shared__ uint4 staging[];
+  __shared__ int warp_sums[kThreads / 32];
+  __shared__ int dest[kMoveThreads];
+  __shared__ int s_chunk;
+  const int tid = threadIdx.x;
+  const size_t slot = static_cast<size_t>(p.seqs.ids[blockIdx.z]) * p.kv_heads + blockIdx.y;
+  int32_t* state = head_state(p, slot);
+  if (tid == 0) s_chunk = atomicAdd(&state[kTicket], 1) % static_cast<int>(gridDim.x);
+  __syncthreads();
+  const int c = s_chunk;
+  const int n = state[kLengthBefore];
+  const int epoch = state[kEpoch];
+  volatile int32_t* marks = state + kStateHeader + 2 * p.chunks;
+  const int c0 = c * p.chunk;
+  if (n < 0 || c0 >= n) {
+    if (tid == 0) marks[c] = epoch;
+    return;
+  }
+  const uint32_t threshold = static_cast<uint32_t>(state[kThreshold]);
+  const int need_equal = state[kNeedEqual];
+  const int drops_before = state[kStateHeader + c];
+  const int equal_before = state[kStateHeader + p.chunks + c];
+  const size_t head = slot * p.capacity;
+  const float* sc = p.mean != nullptr ? p.mean + static_cast<size_t>(p.seqs.ids[blockIdx.z]) * p.mean_stride : p.scores + head;
+  const int cand_end = n - p.recent;
+
+  const int j = c0 + tid;
+  const bool in = tid < p.chunk && j < n;
+  const bool cand = in && j >= p.sinks && j < cand_end;
+  const uint32_t u = cand ? order_key(sc[j]) : 0u;
+  const bool equal = cand && u == threshold;
+  int total = 0;
+  const int rank = equal_before + move_scan(equal ? 1 : 0, warp_sums, &total);
+  const bool drop = (cand && u < threshold) || (equal && rank < need_equal);
+  const int before = drops_before + move_scan(drop ? 1 : 0, warp_sums, &total);
+  const bool moving = in && !drop && before > 0;
+  int32_t position = 0;
+  float score = 0.0f;
+  if (moving) {
+    position = p.positions[head + j];
+    score = p.scores[head + j];
+  }
+  dest[tid] = moving ? j - before : -1;
+  const int moved_before_chunk = drops_before;
+  __syncthreads();
+  const int row_vecs = p.row_bytes / 16;
+  const int words = p.aux_words;
+  uint32_t* aux_stage = reinterpret_cast<uint32_t*>(staging + static_cast<size_t>(p.chunk) * 2 * row_vecs);
+  const int vecs = p.chunk * 2 * row_vecs;
+  for (int idx = tid; idx < vecs; idx += kMoveThreads) {
+    const int t = idx / (2 * row_vecs);
+    if (dest[t] < 0) continue;
+    const int r = idx - t * 2 * row_vecs;
+    const uint8_t* base = r < row_vecs ? p.keys : p.values;
+    const int v = r < row_vecs ? r : r - row_vecs;
+    staging[idx] = *reinterpret_cast<const uint4*>(base + (head + c0 + t) * p.row_bytes + v * 16);
+  }
+  for (int idx = tid; idx < p.chunk * words; idx += kMoveThreads) {
+    const int w = idx / p.chunk;
+    const int t = idx - w * p.chunk;
+    if (dest[t] >= 0) aux_stage[idx] = p.aux[head * words + static_cast<size_t>(w) * p.capacity + c0 + t];
+  }
+  __syncthreads();
+  if (tid == 0) {
+    // This chunk is read; then wait for the earlier chunks its rows land on.
+    __threadfence();
+    marks[c] = epoch;
+    const int lowest = max(0, c0 - moved_before_chunk) / p.chunk;
+    for (int w = lowest; w < c; ++w) {
+      while (marks[w] != epoch) __nanosleep(64);
+    }
+    __threadfence();
+  }
+  __syncthreads();
+  for (int idx = tid; idx < vecs; idx += kMoveThreads) {
+    const int t = idx / (2 * row_vecs);
+    const int to = dest[t];
+    if (to < 0) continue;
+    const int r = idx - t * 2 * row_vecs;
+    uint8_t* base = r < row_vecs ? p.keys : p.values;
+    const int v = r < row_vecs ? r : r - row_vecs;
+    *reinterpret_cast<uint4*>(base + (head + to) * p.row_bytes + v * 16) = staging[idx];
+  }
+  for (int idx = tid; idx < p.chunk * words; idx += kMoveThreads) {
+    const int w = idx / p.chunk;
+    const int t = idx - w * p.chunk;
+    const int to = dest[t];
+    if (to >= 0) p.aux[head * words + static_cast<size_t>(w) * p.capacity + to] = aux_stage[idx];
+  }
+  if (moving) {
+    p.positions[head + j - before] = position;
+    p.scores[head + j - before] = score;
+  }
 }
 
 std::atomic<uint64_t> prepared_devices{0};
@@ -219,19 +487,60 @@ Result prepare_kernels() {
   if (e != cudaSuccess) return Result{Status::Ok, static_cast<int>(e), "cudaGetDevice"};
   const uint64_t bit = device < 64 ? (uint64_t{1} << device) : 0;
   if (bit != 0 && (prepared_devices.load() & bit) != 0) return Result{};
-  e = cudaFuncSetAttribute(evict_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kStagingBytes);
+  int optin = 0;
+  cudaFuncAttributes attributes{};
+  cudaFuncAttributes move_attributes{};
+  e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (e == cudaSuccess) e = cudaFuncGetAttributes(&attributes, evict_kernel);
+  if (e == cudaSuccess) e = cudaFuncGetAttributes(&move_attributes, evict_move);
+  if (e != cudaSuccess) return Result{Status::Ok, static_cast<int>(e), "cudaDeviceGetAttribute"};
+  const int static_bytes = static_cast<int>(std::max(attributes.sharedSizeBytes, move_attributes.sharedSizeBytes));
+  const int staging = std::max(kDefaultStagingBytes / 2, optin - static_bytes - 1024);
+  e = cudaFuncSetAttribute(evict_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, staging);
+  if (e == cudaSuccess) e = cudaFuncSetAttribute(evict_move, cudaFuncAttributeMaxDynamicSharedMemorySize, staging);
   if (e != cudaSuccess) return Result{Status::Ok, static_cast<int>(e), "cudaFuncSetAttribute"};
+  if (device < kMaxDevices) staging_bytes[device] = staging;
   prepared_devices.fetch_or(bit);
   return Result{};
 }
 
-Result evict(const Store& store, int32_t seq, int32_t length, int32_t count, int32_t sinks, int32_t recent, EvictScope scope,
-             void* stream) {
+int evict_staging_bytes() {
+  int device = 0;
+  cudaGetDevice(&device);
+  return device < kMaxDevices && staging_bytes[device] > 0 ? staging_bytes[device] : kDefaultStagingBytes;
+}
+
+int32_t evict_chunk_for(const StoreSpec& spec) {
+  // Up to 128 slots a move block, fewer when rows are large, so a block's staging stays modest and
+  // several blocks share a multiprocessor.
+  const int token_bytes = 2 * static_cast<int>(row_bytes(spec)) + 4 * spec.aux_words;
+  const int staging = std::min(evict_staging_bytes(), 72 * 1024);
+  return std::max(1, std::min(128, staging / token_bytes));
+}
+
+// SCISSORHANDS_EVICT_IMPL=block selects the one-block-per-head eviction instead of the ordered one.
+bool block_evict() {
+  static const bool block = [] {
+    const char* text = std::getenv("SCISSORHANDS_EVICT_IMPL");
+    return text != nullptr && std::strcmp(text, "block") == 0;
+  }();
+  return block;
+}
+
+Result evict(const Store& store, const int32_t* seqs, int32_t batch, int32_t length, int32_t count, int32_t sinks,
+             int32_t recent, EvictScope scope, void* stream) {
   const StoreSpec& s = store.spec;
-  if (seq < 0 || seq >= s.max_sequences || count < 0 || sinks < 0 || recent < 0) return Result{Status::Argument, 0, "evict"};
+  if (batch < 1 || batch > kMaxBatch || count < 0 || sinks < 0 || recent < 0) return Result{Status::Argument, 0, "evict"};
   if (count == 0) return Result{};
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
   EvictParams p{};
+  for (int32_t b = 0; b < batch; ++b) {
+    if (seqs[b] < 0 || seqs[b] >= s.max_sequences) return Result{Status::Argument, 0, "seq"};
+    p.seqs.ids[b] = seqs[b];
+  }
+  int device = 0;
+  cudaGetDevice(&device);
+  const int staging = device < kMaxDevices && staging_bytes[device] > 0 ? staging_bytes[device] : kDefaultStagingBytes;
   p.keys = store.keys;
   p.values = store.values;
   p.positions = store.positions;
@@ -239,7 +548,6 @@ Result evict(const Store& store, int32_t seq, int32_t length, int32_t count, int
   p.aux = store.aux;
   p.lengths = store.lengths;
   p.error = store.error;
-  p.seq = seq;
   p.kv_heads = s.kv_heads;
   p.capacity = s.capacity;
   p.aux_words = s.aux_words;
@@ -248,17 +556,49 @@ Result evict(const Store& store, int32_t seq, int32_t length, int32_t count, int
   p.sinks = sinks;
   p.recent = recent;
   const int token_bytes = 2 * p.row_bytes + 4 * s.aux_words;
-  p.chunk = std::max(1, std::min(kThreads, kStagingBytes / token_bytes));
+  p.chunk = std::max(1, std::min(kThreads, staging / token_bytes));
   if (scope == EvictScope::Layer) {
-    float* mean = store.scratch + static_cast<size_t>(seq) * s.query_heads * s.capacity;
+    // Each sequence's means go to the start of its own scratch.
+    const size_t stride = static_cast<size_t>(s.query_heads) * s.capacity;
     const int32_t n = std::max(1, std::min(length, s.capacity));
-    layer_mean<<<(n + 255) / 256, 256, 0, st>>>(store.scores, mean, seq, s.kv_heads, s.capacity, n);
+    layer_mean<<<dim3((n + 255) / 256, batch), 256, 0, st>>>(store.scores, store.lengths, store.scratch, stride, p.seqs,
+                                                             s.kv_heads, s.capacity);
     const Result r = launched("evict_mean");
     if (!ok(r)) return r;
-    p.mean = mean;
+    p.mean = store.scratch;
+    p.mean_stride = stride;
+  }
+  if (!block_evict()) {
+    OrderedParams o{};
+    o.keys = p.keys;
+    o.values = p.values;
+    o.positions = p.positions;
+    o.scores = p.scores;
+    o.aux = p.aux;
+    o.lengths = p.lengths;
+    o.error = p.error;
+    o.state = store.evict_state;
+    o.mean = p.mean;
+    o.mean_stride = p.mean_stride;
+    o.seqs = p.seqs;
+    o.kv_heads = p.kv_heads;
+    o.capacity = p.capacity;
+    o.aux_words = p.aux_words;
+    o.row_bytes = p.row_bytes;
+    o.count = p.count;
+    o.sinks = p.sinks;
+    o.recent = p.recent;
+    o.chunk = store.evict_chunk;
+    o.chunks = store.evict_chunks;
+    evict_select<<<dim3(s.kv_heads, batch), kThreads, 0, st>>>(o);
+    const Result r = launched("evict_select");
+    if (!ok(r)) return r;
+    const size_t move_smem = static_cast<size_t>(o.chunk) * token_bytes;
+    evict_move<<<dim3(o.chunks, s.kv_heads, batch), kMoveThreads, move_smem, st>>>(o);
+    return launched("evict_move");
   }
   const size_t smem = static_cast<size_t>(p.chunk) * token_bytes;
-  evict_kernel<<<s.kv_heads, kThreads, smem, st>>>(p);
+  evict_kernel<<<dim3(s.kv_heads, batch), kThreads, smem, st>>>(p);
   return launched("evict");
 }
 

@@ -8,4 +8,11 @@ namespace sh::cuda {
 // One-time per-process kernel attributes (dynamic shared memory limits); idempotent.
 Result prepare_kernels();
 
+// Dynamic shared memory an eviction block may use on the current device (after prepare_kernels).
+int evict_staging_bytes();
+
+// Slots per chunk of the ordered eviction for a store, and the ints of eviction state per head.
+int32_t evict_chunk_for(const StoreSpec& spec);
+inline size_t evict_state_ints(int32_t chunks) { return 8 + 3 * static_cast<size_t>(chunks); }
+
 }  // namespace sh::cuda

@@ -37,7 +37,7 @@ __global__ void __launch_bounds__(256) observe_kernel(const ObserveParams p) {
     float c = 0.0f;
     for (int g = 0; g < p.group; ++g) c = gqa_fold(c, rows[g * p.stride + j], g, p.tracker.gqa_max);
     c = gqa_finish(c, p.group, p.tracker.gqa_max);
-    observe_token(p.scores + head + j, p.aux + (head + j) * p.aux_words, p.tracker, c, n, step);
+    observe_token(p.scores + head + j, p.aux + head * p.aux_words + j, p.capacity, p.tracker, c, n, step);
   }
 }
 

@@ -2,13 +2,16 @@
 // tokens; row r sees slots [0, length - rows + r]. Two tiled kernels:
 //
 //  1. prefill_attend: block (32 rows, query head) streams key/value tiles through shared memory with an
-//     online softmax (4 threads per row), writes the outputs and each row's log-sum-exp to scratch.
+//     online softmax (4 threads per row), writes the outputs and each row's max score and 1/sum to scratch.
 //  2. prefill_track (only for trackers that observe): block (tile of slots, KV head) recomputes the scores
-//     of its slots for tiles of query rows, turns them into probabilities with the row's log-sum-exp,
-//     combines the group, and applies the tracker rule row by row in order (one observation per row).
+//     of its slots for tiles of query rows exactly as the first kernel did, turns them into probabilities
+//     exp(s - max) * (1/sum) as the CPU does, combines the group, and applies the tracker rule row by row
+//     in order (one observation per row).
 //
-// The clock: block (0, 0) of the first kernel advances steps[seq] by rows; the second reads the first
-// row's step as steps[seq] - rows.
+// Rows go in blocks of capacity / 2 (the scratch of a query head holds two floats per row of a block),
+// each block both kernels, so every slot still sees its observations in row order. The clock: block
+// (0, 0) of the first kernel advances steps[seq] by the block's rows; the second reads the block's first
+// step as steps[seq] - rows of the block.
 #include <algorithm>
 
 #include "common.cuh"
@@ -27,7 +30,10 @@ struct PrefillParams {
   Tensor q;
   Tensor out;
   int32_t seq;
+  // All rows of the call, and the block of them [row0, row0 + nrows) these launches compute.
   int32_t rows;
+  int32_t row0;
+  int32_t nrows;
   int32_t kv_heads;
   int32_t capacity;
   int32_t aux_words;
@@ -49,9 +55,9 @@ __global__ void __launch_bounds__(128) prefill_attend(const PrefillParams p) {
   const int hk = hq / p.group;
   const int tid = threadIdx.x;
   const int part = tid & 3;
-  const int rr = blockIdx.x * kRows + tid / 4;
-  const bool active = rr < p.rows;
-  if (blockIdx.x == 0 && blockIdx.y == 0 && tid == 0) p.steps[p.seq] += static_cast<double>(p.rows);
+  const int rr = p.row0 + static_cast<int>(blockIdx.x) * kRows + tid / 4;
+  const bool active = rr < p.row0 + p.nrows;
+  if (blockIdx.x == 0 && blockIdx.y == 0 && tid == 0) p.steps[p.seq] += static_cast<double>(p.nrows);
 
   int n = p.lengths[static_cast<size_t>(p.seq) * p.kv_heads + hk];
   n = n < p.rows ? p.rows : (n > p.capacity ? p.capacity : n);
@@ -69,7 +75,7 @@ __global__ void __launch_bounds__(128) prefill_attend(const PrefillParams p) {
   }
   float m = -INFINITY;
   float l = 0.0f;
-  const int last_row = min(p.rows - 1, static_cast<int>(blockIdx.x) * kRows + kRows - 1);
+  const int last_row = min(p.row0 + p.nrows - 1, p.row0 + static_cast<int>(blockIdx.x) * kRows + kRows - 1);
   const int kend = first + last_row + 1;
   const int visible = active ? first + rr + 1 : 0;
   for (int kb = 0; kb < kend; kb += BK) {
@@ -111,7 +117,12 @@ __global__ void __launch_bounds__(128) prefill_attend(const PrefillParams p) {
     store_output(p.out.data == nullptr ? nullptr : const_cast<void*>(p.out.data), p.out.dtype,
                  rr * p.out.row_stride + static_cast<int64_t>(hq) * D + e * 4 + part, acc[e] * inv);
   }
-  if (part == 0) p.scratch[(static_cast<size_t>(p.seq) * p.scratch_heads + hq) * p.capacity + rr] = m + logf(l);
+  if (part == 0) {
+    float* stats = p.scratch + (static_cast<size_t>(p.seq) * p.scratch_heads + hq) * p.capacity + 2 * (rr - p.row0);
+    stats[0] = m;
+    // With capacity 1 there is one row over one key: its sum is exactly 1, and there is room for the max only.
+    if (p.capacity > 1) stats[1] = inv;
+  }
 }
 
 // Query rows per tile: 16 queries (rows x group) at a time.
@@ -130,7 +141,7 @@ __global__ void __launch_bounds__(256) prefill_track(const PrefillParams p) {
   n = n < p.rows ? p.rows : (n > p.capacity ? p.capacity : n);
   if (j0 >= n) return;
   const int first = n - p.rows;
-  const uint64_t step0 = static_cast<uint64_t>(p.steps[p.seq]) - static_cast<uint64_t>(p.rows);
+  const uint64_t step0 = static_cast<uint64_t>(p.steps[p.seq]) - static_cast<uint64_t>(p.nrows);
   const size_t head = (static_cast<size_t>(p.seq) * p.kv_heads + hk) * p.capacity;
   const T* K = reinterpret_cast<const T*>(p.keys) + head * D;
   const int nj = min(BJ, n - j0);
@@ -141,9 +152,10 @@ __global__ void __launch_bounds__(256) prefill_track(const PrefillParams p) {
   }
   const int G = p.group;
   const int rows_per_tile = max(1, kQueries / G);
-  const int r_start = max(0, j0 - first);
-  for (int r0 = r_start; r0 < p.rows; r0 += rows_per_tile) {
-    const int nr = min(rows_per_tile, p.rows - r0);
+  const int r_start = max(p.row0, j0 - first);
+  const int r_end = p.row0 + p.nrows;
+  for (int r0 = r_start; r0 < r_end; r0 += rows_per_tile) {
+    const int nr = min(rows_per_tile, r_end - r0);
     __syncthreads();
     for (int idx = tid; idx < nr * G * D; idx += 256) {
       const int qi = idx / D;
@@ -158,13 +170,19 @@ __global__ void __launch_bounds__(256) prefill_track(const PrefillParams p) {
       const int j = idx - qi * BJ;
       float prob = 0.0f;
       if (j < nj) {
-        float dot = 0.0f;
-#pragma unroll 8
-        for (int c = 0; c < D; ++c) dot = fmaf(qs[qi][c], ks[j][c], dot);
+        // The score exactly as prefill_attend computed it (four interleaved partial sums, then a pairwise
+        // sum), so the largest probability of a row is exactly what its log-sum-exp says.
+        float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll 4
+        for (int e = 0; e < D / 4; ++e) {
+#pragma unroll
+          for (int t = 0; t < 4; ++t) part[t] = fmaf(qs[qi][e * 4 + t], ks[j][e * 4 + t], part[t]);
+        }
+        const float s = ((part[0] + part[1]) + (part[2] + part[3])) * p.scale;
         const int r = r0 + qi / G;
         const int g = qi - (qi / G) * G;
-        const float lse = p.scratch[(static_cast<size_t>(p.seq) * p.scratch_heads + hk * G + g) * p.capacity + r];
-        prob = expf(p.scale * dot - lse);
+        const float* stats = p.scratch + (static_cast<size_t>(p.seq) * p.scratch_heads + hk * G + g) * p.capacity + 2 * (r - p.row0);
+        prob = __fmul_rn(expf(s - stats[0]), p.capacity > 1 ? stats[1] : 1.0f);
       }
       ps[qi][j] = prob;
     }
@@ -177,7 +195,8 @@ __global__ void __launch_bounds__(256) prefill_track(const PrefillParams p) {
         float c = 0.0f;
         for (int g = 0; g < G; ++g) c = gqa_fold(c, ps[lr * G + g][tid], g, p.tracker.gqa_max);
         c = gqa_finish(c, G, p.tracker.gqa_max);
-        observe_token(p.scores + head + j, p.aux + (head + j) * p.aux_words, p.tracker, c, first + r + 1, step0 + r);
+        observe_token(p.scores + head + j, p.aux + head * p.aux_words + j, p.capacity, p.tracker, c, first + r + 1,
+                      step0 + (r - p.row0));
       }
     }
   }
@@ -215,14 +234,21 @@ Result prefill(const Store& store, int32_t seq, int32_t length, Tensor q, int32_
   if (track && p.group > kMaxPrefillTrackGroup) return Result{Status::Argument, 0, "queryHeads"};
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
   const int32_t longest = std::max(rows, std::min(length, s.capacity));
+  const int32_t block = std::max(1, s.capacity / 2);
   return SH_DISPATCH_DTYPE(s.dtype, T, [&] {
     return SH_DISPATCH_HEAD_DIM(s.head_dim, D, [&] {
-      prefill_attend<T, D><<<dim3((rows + kRows - 1) / kRows, query_heads), 128, 0, st>>>(p);
-      Result r = launched("prefill_attend");
-      if (!ok(r) || !track) return r;
-      constexpr int BJ = 4096 / D;
-      prefill_track<T, D><<<dim3((longest + BJ - 1) / BJ, s.kv_heads), 256, 0, st>>>(p);
-      return launched("prefill_track");
+      Result r;
+      for (int32_t row0 = 0; row0 < rows && ok(r); row0 += block) {
+        p.row0 = row0;
+        p.nrows = std::min(block, rows - row0);
+        prefill_attend<T, D><<<dim3((p.nrows + kRows - 1) / kRows, query_heads), 128, 0, st>>>(p);
+        r = launched("prefill_attend");
+        if (!ok(r) || !track) continue;
+        constexpr int BJ = 4096 / D;
+        prefill_track<T, D><<<dim3((longest + BJ - 1) / BJ, s.kv_heads), 256, 0, st>>>(p);
+        r = launched("prefill_track");
+      }
+      return r;
     });
   });
 }

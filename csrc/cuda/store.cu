@@ -11,10 +11,10 @@ namespace {
 size_t align256(size_t n) { return (n + 255) & ~static_cast<size_t>(255); }
 
 struct Layout {
-  size_t keys, values, positions, scores, aux, lengths, steps, scratch, partial, error, total;
+  size_t keys, values, positions, scores, aux, lengths, steps, scratch, partial, evict_state, error, total;
 };
 
-Layout layout(const StoreSpec& s, int32_t max_splits) {
+Layout layout(const StoreSpec& s, int32_t max_splits, int32_t evict_chunks) {
   const size_t heads = static_cast<size_t>(s.max_sequences) * static_cast<size_t>(s.kv_heads);
   const size_t tokens = heads * static_cast<size_t>(s.capacity);
   Layout l{};
@@ -34,6 +34,7 @@ Layout layout(const StoreSpec& s, int32_t max_splits) {
   l.scratch = take(static_cast<size_t>(s.max_sequences) * static_cast<size_t>(s.query_heads) * static_cast<size_t>(s.capacity) * 4);
   l.partial = take(static_cast<size_t>(s.max_sequences) * static_cast<size_t>(s.query_heads) * static_cast<size_t>(max_splits) *
                    (static_cast<size_t>(s.head_dim) + 2) * 4);
+  l.evict_state = take(static_cast<size_t>(s.max_sequences) * s.kv_heads * evict_state_ints(evict_chunks) * 4);
   l.error = take(4);
   l.total = at;
   return l;
@@ -41,7 +42,7 @@ Layout layout(const StoreSpec& s, int32_t max_splits) {
 
 int32_t splits_for(const StoreSpec& s) {
   // Enough split-K blocks to fill a card for a lone sequence; fewer per sequence when many are batched.
-  const int32_t by_batch = std::max<int32_t>(2, (512 + s.max_sequences - 1) / s.max_sequences);
+  const int32_t by_batch = std::max<int32_t>(2, (1024 + s.max_sequences - 1) / s.max_sequences);
   const int32_t by_length = std::max<int32_t>(1, (s.capacity + 31) / 32);
   return std::min<int32_t>(64, std::min(by_batch, by_length));
 }
@@ -101,7 +102,8 @@ int device_info(DeviceInfo* info) {
 size_t store_bytes(const StoreSpec& spec, int32_t* max_splits) {
   const int32_t splits = splits_for(spec);
   if (max_splits != nullptr) *max_splits = splits;
-  return layout(spec, splits).total;
+  const int32_t chunk = evict_chunk_for(spec);
+  return layout(spec, splits, (spec.capacity + chunk - 1) / chunk).total;
 }
 
 Result store_create(const StoreSpec& spec, Store* out) {
@@ -113,13 +115,15 @@ Result store_create(const StoreSpec& spec, Store* out) {
   Store s;
   s.spec = spec;
   s.max_splits = splits_for(spec);
-  const Layout l = layout(spec, s.max_splits);
   int device = 0;
   cudaError_t e = cudaGetDevice(&device);
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&s.multiprocessors, cudaDevAttrMultiProcessorCount, device);
   if (e != cudaSuccess) return Result{Status::Ok, static_cast<int>(e), "cudaGetDevice"};
   const Result prepared = prepare_kernels();
   if (!ok(prepared)) return prepared;
+  s.evict_chunk = evict_chunk_for(spec);
+  s.evict_chunks = (spec.capacity + s.evict_chunk - 1) / s.evict_chunk;
+  const Layout l = layout(spec, s.max_splits, s.evict_chunks);
   e = cudaMalloc(&s.base, l.total);
   if (e != cudaSuccess) {
     cudaGetLastError();
@@ -141,6 +145,7 @@ Result store_create(const StoreSpec& spec, Store* out) {
   s.steps = reinterpret_cast<double*>(b + l.steps);
   s.scratch = reinterpret_cast<float*>(b + l.scratch);
   s.partial = reinterpret_cast<float*>(b + l.partial);
+  s.evict_state = reinterpret_cast<int32_t*>(b + l.evict_state);
   s.error = reinterpret_cast<int32_t*>(b + l.error);
   *out = s;
   return Result{};

@@ -102,6 +102,26 @@ int32_t query_heads_arg(const Args& args, size_t i, const cuda::Store& store) {
   return qh;
 }
 
+// 1 to 64 distinct sequence ids of the store (an Int32Array), copied into `out`; returns how many.
+int32_t seq_list(const Args& args, size_t i, const cuda::Store& store, int32_t* out) {
+  bool is_typed = false;
+  napi_is_typedarray(args.env(), args.at(i), &is_typed);
+  napi_typedarray_type type = napi_uint8_array;
+  size_t length = 0;
+  void* data = nullptr;
+  if (is_typed) napi_get_typedarray_info(args.env(), args.at(i), &type, &length, &data, nullptr, nullptr);
+  if (type != napi_int32_array) args.fail(kDType, "seqs", "expected an Int32Array of sequence ids");
+  if (length < 1 || length > static_cast<size_t>(cuda::kMaxBatch)) args.fail(kShape, "seqs", "expected 1 to 64 sequence ids");
+  for (size_t b = 0; b < length; ++b) {
+    out[b] = static_cast<const int32_t*>(data)[b];
+    if (out[b] < 0 || out[b] >= store.spec.max_sequences) args.fail(kArgument, "seqs", "sequence id out of range");
+    for (size_t a = 0; a < b; ++a) {
+      if (out[a] == out[b]) args.fail(kArgument, "seqs", "a sequence id appears twice");
+    }
+  }
+  return static_cast<int32_t>(length);
+}
+
 void* stream_arg(const Args& args, size_t i) { return as_ptr(args.pointer(i, "stream", true)); }
 
 // A host typed array's bytes.
@@ -390,19 +410,8 @@ Napi::Value Addon::CudaAppend(const Napi::CallbackInfo& info) {
 Napi::Value Addon::CudaDecode(const Napi::CallbackInfo& info) {
   const Args args(*this, info);
   const cuda::Store& store = store_arg(args, 0);
-  bool is_typed = false;
-  napi_is_typedarray(args.env(), args.at(1), &is_typed);
-  napi_typedarray_type type = napi_uint8_array;
-  size_t batch = 0;
-  void* data = nullptr;
-  if (is_typed) napi_get_typedarray_info(args.env(), args.at(1), &type, &batch, &data, nullptr, nullptr);
-  if (type != napi_int32_array) args.fail(kDType, "seqs", "expected an Int32Array of sequence ids");
-  if (batch < 1 || batch > static_cast<size_t>(cuda::kMaxBatch)) args.fail(kShape, "seqs", "expected 1 to 64 sequence ids");
   int32_t seqs[cuda::kMaxBatch];
-  for (size_t b = 0; b < batch; ++b) {
-    seqs[b] = static_cast<const int32_t*>(data)[b];
-    if (seqs[b] < 0 || seqs[b] >= store.spec.max_sequences) args.fail(kArgument, "seq", "sequence id out of range");
-  }
+  const int32_t batch = seq_list(args, 1, store, seqs);
   const int32_t max_length = static_cast<int32_t>(args.integer(2, "maxLength", 1, store.spec.capacity));
   const int32_t qh = query_heads_arg(args, 9, store);
   const int64_t row = static_cast<int64_t>(qh) * store.spec.head_dim;
@@ -410,7 +419,7 @@ Napi::Value Addon::CudaDecode(const Napi::CallbackInfo& info) {
   const cuda::Tensor out = tensor_arg(args, 6, "out", store, batch > 1 ? row : 0);
   const float scale = static_cast<float>(args.finite(10, "attention.scale"));
   const TrackerSpec tracker = tracker_arg(args, 11, store);
-  check_result(args, cuda::decode(store, seqs, static_cast<int32_t>(batch), max_length, q, out, qh, scale, tracker,
+  check_result(args, cuda::decode(store, seqs, batch, max_length, q, out, qh, scale, tracker,
                                   stream_arg(args, 14)));
   return info.Env().Undefined();
 }
@@ -451,11 +460,13 @@ Napi::Value Addon::CudaObserve(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// cudaEvict(store, seq, length, count, sinks, recent, layerScope, stream)
+// cudaEvict(store, seqs: Int32Array, length, count, sinks, recent, layerScope, stream): `length` is the
+// longest kept length of the sequences (the caller checked every head has count candidates).
 Napi::Value Addon::CudaEvict(const Napi::CallbackInfo& info) {
   const Args args(*this, info);
   const cuda::Store& store = store_arg(args, 0);
-  const int32_t seq = static_cast<int32_t>(args.integer(1, "seq", 0, store.spec.max_sequences - 1));
+  int32_t seqs[cuda::kMaxBatch];
+  const int32_t batch = seq_list(args, 1, store, seqs);
   const int32_t length = static_cast<int32_t>(args.integer(2, "length", 0, store.spec.capacity));
   const int32_t count = static_cast<int32_t>(args.integer(3, "count", 0, length));
   const int32_t sinks = static_cast<int32_t>(args.integer(4, "sinks", 0, INT32_MAX));
@@ -466,7 +477,7 @@ Napi::Value Addon::CudaEvict(const Napi::CallbackInfo& info) {
   }
   bool layer = false;
   if (napi_get_value_bool(args.env(), args.at(6), &layer) != napi_ok) args.fail(kArgument, "scope", "expected a boolean");
-  check_result(args, cuda::evict(store, seq, length, count, sinks, recent, layer ? EvictScope::Layer : EvictScope::Head,
+  check_result(args, cuda::evict(store, seqs, batch, length, count, sinks, recent, layer ? EvictScope::Layer : EvictScope::Head,
                                  stream_arg(args, 7)));
   return info.Env().Undefined();
 }

@@ -57,6 +57,11 @@ export interface CudaBackend extends Backend {
    * `[seqs.length][queryHeads][headDim]`, row `b` belonging to `seqs[b]`.
    */
   decodeBatch(store: LayerStore, seqs: Int32Array, q: CudaArray, out: CudaArray, attention: AttentionSpec, tracker: ImportanceTracker): void;
+  /**
+   * {@link Backend.evict} for several sequences in one launch (64 at a time): the same count and
+   * protections for each, every head of each having the candidates.
+   */
+  evictBatch(store: LayerStore, seqs: Int32Array, count: number, sinks: number, recent: number, scope: 'head' | 'layer'): void;
   /** Reads and clears the store's device error flags (waits for the stream): 0 when every kernel found its preconditions. */
   errors(store: LayerStore): number;
 }
@@ -377,28 +382,43 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
     },
 
     evict(store, seq, count, sinks, recent, scope): void {
+      checkSeq(store, seq);
+      one[0] = seq;
+      backend.evictBatch(store, one, count, sinks, recent, scope);
+    },
+
+    evictBatch(store, seqs, count, sinks, recent, scope): void {
       const binding = live();
       const device = deviceOf(store);
-      checkSeq(store, seq);
+      if (!(seqs instanceof Int32Array) || seqs.length === 0) throw new ArgumentError('expected a non-empty Int32Array of sequence ids', 'seqs');
       checkInt(count, 'count', 0);
       checkInt(sinks, 'sinks', 0);
       checkInt(recent, 'recent', 0);
       if (scope !== 'head' && scope !== 'layer') throw new ArgumentError("expected 'head' or 'layer'", 'scope');
       const { kvHeads } = store;
-      const length = store.lengths[seq * kvHeads]!;
-      for (let h = 0; h < kvHeads; h++) {
-        const n = store.lengths[seq * kvHeads + h]!;
-        const candidates = Math.max(0, n - sinks - recent);
-        if (count > candidates) {
-          throw new BudgetError(
-            `head ${h} has ${candidates} tokens outside the ${sinks} sinks and ${recent} recent ones, asked to drop ${count}`, 'count');
+      let longest = 0;
+      for (let b = 0; b < seqs.length; b++) {
+        const seq = checkSeq(store, seqs[b]!);
+        if (seqs.indexOf(seq) !== b) throw new ArgumentError(`sequence ${seq} appears twice`, 'seqs');
+        const length = store.lengths[seq * kvHeads]!;
+        for (let h = 0; h < kvHeads; h++) {
+          const n = store.lengths[seq * kvHeads + h]!;
+          const candidates = Math.max(0, n - sinks - recent);
+          if (count > candidates) {
+            throw new BudgetError(
+              `head ${h} has ${candidates} tokens outside the ${sinks} sinks and ${recent} recent ones, asked to drop ${count}`, 'count');
+          }
+          // The kernels keep every head of a sequence at one length (appends and evictions apply to all).
+          if (n !== length) throw new ArgumentError('the cuda backend needs every KV head of a sequence to keep the same number of tokens', 'scope');
         }
-        // The kernels keep every head of a sequence at one length (appends and evictions apply to all).
-        if (n !== length) throw new ArgumentError('the cuda backend needs every KV head of a sequence to keep the same number of tokens', 'scope');
+        longest = Math.max(longest, length);
       }
       if (count === 0) return;
-      binding.cudaEvict(device.native, seq, length, count, sinks, recent, scope === 'layer', stream);
-      for (let h = 0; h < kvHeads; h++) store.lengths[seq * kvHeads + h]! -= count;
+      for (let b0 = 0; b0 < seqs.length; b0 += 64) {
+        const part = seqs.length <= 64 ? seqs : seqs.subarray(b0, Math.min(seqs.length, b0 + 64));
+        binding.cudaEvict(device.native, part, longest, count, sinks, recent, scope === 'layer', stream);
+      }
+      for (const seq of seqs) for (let h = 0; h < kvHeads; h++) store.lengths[seq * kvHeads + h]! -= count;
     },
 
     errors(store: LayerStore): number {
@@ -427,6 +447,27 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
 }
 
 /**
+ * Device stores keep each (sequence, head)'s aux words word-major (`[word][capacity]`, so that a tracker
+ * rule touching one word per token moves contiguous memory); host stores token-major. Converts one to the
+ * other (`toHost`: word-major `from` into token-major `to`).
+ */
+function transposeAux(from: Uint32Array, to: Uint32Array, store: LayerStore, toHost: boolean): void {
+  const { capacity, auxWords: words } = store;
+  const heads = store.maxSequences * store.kvHeads;
+  for (let h = 0; h < heads; h++) {
+    const base = h * capacity * words;
+    for (let w = 0; w < words; w++) {
+      for (let t = 0; t < capacity; t++) {
+        const wordMajor = base + w * capacity + t;
+        const tokenMajor = base + t * words + w;
+        if (toHost) to[tokenMajor] = from[wordMajor]!;
+        else to[wordMajor] = from[tokenMajor]!;
+      }
+    }
+  }
+}
+
+/**
  * A host copy of everything a device store holds (the layout of a host `LayerStore`), e.g. to compare
  * it with the CPU backend's store. Waits for the backend's stream.
  * @example
@@ -452,7 +493,11 @@ export function copyStoreToHost(backend: CudaBackend, store: LayerStore): LayerS
   binding.cudaDownload(host.values, device.info.values, s);
   binding.cudaDownload(host.positions, device.info.positions, s);
   binding.cudaDownload(host.scores, device.info.scores, s);
-  if (host.aux.length > 0) binding.cudaDownload(host.aux, device.info.aux, s);
+  if (host.aux.length > 0) {
+    const wordMajor = new Uint32Array(host.aux.length);
+    binding.cudaDownload(wordMajor, device.info.aux, s);
+    transposeAux(wordMajor, host.aux, store, true);
+  }
   binding.cudaDownload(host.lengths, device.info.lengths, s);
   binding.cudaDownload(host.steps, device.info.steps, s);
   return host;
@@ -476,7 +521,11 @@ export function copyStoreToDevice(backend: CudaBackend, from: LayerStore, to: La
   binding.cudaUpload(device.info.values, from.values, s);
   binding.cudaUpload(device.info.positions, from.positions, s);
   binding.cudaUpload(device.info.scores, from.scores, s);
-  if (from.aux.length > 0) binding.cudaUpload(device.info.aux, from.aux, s);
+  if (from.aux.length > 0) {
+    const wordMajor = new Uint32Array(from.aux.length);
+    transposeAux(from.aux, wordMajor, to, false);
+    binding.cudaUpload(device.info.aux, wordMajor, s);
+  }
   binding.cudaUpload(device.info.lengths, from.lengths, s);
   binding.cudaUpload(device.info.steps, from.steps, s);
   to.lengths.set(from.lengths);

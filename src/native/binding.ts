@@ -165,6 +165,7 @@ export interface DeviceStoreInfo {
   readonly values: bigint;
   readonly positions: bigint;
   readonly scores: bigint;
+  /** Aux words, word-major per (sequence, head): `[seq][kvHead][word][capacity]` (host stores are token-major). */
   readonly aux: bigint;
   readonly lengths: bigint;
   readonly steps: bigint;
@@ -221,8 +222,9 @@ export interface RawCudaBinding extends RawBinding {
     store: NativeDeviceStore, seq: number, length: number, probs: bigint, stride: number, queryHeads: number, tracker: number,
     window: number, seed: number, stream: bigint,
   ): void;
+  /** Evicts `count` tokens from every KV head of each of `seqs` (1 to 64 distinct ids); `length` is their longest length. */
   cudaEvict(
-    store: NativeDeviceStore, seq: number, length: number, count: number, sinks: number, recent: number, layerScope: boolean,
+    store: NativeDeviceStore, seqs: Int32Array, length: number, count: number, sinks: number, recent: number, layerScope: boolean,
     stream: bigint,
   ): void;
   cudaClear(store: NativeDeviceStore, seq: number, stream: bigint): void;

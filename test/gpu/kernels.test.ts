@@ -17,7 +17,7 @@ import { loadCuda } from '../../src/native/loader.js';
 import { h2o, keyNorm, random, scissorhands, streamingLLM, tova } from '../../src/trackers/index.js';
 import type { ImportanceTracker } from '../../src/trackers/tracker.js';
 import {
-  OUT_TOL, Rng, closeness, copyStoreToDevice, copyStoreToHost, cpu, cuda, expectClose, expectSameData, expectSameState, floats,
+  OUT_TOL, Rng, copyStoreToDevice, copyStoreToHost, cpu, cuda, expectClose, expectSameData, expectSameState, floats,
   hostArray, keptSlots, twins, values,
 } from './helpers.js';
 
@@ -73,7 +73,7 @@ interface Case {
 function runCase(c: Case): void {
   const rng = new Rng(c.seed);
   const { dtype, headDim: d, queryHeads, kvHeads, tracker } = c;
-  const capacity = 96 + Math.floor(rng.float() * 300);
+  const capacity = 200 + Math.floor(rng.float() * 300);
   const spec = { layer: 3, dtype, maxSequences: 2, kvHeads, headDim: d, capacity, auxWords: tracker.auxWords, queryHeads };
   const { host, device } = twins(spec);
   const attention: AttentionSpec = { queryHeads, scale: 1 / Math.sqrt(d) };
@@ -216,11 +216,9 @@ describe('cuda kernels at scale', () => {
     expectSameData(got, host, 'batched decode');
     expectCloseState(got, host, tracker, 'batched decode');
     copyStoreToDevice(cuda, host, device);
-    for (const seq of seqs) {
-      const n = host.lengths[seq * kvHeads]!;
-      cpu.evict(host, seq, Math.floor(n * 0.2), 4, 32, 'head');
-      cuda.evict(device, seq, Math.floor(n * 0.2), 4, 32, 'head');
-    }
+    const drop = Math.floor(Math.min(...Array.from(seqs, (seq) => host.lengths[seq * kvHeads]!)) * 0.2);
+    for (const seq of seqs) cpu.evict(host, seq, drop, 4, 32, 'head');
+    cuda.evictBatch(device, seqs, drop, 4, 32, 'head');
     const after = copyStoreToHost(cuda, device);
     expectSameData(after, host, 'evict 20%');
     expectSameState(after, host, 'evict 20%');
@@ -239,7 +237,7 @@ describe('cuda kernels at scale', () => {
       copyStoreToDevice(cuda, host, device);
       const before = Float32Array.from(host.scores);
       cpu.evict(host, 0, 300, 3, 20, scope);
-      cuda.evict(device, 0, 300, 3, 20, scope);
+      cuda.evictBatch(device, Int32Array.of(0), 300, 3, 20, scope);
       const got = copyStoreToHost(cuda, device);
       expectSameData(got, host, `ties ${scope}`);
       expectSameState(got, host, `ties ${scope}`);
@@ -302,6 +300,5 @@ describe('cuda errors', () => {
     const got = copyStoreToHost(cuda, device);
     expectSameData(got, host, 'strided append');
     expectSameState(got, host, 'strided append');
-    assert.ok(closeness([0], [0], 0, 0).excess <= 0);
   });
 });
