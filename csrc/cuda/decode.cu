@@ -479,14 +479,18 @@ __global__ void __launch_bounds__(kCombineThreads) decode_combine(const CombineP
   }
 }
 
-// SCISSORHANDS_DECODE_IMPL=tiled selects the first split kernel (per-tile block softmax with barriers)
-// instead of the streaming one.
-bool tiled_decode() {
-  static const bool tiled = [] {
+// Which split kernel runs: the tiled one (per-tile block softmax with barriers) or the streaming one.
+// Measured on an H100 (bench/results/gpu-decode.md): streaming is faster for 1-2 query heads per KV head
+// (0.220 vs 0.262 ms at batch 8 x 32 heads x 4096), tiled for query batches of 4 and 8 (0.272 vs 0.294 ms
+// at 32/8 heads x batch 16 x 8192). SCISSORHANDS_DECODE_IMPL=tiled or =stream forces one.
+bool tiled_decode(int gt) {
+  static const int forced = [] {
     const char* text = std::getenv("SCISSORHANDS_DECODE_IMPL");
-    return text != nullptr && std::strcmp(text, "tiled") == 0;
+    if (text != nullptr && std::strcmp(text, "tiled") == 0) return 1;
+    if (text != nullptr && std::strcmp(text, "stream") == 0) return 0;
+    return -1;
   }();
-  return tiled;
+  return forced >= 0 ? forced == 1 : gt >= 4;
 }
 
 // Blocks of one split kernel variant resident per multiprocessor (asked once per variant and process).
@@ -495,7 +499,7 @@ int resident_blocks() {
   static int cached = 0;
   if (cached == 0) {
     int blocks = 0;
-    const cudaError_t e = tiled_decode()
+    const cudaError_t e = tiled_decode(GT)
                               ? cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, decode_split<T, D, GT>, kThreads, 0)
                               : cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, decode_stream<T, D, GT>, kThreads, 0);
     if (e != cudaSuccess || blocks < 1) {
@@ -531,7 +535,7 @@ Result launch_split(DecodeParams& p, int64_t per_split, int64_t longest, int32_t
   p.splits = splits;
   p.chunk = chunk;
   const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(p.kv_heads * p.gbatches), static_cast<unsigned>(batch));
-  if (tiled_decode()) {
+  if (tiled_decode(GT)) {
     decode_split<T, D, GT><<<grid, kThreads, 0, stream>>>(p);
   } else {
     decode_stream<T, D, GT><<<grid, kThreads, 0, stream>>>(p);

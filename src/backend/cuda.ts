@@ -62,6 +62,12 @@ export interface CudaBackend extends Backend {
    * protections for each, every head of each having the candidates.
    */
   evictBatch(store: LayerStore, seqs: Int32Array, count: number, sinks: number, recent: number, scope: 'head' | 'layer'): void;
+  /**
+   * Device memory the store holds: its arrays plus the kernels' scratch (raw decode scores
+   * `[maxSequences][queryHeads][capacity]` floats, split-K partials, eviction bookkeeping). `bytes()` and
+   * `stats()` count the arrays only, as on the host backends.
+   */
+  deviceBytes(store: LayerStore): number;
   /** Reads and clears the store's device error flags (waits for the stream): 0 when every kernel found its preconditions. */
   errors(store: LayerStore): number;
 }
@@ -230,7 +236,16 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
     },
 
     bytes(store: LayerStore): number {
-      return deviceOf(store).info.bytes + store.lengths.byteLength + store.steps.byteLength;
+      // The store's arrays in the LayerStore layout (what stats() counts on every backend); the device
+      // scratch beside them is deviceBytes().
+      deviceOf(store);
+      const tokens = store.maxSequences * store.kvHeads * store.capacity;
+      return tokens * (2 * store.headDim * bytesPerElement(store.dtype) + 8 + 4 * store.auxWords)
+        + store.lengths.byteLength + store.steps.byteLength;
+    },
+
+    deviceBytes(store: LayerStore): number {
+      return deviceOf(store).info.bytes;
     },
 
     clear(store: LayerStore, seq: number): void {
