@@ -80,6 +80,7 @@ describe.each(BACKENDS)('lifetimes on the %s backend', (backend) => {
       view: () => cache.view(seq, 0, 0),
       inspect: () => cache.inspect(seq, 0, 0),
       stats: () => cache.stats(),
+      setStream: () => cache.setStream(0n),
     };
     // Every public method of KVCache is in the list (a new method must join it).
     const methods = Object.getOwnPropertyNames(KVCache.prototype).filter((name) => {
