@@ -7,7 +7,9 @@ import type { Backend, HeadInspection, HeadView, LayerStore } from '../backend/b
 import { selectBackend } from '../backend/select.js';
 import { Lifetime } from '../core/disposable.js';
 import { type DType, type HostArray, bytesPerElement } from '../core/dtype.js';
-import { BudgetError, CapacityError, DTypeError, SequenceError, ShapeError } from '../core/errors.js';
+import type { CudaBackend } from '../backend/cuda.js';
+import { DeviceTensor } from '../backend/device-tensor.js';
+import { BackendError, BudgetError, CapacityError, DTypeError, SequenceError, ShapeError } from '../core/errors.js';
 import { type Geometry, checkInt } from '../core/geometry.js';
 import { checkPackable, packedKvBytesUsed } from '../backend/packed-store.js';
 import type { BudgetPolicy } from '../policies/policy.js';
@@ -16,6 +18,9 @@ import type { ImportanceTracker } from '../trackers/tracker.js';
 import { scissorhands } from '../trackers/scissorhands.js';
 import { type KVCacheOptions, type ResolvedOptions, resolveOptions } from './options.js';
 import type { CacheStats, LayerStats } from './stats.js';
+
+/** What the cache's calls take: host arrays, or (on the cuda backend) device tensors. */
+export type CacheArray = HostArray | DeviceTensor;
 
 /** One planned piece of an append: evict `count` (with these protections), then append `rows`. */
 interface Step {
@@ -86,7 +91,7 @@ export class KVCache implements Disposable {
     this.#stores = options.capacities.map((capacity, layer) =>
       backend.allocate({
         layer, dtype: options.dtype, maxSequences: options.maxSequences, kvHeads, headDim, capacity,
-        auxWords: options.tracker.auxWords, ...(isPacked(options.storage) ? { storage: options.storage } : {}),
+        auxWords: options.tracker.auxWords, queryHeads, ...(isPacked(options.storage) ? { storage: options.storage } : {}),
       }));
     this.#kvBytes = new Float64Array(layers * options.maxSequences);
     this.#open = new Uint8Array(options.maxSequences);
@@ -119,6 +124,21 @@ export class KVCache implements Disposable {
    */
   get backend(): string {
     return this.#backend.name;
+  }
+
+  /**
+   * Sets the CUDA stream (a `cudaStream_t` as bigint; `0n` the default stream) the cache's kernels and
+   * copies go on: the engine's own stream, so its kernels and the cache's are ordered without syncs.
+   * @throws {@link BackendError} unless the cache runs on the cuda backend.
+   * @example
+   * ```ts
+   * cache.setStream(engineStream);
+   * ```
+   */
+  setStream(stream: bigint): void {
+    this.#life.check();
+    if (this.#backend.name !== 'cuda') throw new BackendError("streams need a cache created with backend: 'cuda'", 'stream');
+    (this.#backend as CudaBackend).stream = stream;
   }
 
   /**
@@ -188,7 +208,7 @@ export class KVCache implements Disposable {
    * const out = cache.attend(seq, layer, q, k, v);
    * ```
    */
-  attend<T extends HostArray>(seq: number, layer: number, q: T, k: T, v: T, out?: T): T {
+  attend<T extends CacheArray>(seq: number, layer: number, q: T, k: T, v: T, out?: T): T {
     const store = this.#store(seq, layer);
     const { queryHeads, kvHeads, headDim } = this.geometry;
     this.#checkArray(q, 'q', queryHeads * headDim);
@@ -198,7 +218,7 @@ export class KVCache implements Disposable {
     this.#checkValues(k, v);
     const [step] = this.#plan(store, seq, layer, 1, false);
     this.#apply(store, seq, layer, step!, k, v);
-    this.#backend.decode(store, seq, q, output, this.#attention, this.tracker);
+    this.#backend.decode(store, seq, q as HostArray, output as HostArray, this.#attention, this.tracker);
     return output;
   }
 
@@ -214,7 +234,7 @@ export class KVCache implements Disposable {
    * const out = cache.prefill(seq, layer, qBlock, kBlock, vBlock);
    * ```
    */
-  prefill<T extends HostArray>(seq: number, layer: number, q: T, k: T, v: T, out?: T): T {
+  prefill<T extends CacheArray>(seq: number, layer: number, q: T, k: T, v: T, out?: T): T {
     const store = this.#store(seq, layer);
     const { queryHeads, kvHeads, headDim } = this.geometry;
     const rows = this.#rows(k, 'k', kvHeads * headDim);
@@ -230,7 +250,7 @@ export class KVCache implements Disposable {
       const end = done + step.rows;
       this.#apply(store, seq, layer, step, k.subarray(done * kvRow, end * kvRow), v.subarray(done * kvRow, end * kvRow));
       this.#backend.prefill(
-        store, seq, q.subarray(done * qRow, end * qRow), step.rows, output.subarray(done * qRow, end * qRow),
+        store, seq, q.subarray(done * qRow, end * qRow) as HostArray, step.rows, output.subarray(done * qRow, end * qRow) as HostArray,
         this.#attention, this.tracker,
       );
       done = end;
@@ -248,7 +268,7 @@ export class KVCache implements Disposable {
    * const { keys, values, length } = cache.view(seq, layer, 0);
    * ```
    */
-  append(seq: number, layer: number, k: HostArray, v: HostArray): void {
+  append(seq: number, layer: number, k: CacheArray, v: CacheArray): void {
     const store = this.#store(seq, layer);
     const { kvHeads, headDim } = this.geometry;
     const rows = this.#rows(k, 'k', kvHeads * headDim);
@@ -271,13 +291,15 @@ export class KVCache implements Disposable {
    * cache.observe(seq, layer, probs);
    * ```
    */
-  observe(seq: number, layer: number, probs: Float32Array, stride?: number): void {
+  observe(seq: number, layer: number, probs: Float32Array | DeviceTensor, stride?: number): void {
     const store = this.#store(seq, layer);
     const length = store.lengths[seq * this.geometry.kvHeads]!;
     const rowStride = stride === undefined ? length : checkInt(stride, 'stride', Math.max(1, length));
-    if (!(probs instanceof Float32Array)) throw new DTypeError('expected a Float32Array', 'probs');
+    if (!(probs instanceof Float32Array) && !(this.#onDevice(probs) && probs.dtype === 'f32')) {
+      throw new DTypeError('expected a Float32Array (or an f32 DeviceTensor on the cuda backend)', 'probs');
+    }
     this.#checkLength(probs, 'probs', this.geometry.queryHeads * rowStride);
-    this.#backend.observe(store, seq, probs, rowStride, this.geometry.queryHeads, this.tracker);
+    this.#backend.observe(store, seq, probs as Float32Array, rowStride, this.geometry.queryHeads, this.tracker);
   }
 
   /**
@@ -429,8 +451,8 @@ export class KVCache implements Disposable {
   }
 
   /** Packed storage holds finite values in the f16 range: checked before anything changes. */
-  #checkValues(k: HostArray, v: HostArray): void {
-    if (!isPacked(this.storage)) return;
+  #checkValues(k: CacheArray, v: CacheArray): void {
+    if (!isPacked(this.storage) || k instanceof DeviceTensor || v instanceof DeviceTensor) return;
     checkPackable(this.dtype, k, 'k');
     checkPackable(this.dtype, v, 'v');
   }
@@ -469,13 +491,14 @@ export class KVCache implements Disposable {
   }
 
   /** Evicts what the step says, then appends its tokens. */
-  #apply(store: LayerStore, seq: number, layer: number, step: Step, k: HostArray, v: HostArray): void {
+  #apply(store: LayerStore, seq: number, layer: number, step: Step, k: CacheArray, v: CacheArray): void {
     if (step.count > 0) {
       this.#backend.evict(store, seq, step.count, step.sinks, step.recent, this.tracker.scope);
       this.#evictions[layer]! += step.count * this.geometry.kvHeads;
     }
     const at = layer * this.maxSequences + seq;
-    this.#backend.append(store, seq, k, v, step.rows, this.#seen[at]!, this.tracker);
+    // Device tensors reach only the cuda backend (#checkArray), whose kernels take either kind of array.
+    this.#backend.append(store, seq, k as HostArray, v as HostArray, step.rows, this.#seen[at]!, this.tracker);
     this.#seen[at]! += step.rows;
     this.#kept += (step.rows - step.count) * this.geometry.kvHeads;
     this.#peakKept = Math.max(this.#peakKept, this.#kept);
@@ -505,7 +528,7 @@ export class KVCache implements Disposable {
   }
 
   #rows(array: unknown, argument: string, rowLength: number): number {
-    if (!(array instanceof Float32Array) && !(array instanceof Uint16Array)) {
+    if (!(array instanceof Float32Array) && !(array instanceof Uint16Array) && !this.#onDevice(array)) {
       throw new DTypeError('expected a Float32Array or Uint16Array', argument);
     }
     if (array.length === 0 || array.length % rowLength !== 0) {
@@ -514,8 +537,13 @@ export class KVCache implements Disposable {
     return array.length / rowLength;
   }
 
-  #checkArray(array: unknown, argument: string, expected: number, like?: HostArray): void {
-    if (array instanceof Float32Array) {
+  #checkArray(array: unknown, argument: string, expected: number, like?: CacheArray): void {
+    if (this.#onDevice(array)) {
+      if (array.dtype !== 'f32' && array.dtype !== this.dtype) throw new DTypeError(`expected f32 or ${this.dtype} elements`, argument);
+      if (like !== undefined && !(like instanceof DeviceTensor && like.dtype === array.dtype)) {
+        throw new DTypeError('expected the same array type as q', argument);
+      }
+    } else if (array instanceof Float32Array) {
       if (like !== undefined && !(like instanceof Float32Array)) throw new DTypeError('expected the same array type as q', argument);
     } else if (array instanceof Uint16Array) {
       if (this.dtype === 'f32') throw new DTypeError('Uint16Array inputs need an f16 or bf16 cache', argument);
@@ -526,11 +554,25 @@ export class KVCache implements Disposable {
     this.#checkLength(array, argument, expected);
   }
 
-  #checkLength(array: HostArray, argument: string, expected: number): void {
+  /** Whether `array` is a device tensor this cache accepts (only the cuda backend takes them). */
+  #onDevice(array: unknown): array is DeviceTensor {
+    if (!(array instanceof DeviceTensor)) return false;
+    if (this.#backend.name !== 'cuda') throw new DTypeError("device tensors need a cache created with backend: 'cuda'", 'q');
+    return true;
+  }
+
+  #checkLength(array: CacheArray, argument: string, expected: number): void {
     if (array.length !== expected) throw new ShapeError(`expected ${expected} elements, got ${array.length}`, argument);
   }
 
-  #output<T extends HostArray>(out: T | undefined, q: T, length: number): T {
+  #output<T extends CacheArray>(out: T | undefined, q: T, length: number): T {
+    if (q instanceof DeviceTensor) {
+      // Pass `out` on the decode path: allocating one here costs a cudaMalloc per call.
+      if (out === undefined) return DeviceTensor.alloc(q.dtype, length) as T;
+      if (!(out instanceof DeviceTensor) || out.dtype !== q.dtype) throw new DTypeError('expected a DeviceTensor of the same dtype as q', 'out');
+      this.#checkLength(out, 'out', length);
+      return out;
+    }
     if (out === undefined) return (q instanceof Float32Array ? new Float32Array(length) : new Uint16Array(length)) as T;
     if (!(out instanceof Float32Array || out instanceof Uint16Array) || out.constructor !== q.constructor) {
       throw new DTypeError('expected the same array type as q', 'out');
