@@ -45,6 +45,8 @@ struct Plan {
   // AVX-512 dequantisation of key rows (head_dim a multiple of 16) and of value rows (groups too).
   bool simd_keys;
   bool simd_values;
+  // Both: codes are dequantised in registers inside the dot products and value sums (no f32 tile).
+  bool fused;
 };
 
 struct Scratch {
@@ -78,20 +80,236 @@ Scratch carve(const Plan& plan, float* base) {
   return sc;
 }
 
-SH_AVX512 void key_row_avx512(const uint8_t* codes, uint32_t bits, const float* s, const float* z, size_t d, float* dst) {
+// Tokens ahead whose codes are requested from memory while a tile is dequantised: the hardware
+// prefetcher alone leaves these streams latency-bound on this class of machine, as it does dense rows
+// (see simd_avx2.cc).
+constexpr size_t kPrefetchTokens = 48;
+
+SH_AVX512 inline void prefetch_token(const uint8_t* p, size_t cb) {
+  for (size_t b = 0; b < cb; b += 64) _mm_prefetch(reinterpret_cast<const char*>(p + b), _MM_HINT_T0);
+}
+
+// Keys of n consecutive tokens of one run (codes token-major, cb bytes apart) into f32 rows dp apart: each
+// 16-channel slice of the run's scales and zero points is loaded once for every token of the tile.
+template <uint32_t BITS>
+SH_AVX512 void key_rows_of(const uint8_t* codes, size_t cb, size_t n, const float* s, const float* z, size_t d, size_t dp,
+                           float* dst) {
+  for (size_t t = 0; t < n; ++t) prefetch_token(codes + (t + kPrefetchTokens) * cb, cb);
   for (size_t c = 0; c < d; c += 16) {
-    _mm512_storeu_ps(dst + c, dequantise16(load_codes16(codes + c * bits / 8, bits), _mm512_loadu_ps(s + c), _mm512_loadu_ps(z + c)));
+    const __m512 sv = _mm512_loadu_ps(s + c);
+    const __m512 zv = _mm512_loadu_ps(z + c);
+    const uint8_t* src = codes + c * BITS / 8;
+    float* out = dst + c;
+    for (size_t t = 0; t < n; ++t, src += cb, out += dp) _mm512_storeu_ps(out, dequantise16(load_codes16(src, BITS), sv, zv));
   }
 }
 
-SH_AVX512 void value_row_avx512(const uint8_t* codes, uint32_t bits, const uint16_t* scales, const uint16_t* zeros, size_t d,
-                                size_t g, float* dst) {
-  for (size_t c0 = 0, k = 0; c0 < d; c0 += g, ++k) {
-    const __m512 s = _mm512_set1_ps(f16_to_f32(scales[k]));
-    const __m512 z = _mm512_set1_ps(f16_to_f32(zeros[k]));
-    for (size_t c = c0; c < c0 + g; c += 16) {
-      _mm512_storeu_ps(dst + c, dequantise16(load_codes16(codes + c * bits / 8, bits), s, z));
+SH_AVX512 void key_rows_avx512(const uint8_t* codes, size_t cb, size_t n, uint32_t bits, const float* s, const float* z, size_t d,
+                               size_t dp, float* dst) {
+  switch (bits) {
+    case 2: return key_rows_of<2>(codes, cb, n, s, z, d, dp, dst);
+    case 4: return key_rows_of<4>(codes, cb, n, s, z, d, dp, dst);
+    default: return key_rows_of<8>(codes, cb, n, s, z, d, dp, dst);
+  }
+}
+
+// The f16 scales and zero points of a run (d channels) as f32.
+SH_AVX512 void run_parameters_avx512(const uint16_t* scales, const uint16_t* zeros, size_t d, float* s, float* z) {
+  for (size_t c = 0; c < d; c += 16) {
+    _mm512_storeu_ps(s + c, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales + c))));
+    _mm512_storeu_ps(z + c, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(zeros + c))));
+  }
+}
+
+// Values of n consecutive tokens (codes cb bytes apart, `groups` f16 scales and zero points per token,
+// consecutive for consecutive tokens): the tile's scales and zero points are converted to f32 at once.
+template <uint32_t BITS>
+SH_AVX512 void value_rows_of(const uint8_t* codes, size_t cb, const uint16_t* scales, const uint16_t* zeros, size_t groups,
+                             size_t n, size_t d, size_t g, size_t dp, float* dst) {
+  // n * groups <= (4096 / dp) * (d / g) <= 512: a tile's worth (see Plan::tile_tokens, g >= 8).
+  alignas(64) float s[kTileFloats / 8 + 16];
+  alignas(64) float z[kTileFloats / 8 + 16];
+  const size_t count = n * groups;
+  for (size_t b = 0; b < count * 2; b += 64) {
+    _mm_prefetch(reinterpret_cast<const char*>(scales + kPrefetchTokens * groups) + b, _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(zeros + kPrefetchTokens * groups) + b, _MM_HINT_T0);
+  }
+  size_t k = 0;
+  for (; k + 16 <= count; k += 16) {
+    _mm512_store_ps(s + k, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales + k))));
+    _mm512_store_ps(z + k, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(zeros + k))));
+  }
+  for (; k < count; ++k) {
+    s[k] = f16_to_f32(scales[k]);
+    z[k] = f16_to_f32(zeros[k]);
+  }
+  const float* sp = s;
+  const float* zp = z;
+  for (size_t t = 0; t < n; ++t, codes += cb, dst += dp) {
+    prefetch_token(codes + kPrefetchTokens * cb, cb);
+    for (size_t c0 = 0; c0 < d; c0 += g, ++sp, ++zp) {
+      const __m512 sv = _mm512_set1_ps(*sp);
+      const __m512 zv = _mm512_set1_ps(*zp);
+      for (size_t c = c0; c < c0 + g; c += 16) _mm512_storeu_ps(dst + c, dequantise16(load_codes16(codes + c * BITS / 8, BITS), sv, zv));
     }
+  }
+}
+
+SH_AVX512 void value_rows_avx512(const uint8_t* codes, size_t cb, const uint16_t* scales, const uint16_t* zeros, size_t groups,
+                                 size_t n, uint32_t bits, size_t d, size_t g, size_t dp, float* dst) {
+  switch (bits) {
+    case 2: return value_rows_of<2>(codes, cb, scales, zeros, groups, n, d, g, dp, dst);
+    case 4: return value_rows_of<4>(codes, cb, scales, zeros, groups, n, d, g, dp, dst);
+    default: return value_rows_of<8>(codes, cb, scales, zeros, groups, n, d, g, dp, dst);
+  }
+}
+
+// ---- Fused AVX-512 kernels (head sizes multiples of 16): codes are dequantised in registers and used at
+// once, with no f32 tile in between.
+
+#define SH_INLINE inline __attribute__((always_inline))
+
+// The dense kernels' horizontal sum (simd_avx512.cc): every dot product of a call, packed or residual, is
+// reduced in the same order, so equal keys tie exactly.
+SH_AVX512 SH_INLINE float hsum(__m512 v) {
+  const __m256 f = _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+  const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(f, f), _mm256_hadd_ps(f, f));
+  return _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1)));
+}
+
+// Scores of TB tokens (codes cb bytes apart) against GB queries (dp floats apart), one run's f32 scales
+// and zero points: s[g * s_stride + t] = scale * dot(q_g, z + code_t * s); raises max[g].
+template <uint32_t BITS, int TB, int GB>
+SH_AVX512 SH_INLINE void key_block(const uint8_t* codes, size_t cb, const float* sc, const float* zc, size_t d, const float* qs,
+                                   size_t dp, float scale, float* s, size_t s_stride, float* max) {
+  __m512 acc[TB * GB];
+  for (int i = 0; i < TB * GB; ++i) acc[i] = _mm512_setzero_ps();
+  for (size_t c = 0; c < d; c += 16) {
+    const __m512 sv = _mm512_loadu_ps(sc + c);
+    const __m512 zv = _mm512_loadu_ps(zc + c);
+    __m512 qv[GB];
+    for (int g = 0; g < GB; ++g) qv[g] = _mm512_loadu_ps(qs + static_cast<size_t>(g) * dp + c);
+    for (int t = 0; t < TB; ++t) {
+      const __m512 x = dequantise16(load_codes16(codes + static_cast<size_t>(t) * cb + c * BITS / 8, BITS), sv, zv);
+      for (int g = 0; g < GB; ++g) acc[g * TB + t] = _mm512_fmadd_ps(x, qv[g], acc[g * TB + t]);
+    }
+  }
+  for (int g = 0; g < GB; ++g) {
+    for (int t = 0; t < TB; ++t) {
+      const float v = scale * hsum(acc[g * TB + t]);
+      s[static_cast<size_t>(g) * s_stride + static_cast<size_t>(t)] = v;
+      max[g] = v > max[g] ? v : max[g];
+    }
+  }
+}
+
+template <uint32_t BITS, int GB>
+SH_AVX512 SH_INLINE void key_tokens(const uint8_t* codes, size_t cb, size_t n, const float* sc, const float* zc, size_t d,
+                                    const float* qs, size_t dp, float scale, float* s, size_t s_stride, float* max) {
+  size_t t = 0;
+  for (; t + 4 <= n; t += 4) {
+    prefetch_token(codes + (t + kPrefetchTokens) * cb, 4 * cb);
+    key_block<BITS, 4, GB>(codes + t * cb, cb, sc, zc, d, qs, dp, scale, s + t, s_stride, max);
+  }
+  for (; t < n; ++t) key_block<BITS, 1, GB>(codes + t * cb, cb, sc, zc, d, qs, dp, scale, s + t, s_stride, max);
+}
+
+template <uint32_t BITS>
+SH_AVX512 void key_scores_of(const uint8_t* codes, size_t cb, size_t n, const float* sc, const float* zc, size_t d, const float* qs,
+                             size_t nq, size_t dp, float scale, float* s, size_t s_stride, float* max) {
+  size_t q = 0;
+  for (; q + 4 <= nq; q += 4) key_tokens<BITS, 4>(codes, cb, n, sc, zc, d, qs + q * dp, dp, scale, s + q * s_stride, s_stride, max + q);
+  switch (nq - q) {
+    case 3: key_tokens<BITS, 3>(codes, cb, n, sc, zc, d, qs + q * dp, dp, scale, s + q * s_stride, s_stride, max + q); break;
+    case 2: key_tokens<BITS, 2>(codes, cb, n, sc, zc, d, qs + q * dp, dp, scale, s + q * s_stride, s_stride, max + q); break;
+    case 1: key_tokens<BITS, 1>(codes, cb, n, sc, zc, d, qs + q * dp, dp, scale, s + q * s_stride, s_stride, max + q); break;
+    default: break;
+  }
+}
+
+SH_AVX512 void key_scores_avx512(uint32_t bits, const uint8_t* codes, size_t cb, size_t n, const float* sc, const float* zc, size_t d,
+                                 const float* qs, size_t nq, size_t dp, float scale, float* s, size_t s_stride, float* max) {
+  switch (bits) {
+    case 2: return key_scores_of<2>(codes, cb, n, sc, zc, d, qs, nq, dp, scale, s, s_stride, max);
+    case 4: return key_scores_of<4>(codes, cb, n, sc, zc, d, qs, nq, dp, scale, s, s_stride, max);
+    default: return key_scores_of<8>(codes, cb, n, sc, zc, d, qs, nq, dp, scale, s, s_stride, max);
+  }
+}
+
+// acc[g * dp + c ..] += sum over the n tokens of p[g * p_stride + t] * value_t[c ..], CB 16-channel slices
+// from channel c, GB queries; value_t dequantised in registers with its group's scale and zero point
+// (sz: the tile's f32 scales then zero points, `groups` per token).
+template <uint32_t BITS, int GB, int CB>
+SH_AVX512 SH_INLINE void value_block(const uint8_t* codes, size_t cb, const float* ss, const float* zs, size_t groups, size_t g_size,
+                                     size_t n, const float* p, size_t p_stride, size_t dp, size_t c, float* acc) {
+  __m512 a[GB][CB];
+  for (int g = 0; g < GB; ++g) {
+    for (int b = 0; b < CB; ++b) a[g][b] = _mm512_loadu_ps(acc + static_cast<size_t>(g) * dp + c + 16 * static_cast<size_t>(b));
+  }
+  for (size_t t = 0; t < n; ++t) {
+    const uint8_t* row = codes + t * cb;
+    __m512 x[CB];
+    for (int b = 0; b < CB; ++b) {
+      const size_t ch = c + 16 * static_cast<size_t>(b);
+      const size_t k = t * groups + ch / g_size;
+      x[b] = dequantise16(load_codes16(row + ch * BITS / 8, BITS), _mm512_set1_ps(ss[k]), _mm512_set1_ps(zs[k]));
+    }
+    for (int g = 0; g < GB; ++g) {
+      const __m512 w = _mm512_set1_ps(p[static_cast<size_t>(g) * p_stride + t]);
+      for (int b = 0; b < CB; ++b) a[g][b] = _mm512_fmadd_ps(w, x[b], a[g][b]);
+    }
+  }
+  for (int g = 0; g < GB; ++g) {
+    for (int b = 0; b < CB; ++b) _mm512_storeu_ps(acc + static_cast<size_t>(g) * dp + c + 16 * static_cast<size_t>(b), a[g][b]);
+  }
+}
+
+template <uint32_t BITS, int GB>
+SH_AVX512 SH_INLINE void value_queries(const uint8_t* codes, size_t cb, const float* ss, const float* zs, size_t groups, size_t g_size,
+                                       size_t n, const float* p, size_t p_stride, size_t d, size_t dp, float* acc) {
+  size_t c = 0;
+  for (; c + 64 <= d; c += 64) value_block<BITS, GB, 4>(codes, cb, ss, zs, groups, g_size, n, p, p_stride, dp, c, acc);
+  for (; c < d; c += 16) value_block<BITS, GB, 1>(codes, cb, ss, zs, groups, g_size, n, p, p_stride, dp, c, acc);
+}
+
+template <uint32_t BITS>
+SH_AVX512 void value_accumulate_of(const uint8_t* codes, size_t cb, const uint16_t* scales, const uint16_t* zeros, size_t groups,
+                                   size_t g_size, size_t n, const float* p, size_t p_stride, size_t nq, size_t d, size_t dp, float* acc) {
+  // n * groups <= (4096 / dp) * (d / g) <= 512: a tile's worth (see Plan::tile_tokens, g >= 8).
+  alignas(64) float ss[kTileFloats / 8 + 16];
+  alignas(64) float zs[kTileFloats / 8 + 16];
+  const size_t count = n * groups;
+  for (size_t b = 0; b < count * 2; b += 64) {
+    _mm_prefetch(reinterpret_cast<const char*>(scales + kPrefetchTokens * groups) + b, _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(zeros + kPrefetchTokens * groups) + b, _MM_HINT_T0);
+  }
+  for (size_t t = 0; t < n; ++t) prefetch_token(codes + (t + kPrefetchTokens) * cb, cb);
+  size_t k = 0;
+  for (; k + 16 <= count; k += 16) {
+    _mm512_store_ps(ss + k, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales + k))));
+    _mm512_store_ps(zs + k, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(zeros + k))));
+  }
+  for (; k < count; ++k) {
+    ss[k] = f16_to_f32(scales[k]);
+    zs[k] = f16_to_f32(zeros[k]);
+  }
+  size_t q = 0;
+  for (; q + 4 <= nq; q += 4) value_queries<BITS, 4>(codes, cb, ss, zs, groups, g_size, n, p + q * p_stride, p_stride, d, dp, acc + q * dp);
+  switch (nq - q) {
+    case 3: value_queries<BITS, 3>(codes, cb, ss, zs, groups, g_size, n, p + q * p_stride, p_stride, d, dp, acc + q * dp); break;
+    case 2: value_queries<BITS, 2>(codes, cb, ss, zs, groups, g_size, n, p + q * p_stride, p_stride, d, dp, acc + q * dp); break;
+    case 1: value_queries<BITS, 1>(codes, cb, ss, zs, groups, g_size, n, p + q * p_stride, p_stride, d, dp, acc + q * dp); break;
+    default: break;
+  }
+}
+
+SH_AVX512 void value_accumulate_avx512(uint32_t bits, const uint8_t* codes, size_t cb, const uint16_t* scales, const uint16_t* zeros,
+                                       size_t groups, size_t g_size, size_t n, const float* p, size_t p_stride, size_t nq, size_t d,
+                                       size_t dp, float* acc) {
+  switch (bits) {
+    case 2: return value_accumulate_of<2>(codes, cb, scales, zeros, groups, g_size, n, p, p_stride, nq, d, dp, acc);
+    case 4: return value_accumulate_of<4>(codes, cb, scales, zeros, groups, g_size, n, p, p_stride, nq, d, dp, acc);
+    default: return value_accumulate_of<8>(codes, cb, scales, zeros, groups, g_size, n, p, p_stride, nq, d, dp, acc);
   }
 }
 
@@ -124,43 +342,110 @@ Rows tile_rows(const Plan& plan, const Scratch& sc, int32_t head, size_t t0, siz
   const size_t pb = view.packed_base(i);
   size_t t = t0;
   const size_t end = t0 + nt;
-  for (; t < end && t < packed; ++t) {
-    float* dst = sc.tile + (t - t0) * plan.dp;
-    if (cursor != nullptr) {
+  const size_t stop = std::min(end, packed);
+  if (cursor != nullptr) {
+    // Keys, run by run.
+    while (t < stop) {
       while (t >= cursor->end) {
         cursor->run += 1;
         cursor->start = cursor->end;
         cursor->end += static_cast<size_t>(view.run_lengths[view.run_base(i) + static_cast<size_t>(cursor->run)]);
         const size_t entry = (view.run_base(i) + static_cast<size_t>(cursor->run)) * d;
-        for (size_t c = 0; c < d; ++c) {
-          sc.run_scales[c] = f16_to_f32(view.key_scales[entry + c]);
-          sc.run_zeros[c] = f16_to_f32(view.key_zeros[entry + c]);
+        if (plan.simd_keys) {
+          run_parameters_avx512(view.key_scales + entry, view.key_zeros + entry, d, sc.run_scales, sc.run_zeros);
+        } else {
+          for (size_t c = 0; c < d; ++c) {
+            sc.run_scales[c] = f16_to_f32(view.key_scales[entry + c]);
+            sc.run_zeros[c] = f16_to_f32(view.key_zeros[entry + c]);
+          }
         }
       }
+      const size_t n = std::min(stop, cursor->end) - t;
+      float* dst = sc.tile + (t - t0) * plan.dp;
       const uint8_t* codes = view.key_codes + (pb + t) * cb;
       if (plan.simd_keys) {
-        key_row_avx512(codes, view.bits, sc.run_scales, sc.run_zeros, d, dst);
+        key_rows_avx512(codes, cb, n, view.bits, sc.run_scales, sc.run_zeros, d, plan.dp, dst);
       } else {
-        key_row_portable(codes, view.bits, sc.run_scales, sc.run_zeros, d, dst);
+        for (size_t r = 0; r < n; ++r) key_row_portable(codes + r * cb, view.bits, sc.run_scales, sc.run_zeros, d, dst + r * plan.dp);
       }
+      t += n;
+    }
+  } else if (t < stop) {
+    const size_t n = stop - t;
+    const size_t groups = view.value_groups();
+    const uint8_t* codes = view.value_codes + (pb + t) * cb;
+    const uint16_t* scales = view.value_scales + (pb + t) * groups;
+    const uint16_t* zeros = view.value_zeros + (pb + t) * groups;
+    float* dst = sc.tile + (t - t0) * plan.dp;
+    if (plan.simd_values) {
+      value_rows_avx512(codes, cb, scales, zeros, groups, n, view.bits, d, static_cast<size_t>(view.group_size), plan.dp, dst);
     } else {
-      const uint8_t* codes = view.value_codes + (pb + t) * cb;
-      const uint16_t* scales = view.value_scales + (pb + t) * view.value_groups();
-      const uint16_t* zeros = view.value_zeros + (pb + t) * view.value_groups();
-      if (plan.simd_values) {
-        value_row_avx512(codes, view.bits, scales, zeros, d, static_cast<size_t>(view.group_size), dst);
-      } else {
-        value_row_portable(codes, view.bits, scales, zeros, d, static_cast<size_t>(view.group_size), dst);
+      for (size_t r = 0; r < n; ++r) {
+        value_row_portable(codes + r * cb, view.bits, scales + r * groups, zeros + r * groups, d, static_cast<size_t>(view.group_size),
+                           dst + r * plan.dp);
       }
     }
-    std::fill(dst + d, dst + plan.dp, 0.0f);
+    t = stop;
   }
+  // Head sizes are multiples of 8 (the group size divides them), so packed rows need no padding.
   if (t < end) {
     const uint8_t* raw = cursor != nullptr ? view.residual_keys : view.residual_values;
     const uint8_t* src = raw + (view.residual_base(i) + (t - packed)) * base.row_bytes();
     plan.prims->to_f32(base.dtype, src, end - t, d, plan.dp, sc.tile + (t - t0) * plan.dp);
   }
   return Rows{DType::F32, reinterpret_cast<const uint8_t*>(sc.tile), plan.dp};
+}
+
+// Scores of tokens [t0, t0 + nt) of one head for the block's queries: packed keys fused, run by run; the
+// residual window through an f32 tile and the dense primitive.
+void tile_scores(const Plan& plan, const Scratch& sc, int32_t head, size_t t0, size_t nt, RunCursor* cursor, size_t queries) {
+  const PackedView& view = *plan.view;
+  const size_t i = view.index(plan.args->seq, head);
+  const size_t d = static_cast<size_t>(view.base.head_dim);
+  const size_t packed = static_cast<size_t>(view.packed[i]);
+  const size_t cb = view.code_bytes();
+  const size_t pb = view.packed_base(i);
+  const size_t end = t0 + nt;
+  const size_t stop = std::min(end, packed);
+  size_t t = t0;
+  while (t < stop) {
+    while (t >= cursor->end) {
+      cursor->run += 1;
+      cursor->start = cursor->end;
+      cursor->end += static_cast<size_t>(view.run_lengths[view.run_base(i) + static_cast<size_t>(cursor->run)]);
+      const size_t entry = (view.run_base(i) + static_cast<size_t>(cursor->run)) * d;
+      run_parameters_avx512(view.key_scales + entry, view.key_zeros + entry, d, sc.run_scales, sc.run_zeros);
+    }
+    const size_t n = std::min(stop, cursor->end) - t;
+    key_scores_avx512(view.bits, view.key_codes + (pb + t) * cb, cb, n, sc.run_scales, sc.run_zeros, d, sc.q, queries, plan.dp,
+                      plan.args->scale, sc.s + t, plan.s_stride, sc.max);
+    t += n;
+  }
+  if (t < end) {
+    plan.prims->dots(tile_rows(plan, sc, head, t, end - t, cursor), end - t, sc.q, queries, plan.dp, plan.args->scale, sc.s + t,
+                     plan.s_stride, sc.max);
+  }
+}
+
+// Accumulates tokens [t0, t0 + nt) of one head's values with the block's weights.
+void tile_values(const Plan& plan, const Scratch& sc, int32_t head, size_t t0, size_t nt, size_t queries) {
+  const PackedView& view = *plan.view;
+  const size_t i = view.index(plan.args->seq, head);
+  const size_t d = static_cast<size_t>(view.base.head_dim);
+  const size_t packed = static_cast<size_t>(view.packed[i]);
+  const size_t end = t0 + nt;
+  const size_t stop = std::min(end, packed);
+  if (t0 < stop) {
+    const size_t groups = view.value_groups();
+    const size_t at = view.packed_base(i) + t0;
+    value_accumulate_avx512(view.bits, view.value_codes + at * view.code_bytes(), view.code_bytes(), view.value_scales + at * groups,
+                            view.value_zeros + at * groups, groups, static_cast<size_t>(view.group_size), stop - t0, sc.s + t0,
+                            plan.s_stride, queries, d, plan.dp, sc.acc);
+  }
+  const size_t t = std::max(t0, stop);
+  if (t < end) {
+    plan.prims->accumulate(tile_rows(plan, sc, head, t, end - t, nullptr), end - t, sc.s + t, plan.s_stride, queries, plan.dp, sc.acc);
+  }
 }
 
 void load_queries(const Plan& plan, int32_t head, int32_t r0, int32_t r1, float* qbuf) {
@@ -226,7 +511,11 @@ void attend_head(const Plan& plan, const Scratch& sc, int32_t head) {
     RunCursor cursor{-1, 0, 0};
     for (size_t t0 = 0; t0 < n_max; t0 += plan.tile_tokens) {
       const size_t nt = std::min(plan.tile_tokens, n_max - t0);
-      prims.dots(tile_rows(plan, sc, head, t0, nt, &cursor), nt, sc.q, queries, dp, args.scale, sc.s + t0, plan.s_stride, sc.max);
+      if (plan.fused) {
+        tile_scores(plan, sc, head, t0, nt, &cursor, queries);
+      } else {
+        prims.dots(tile_rows(plan, sc, head, t0, nt, &cursor), nt, sc.q, queries, dp, args.scale, sc.s + t0, plan.s_stride, sc.max);
+      }
     }
     for (size_t q = 0; q < queries; ++q) {
       float* row = sc.s + q * plan.s_stride;
@@ -242,7 +531,11 @@ void attend_head(const Plan& plan, const Scratch& sc, int32_t head) {
     std::fill(sc.acc, sc.acc + queries * dp, 0.0f);
     for (size_t t0 = 0; t0 < n_max; t0 += plan.tile_tokens) {
       const size_t nt = std::min(plan.tile_tokens, n_max - t0);
-      prims.accumulate(tile_rows(plan, sc, head, t0, nt, nullptr), nt, sc.s + t0, plan.s_stride, queries, dp, sc.acc);
+      if (plan.fused) {
+        tile_values(plan, sc, head, t0, nt, queries);
+      } else {
+        prims.accumulate(tile_rows(plan, sc, head, t0, nt, nullptr), nt, sc.s + t0, plan.s_stride, queries, dp, sc.acc);
+      }
     }
     store_outputs(plan, head, b0, b1, sc.acc, sc.inv);
 
@@ -305,6 +598,7 @@ Status packed_attend(Context& ctx, const PackedView& pv, const AttentionArgs& ar
   const bool simd = std::strcmp(ctx.simd(), "avx512") == 0 && pack_simd_available();
   plan.simd_keys = simd && view.head_dim % 16 == 0;
   plan.simd_values = simd && pv.group_size % 16 == 0;
+  plan.fused = plan.simd_keys && plan.simd_values;
 
   size_t longest = 0;
   size_t packed_total = 0;

@@ -1,6 +1,7 @@
 // Packed stores (docs/packing.md): append through the residual window, packing into key runs, merging
 // runs, and eviction with compaction. Mirrors src/backend/packed-store.ts bit for bit.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "internal.h"
@@ -218,16 +219,31 @@ bool packed_state_valid(const PackedView& view, int32_t seq) {
 
 int64_t first_unpackable(const PackedView& view, HostSpan span, size_t elements) {
   const DType dtype = view.base.dtype;
-  for (size_t e = 0; e < elements; ++e) {
-    float x;
-    if (span.bits16) {
-      const uint16_t bits = static_cast<const uint16_t*>(span.data)[e];
-      x = dtype == DType::F16 ? f16_to_f32(bits) : bf16_to_f32(bits);
-    } else {
-      const float f = static_cast<const float*>(span.data)[e];
-      x = dtype == DType::F32 ? f : dtype == DType::F16 ? f16_to_f32(f32_to_f16(f)) : bf16_to_f32(f32_to_bf16(f));
+  // Closed forms of "finite and within [-65504, 65504] once rounded to the store's dtype" (nearest, ties
+  // to even): f32 keeps x; f16 rounds |x| < 65520 to at most 65504; bf16 rounds |x| < 65408 to at most
+  // 65280 (65408 ties up to 65536). A first pass that vectorises, then the index of the first failure.
+  bool ok = true;
+  if (span.bits16) {
+    const uint16_t* bits = static_cast<const uint16_t*>(span.data);
+    const uint16_t limit = dtype == DType::F16 ? 0x7bff : 0x477f;
+    for (size_t e = 0; e < elements; ++e) ok &= (bits[e] & 0x7fffu) <= limit;
+    if (ok) return -1;
+    for (size_t e = 0; e < elements; ++e) {
+      if ((bits[e] & 0x7fffu) > limit) return static_cast<int64_t>(e);
     }
-    if (!packable(x)) return static_cast<int64_t>(e);
+    return -1;
+  }
+  const float* x = static_cast<const float*>(span.data);
+  const float limit = dtype == DType::F32 ? 65504.0f : dtype == DType::F16 ? 65520.0f : 65408.0f;
+  const bool inclusive = dtype == DType::F32;
+  for (size_t e = 0; e < elements; ++e) {
+    const float a = std::fabs(x[e]);
+    ok &= inclusive ? a <= limit : a < limit;
+  }
+  if (ok) return -1;
+  for (size_t e = 0; e < elements; ++e) {
+    const float a = std::fabs(x[e]);
+    if (!(inclusive ? a <= limit : a < limit)) return static_cast<int64_t>(e);
   }
   return -1;
 }
