@@ -108,6 +108,43 @@ SH_AVX512 inline __m512i quantise16(__m512 x, __m512 s, __m512 z, __m512 qmax) {
   return _mm512_maskz_cvtps_epi32(static_cast<__mmask16>(~zero_scale), c);
 }
 
+// group_parameters for 16 groups at once, with the same bits: the directed roundings are the hardware's
+// (f16 conversion toward -inf for the zero point, toward +inf for the scale), the covering check is
+// exact in f64. Writes the f16 bits and returns the f32 scales and zero points.
+SH_AVX512 void parameters16(__m512 vmin, __m512 vmax, uint32_t qmax, uint16_t* scales, uint16_t* zeros, __m512* s, __m512* z) {
+  const __m512 zero = _mm512_setzero_ps();
+  vmin = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(vmin, zero, _CMP_EQ_OQ), vmin, zero);
+  vmax = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(vmax, zero, _CMP_EQ_OQ), vmax, zero);
+  const __m256i zbits = _mm512_cvtps_ph(vmin, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  const __m512 zv = _mm512_cvtph_ps(zbits);
+  const __m512 q = _mm512_div_ps(_mm512_sub_ps(vmax, zv), _mm512_set1_ps(static_cast<float>(qmax)));
+  // Scale bits as 32-bit lanes, so that one step up is an AVX-512F masked add.
+  __m512i sbits = _mm512_cvtepu16_epi32(_mm512_cvtps_ph(q, _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC));
+  const __m512d dq = _mm512_set1_pd(static_cast<double>(qmax));
+  const __m512d zlo = _mm512_cvtps_pd(_mm512_castps512_ps256(zv));
+  const __m512d zhi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(zv), 1)));
+  const __m512d mlo = _mm512_cvtps_pd(_mm512_castps512_ps256(vmax));
+  const __m512d mhi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(vmax), 1)));
+  for (;;) {
+    const __m512 sv = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(sbits));
+    const __m512d slo = _mm512_cvtps_pd(_mm512_castps512_ps256(sv));
+    const __m512d shi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(sv), 1)));
+    // z + qmax * s < max, exactly: the product is exact in f64 and so is the sum.
+    const __mmask8 low = _mm512_cmp_pd_mask(_mm512_add_pd(zlo, _mm512_mul_pd(dq, slo)), mlo, _CMP_LT_OQ);
+    const __mmask8 high = _mm512_cmp_pd_mask(_mm512_add_pd(zhi, _mm512_mul_pd(dq, shi)), mhi, _CMP_LT_OQ);
+    const __mmask16 bump = static_cast<__mmask16>(low | (static_cast<unsigned>(high) << 8));
+    if (bump == 0) {
+      *s = sv;
+      break;
+    }
+    // Scales are non-negative: the next f16 up is the next bit pattern.
+    sbits = _mm512_mask_add_epi32(sbits, bump, sbits, _mm512_set1_epi32(1));
+  }
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(scales), _mm512_cvtepi32_epi16(sbits));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(zeros), zbits);
+  *z = zv;
+}
+
 SH_AVX512 bool all_packable(const void* input, DType dtype, size_t n) {
   const __m512 limit = _mm512_set1_ps(kPackLimit);
   size_t i = 0;
@@ -128,23 +165,47 @@ SH_AVX512 void pack_rows_avx512(const void* input, const Matrix& m, const PackSp
   const size_t group = static_cast<size_t>(spec.group_size);
   const size_t groups = static_cast<size_t>(m.rows * m.cols) / group;
   const size_t bytes16 = 2 * spec.bits;
-  for (size_t g = 0; g < groups; ++g) {
-    const size_t first = g * group;
-    __m512 vmin = load16(input, m.dtype, first);
-    __m512 vmax = vmin;
-    for (size_t k = 16; k < group; k += 16) {
-      const __m512 x = load16(input, m.dtype, first + k);
-      vmin = _mm512_min_ps(vmin, x);
-      vmax = _mm512_max_ps(vmax, x);
+  alignas(64) float mins[16];
+  alignas(64) float maxs[16];
+  alignas(64) float ss[16];
+  alignas(64) float zs[16];
+  for (size_t g0 = 0; g0 < groups; g0 += 16) {
+    const size_t batch = groups - g0 < 16 ? groups - g0 : 16;
+    for (size_t b = 0; b < batch; ++b) {
+      const size_t first = (g0 + b) * group;
+      __m512 vmin = load16(input, m.dtype, first);
+      __m512 vmax = vmin;
+      for (size_t k = 16; k < group; k += 16) {
+        const __m512 x = load16(input, m.dtype, first + k);
+        vmin = _mm512_min_ps(vmin, x);
+        vmax = _mm512_max_ps(vmax, x);
+      }
+      mins[b] = _mm512_reduce_min_ps(vmin);
+      maxs[b] = _mm512_reduce_max_ps(vmax);
     }
-    const GroupParams p = group_parameters(canonical(_mm512_reduce_min_ps(vmin)), canonical(_mm512_reduce_max_ps(vmax)), qmax);
-    scales[g] = p.scale;
-    zeros[g] = p.zero;
-    const __m512 s = _mm512_set1_ps(f16_to_f32(p.scale));
-    const __m512 z = _mm512_set1_ps(f16_to_f32(p.zero));
-    uint8_t* dst = codes + first * spec.bits / 8;
-    for (size_t k = 0; k < group; k += 16, dst += bytes16) {
-      store_codes16(quantise16(load16(input, m.dtype, first + k), s, z, vqmax), spec.bits, dst);
+    if (batch == 16) {
+      __m512 s;
+      __m512 z;
+      parameters16(_mm512_load_ps(mins), _mm512_load_ps(maxs), qmax, scales + g0, zeros + g0, &s, &z);
+      _mm512_store_ps(ss, s);
+      _mm512_store_ps(zs, z);
+    } else {
+      for (size_t b = 0; b < batch; ++b) {
+        const GroupParams p = group_parameters(canonical(mins[b]), canonical(maxs[b]), qmax);
+        scales[g0 + b] = p.scale;
+        zeros[g0 + b] = p.zero;
+        ss[b] = f16_to_f32(p.scale);
+        zs[b] = f16_to_f32(p.zero);
+      }
+    }
+    for (size_t b = 0; b < batch; ++b) {
+      const size_t first = (g0 + b) * group;
+      const __m512 s = _mm512_set1_ps(ss[b]);
+      const __m512 z = _mm512_set1_ps(zs[b]);
+      uint8_t* dst = codes + first * spec.bits / 8;
+      for (size_t k = 0; k < group; k += 16, dst += bytes16) {
+        store_codes16(quantise16(load16(input, m.dtype, first + k), s, z, vqmax), spec.bits, dst);
+      }
     }
   }
 }
@@ -156,10 +217,6 @@ SH_AVX512 void pack_columns_avx512(const void* input, const Matrix& m, const Pac
   const size_t cols = static_cast<size_t>(m.cols);
   const size_t group = static_cast<size_t>(spec.group_size);
   const size_t blocks = static_cast<size_t>(m.rows) / group;
-  alignas(64) float mins[16];
-  alignas(64) float maxs[16];
-  alignas(64) float ss[16];
-  alignas(64) float zs[16];
   for (size_t b = 0; b < blocks; ++b) {
     for (size_t c = 0; c < cols; c += 16) {
       const size_t top = b * group * cols + c;
@@ -170,17 +227,9 @@ SH_AVX512 void pack_columns_avx512(const void* input, const Matrix& m, const Pac
         vmin = _mm512_min_ps(vmin, x);
         vmax = _mm512_max_ps(vmax, x);
       }
-      _mm512_store_ps(mins, vmin);
-      _mm512_store_ps(maxs, vmax);
-      for (int l = 0; l < 16; ++l) {
-        const GroupParams p = group_parameters(canonical(mins[l]), canonical(maxs[l]), qmax);
-        scales[b * cols + c + static_cast<size_t>(l)] = p.scale;
-        zeros[b * cols + c + static_cast<size_t>(l)] = p.zero;
-        ss[l] = f16_to_f32(p.scale);
-        zs[l] = f16_to_f32(p.zero);
-      }
-      const __m512 s = _mm512_load_ps(ss);
-      const __m512 z = _mm512_load_ps(zs);
+      __m512 s;
+      __m512 z;
+      parameters16(vmin, vmax, qmax, scales + b * cols + c, zeros + b * cols + c, &s, &z);
       for (size_t r = 0; r < group; ++r) {
         const size_t at = top + r * cols;
         store_codes16(quantise16(load16(input, m.dtype, at), s, z, vqmax), spec.bits, codes + at * spec.bits / 8);

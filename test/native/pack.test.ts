@@ -86,6 +86,28 @@ describe('native packer = reference packer, bit for bit', () => {
     }
   });
 
+  it('edge groups (signed zeros, constants, subnormal ranges, the f16 extremes) on the vector and portable paths', () => {
+    const patterns: ((i: number) => number)[] = [
+      () => 0, (i) => (i % 2 === 0 ? 0 : -0), () => -0, () => 0.1, () => -0.1, (i) => 1e-30 * i, (i) => -1e-30 * i,
+      (i) => (i === 0 ? 65504 : -65504), () => 65504, () => -65504, (i) => 1 + i * 2 ** -20, (i) => 2 ** -24 * i,
+      (i) => (i % 3) * 6e-8, (i) => 1000 + i / 1024, (i) => (i === 5 ? 3 : 0), (i) => -i / 31,
+    ];
+    for (const format of PACK_FORMATS) {
+      for (const groupSize of [16, 32, 8, 5]) {
+        const rows = patterns.length;
+        const x = new Float32Array(rows * groupSize);
+        patterns.forEach((f, r) => { for (let i = 0; i < groupSize; i++) x[r * groupSize + i] = f(i); });
+        const along = { format, shape: [rows, groupSize] as [number, number], groupSize };
+        expectSame(native.pack(x, along), reference.pack(x, along), `${format} rows ${groupSize}`);
+        // The same groups down columns: transpose.
+        const t = new Float32Array(x.length);
+        for (let r = 0; r < rows; r++) for (let i = 0; i < groupSize; i++) t[i * rows + r] = x[r * groupSize + i]!;
+        const down = { format, shape: [groupSize, rows] as [number, number], axis: 0 as const, groupSize };
+        expectSame(native.pack(t, down), reference.pack(t, down), `${format} columns ${groupSize}`);
+      }
+    }
+  });
+
   it('the same typed errors', () => {
     const x = new Float32Array(64);
     const bad = new Float32Array(64);
