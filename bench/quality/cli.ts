@@ -8,6 +8,8 @@
  *   npm run bench:quality -- --windows 2 --methods full,streaming --budgets 4
  *   npm run bench:quality -- --define 'sh-sinks=scissorhands:{"policy":{"sinks":4}}' --methods full,sh-sinks
  *   npm run bench:quality -- --options 'scissorhands:{"tracker":{"window":200}}'
+ *   npm run bench:quality -- --storage int4 --no-gates   # every row with 4-bit storage (docs/packing.md): `full` is
+ *                                                         # 4-bit alone, the others 4-bit with each tracker
  *
  * Writes `<out>/<name>.json` (after every group of configurations, so `--resume` can pick up a stopped
  * run), `<name>.md` and `<name>.svg`.
@@ -17,7 +19,7 @@ import { cpus } from 'node:os';
 import { basename, dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import type { BackendName } from '../../src/index.js';
+import type { BackendName, StorageOptions } from '../../src/index.js';
 import { LlamaEngine } from '../../examples/llama/engine.js';
 import { LlamaModel } from '../../examples/llama/model.js';
 import { loadCorpus, type LineEndings } from './corpus.js';
@@ -48,6 +50,8 @@ const { values: args } = parseArgs({
     threads: { type: 'string', default: 'auto' },
     kernel: { type: 'string', default: 'auto' },
     backend: { type: 'string', default: 'auto' },
+    // Storage of every cache: dense (default) or int2/int4/int8 (groups of 32, residual window 32).
+    storage: { type: 'string', default: 'dense' },
     'line-endings': { type: 'string', default: 'lf' },
     gates: { type: 'boolean', default: true },
     'no-gates': { type: 'boolean', default: false },
@@ -129,7 +133,9 @@ const outDir = resolve(args.out);
 // cost), into `<name>.shard-i-of-n.json`; a later run with `--from` those files writes the whole report.
 const shard = args.shard === undefined ? undefined : (/^(\d+)\/(\d+)$/.exec(args.shard) ?? undefined);
 if (args.shard !== undefined && (!shard || Number(shard[1]) >= Number(shard[2]))) throw new Error('--shard is i/n with 0 <= i < n');
-const stem = `${args.name ?? `quality-${modelName}`}${shard ? `.shard-${shard[1]}-of-${shard[2]}` : ''}`;
+if (!['dense', 'int2', 'int4', 'int8'].includes(args.storage)) throw new Error(`--storage is dense, int2, int4 or int8, got ${args.storage}`);
+const storage: StorageOptions = args.storage === 'dense' ? { format: 'dense' } : { format: args.storage as 'int4' };
+const stem = `${args.name ?? `quality-${modelName}${args.storage === 'dense' ? '' : `-${args.storage}`}`}${shard ? `.shard-${shard[1]}-of-${shard[2]}` : ''}`;
 mkdirSync(outDir, { recursive: true });
 const jsonPath = join(outDir, `${stem}.json`);
 const records: Record<string, ConfigRecord> = {};
@@ -234,6 +240,7 @@ try {
     batch,
     parallel,
     backend: args.backend as BackendName,
+    storage,
     onProgress: (n) => bar.update(n),
     onResult: (res) => {
       const c = res.configuration;

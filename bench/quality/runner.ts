@@ -3,7 +3,7 @@
  * attends only to what each cache kept), several configurations decoded in one batch.
  * @module
  */
-import { KVCache, type BackendName } from '../../src/index.js';
+import { KVCache, type BackendName, type StorageOptions } from '../../src/index.js';
 import type { LlamaEngine } from '../../examples/llama/engine.js';
 import type { Configuration } from './methods.js';
 import { Multiplexer } from './multiplex.js';
@@ -30,6 +30,8 @@ export interface RunnerOptions {
   /** Configurations decoded together (rows per step: `parallel * batch`). */
   readonly parallel: number;
   readonly backend: BackendName;
+  /** Storage of every cache (default dense): `{ format: 'int4' }` scores 4-bit storage (docs/packing.md). */
+  readonly storage?: StorageOptions;
   /** Tokens scored so far, after each step. */
   readonly onProgress?: (tokens: number) => void;
   /** Each configuration's result as soon as its group finishes. */
@@ -49,13 +51,20 @@ export function runConfigurations(
 ): ConfigurationResult[] {
   const results: ConfigurationResult[] = [];
   const batch = Math.min(options.batch, windows.length);
+  // Packed storage: groups of 32 channels, or the largest of 16 and 8 that divides the head size.
+  const storage = options.storage === undefined || options.storage.format === 'dense'
+    ? options.storage
+    : { groupSize: [32, 16, 8].find((g) => engine.geometry.headDim % g === 0) ?? 32, ...options.storage };
   let scoredBefore = 0;
   for (let first = 0; first < configurations.length; first += options.parallel) {
     const group = configurations.slice(first, first + options.parallel);
     const start = performance.now();
     const caches = group.map((c) => {
       const { tracker, policy } = c.make();
-      return KVCache.create({ geometry: engine.geometry, maxSequences: batch, tracker, policy, backend: options.backend, dtype: 'f32' });
+      return KVCache.create({
+        geometry: engine.geometry, maxSequences: batch, tracker, policy, backend: options.backend, dtype: 'f32',
+        ...(storage === undefined ? {} : { storage }),
+      });
     });
     try {
       const mux = new Multiplexer(caches);
