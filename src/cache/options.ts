@@ -3,11 +3,11 @@
  * @module
  */
 import { type DType, parseDType } from '../core/dtype.js';
-import { ArgumentError, BudgetError } from '../core/errors.js';
+import { ArgumentError, BackendError, BudgetError } from '../core/errors.js';
 import { type Geometry, checkGeometry, checkInt } from '../core/geometry.js';
 import type { BackendName } from '../backend/select.js';
 import type { BudgetPolicy } from '../policies/policy.js';
-import { type StorageFormat, type StorageOptions, type StoreLayout, resolveStorage } from '../quant/storage.js';
+import { type StorageFormat, type StorageOptions, type StoreLayout, isPacked, resolveStorage } from '../quant/storage.js';
 import type { ImportanceTracker } from '../trackers/tracker.js';
 
 /**
@@ -94,6 +94,9 @@ export function resolveOptions(options: KVCacheOptions, defaultTracker: () => Im
   const storage = resolveStorage(options.storage, geometry.headDim);
   const layout: StoreLayout = { dtype, storage, auxWords: tracker.auxWords };
   const backend = options.backend ?? 'auto';
+  if (isPacked(storage) && backend === 'cuda') {
+    throw new BackendError("packed storage runs on the 'cpu' and 'reference' backends; the cuda backend stores dense keys and values", 'storage');
+  }
   const scale = options.scale ?? 1 / Math.sqrt(geometry.headDim);
   if (typeof scale !== 'number' || !Number.isFinite(scale) || scale <= 0) {
     throw new ArgumentError(`expected a finite positive number, got ${String(scale)}`, 'scale');

@@ -141,6 +141,11 @@ describe('KVCache with packed storage', () => {
     expect(() => KVCache.create({ geometry, policy: fixedBudget({ tokens: 16 }), storage: { format: 'int5' as 'int4' } })).toThrow(/storage.format/);
   });
 
+  it('the cuda backend refuses packed storage (typed error naming storage)', () => {
+    expect(() => KVCache.create({ geometry, policy: fixedBudget({ tokens: 16 }), storage: { format: 'int4' }, backend: 'cuda' }))
+      .toThrow(expect.objectContaining({ code: 'KV_BACKEND', argument: 'storage' }));
+  });
+
   it('NaN, infinite or out-of-range keys and values throw before anything changes', () => {
     using cache = KVCache.create({ geometry, policy: fixedBudget({ tokens: 8, recent: 1 }), dtype: 'f16', storage: { format: 'int4', residual: 0 }, tracker: h2o() });
     const seq = cache.open();
