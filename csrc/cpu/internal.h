@@ -13,10 +13,17 @@ namespace sh::cpu {
 // rounded up to whole 8-float vectors, padding zeroed, so inner loops have no tails.
 inline size_t padded_dim(int32_t head_dim) { return (static_cast<size_t>(head_dim) + 7) & ~static_cast<size_t>(7); }
 
-// Below this, exp(s - max) is taken as exactly 0: such a probability is under 2^-92 of the largest, and
-// keeping it would feed subnormal products into the value sums, which x86 cores run through slow
-// microcode assists.
-constexpr float kExpCutoff = -64.0f;
+// exp(x) rounds to 0 in f32 below this (exp(-104) < 2^-150, half the smallest subnormal). The exp
+// primitives are accurate down to it, subnormals included: the trackers see every probability the
+// reference does (TOVA keeps p itself as the score, H2O sums it), so a token far below the largest still
+// scores above one further below instead of tying with it at 0.
+constexpr float kExpFloor = -104.0f;
+
+// The value sums take weights exp(s - max) below this (about e^-63.8) as 0: such a token's share of the
+// output is under 2^-92 of the largest one's, far below f32 rounding, and keeping it would feed subnormal
+// products into the sums, which x86 cores run through slow microcode assists. Only the outputs ignore
+// them; the trackers see them as they are.
+constexpr float kWeightFloor = 0x1p-92f;
 
 // Rows of keys or values as the attention primitives read them: `stride` elements of `dtype` apart,
 // each with at least padded_dim(head_dim) readable elements.
@@ -35,9 +42,11 @@ struct Primitives {
   // largest of them.
   void (*dots)(Rows k, size_t nt, const float* qs, size_t nq, size_t dp, float scale, float* s, size_t s_stride,
                float* max);
-  // s[j] = exp(s[j] - max) for j < n; returns their sum.
+  // s[j] = exp(s[j] - max) for j < n (to about an ulp, subnormals included; 0 below kExpFloor); returns
+  // their sum.
   float (*exp_sum)(float* s, size_t n, float max);
-  // acc[q * dp + c] += sum over t < nt of p[q * p_stride + t] * (v row t)[c], for q < nq, c < dp.
+  // acc[q * dp + c] += sum over t < nt of w * (v row t)[c], for q < nq, c < dp, where the weight w is
+  // p[q * p_stride + t], or 0 when that is below kWeightFloor (a NaN stays NaN).
   void (*accumulate)(Rows v, size_t nt, const float* p, size_t p_stride, size_t nq, size_t dp, float* acc);
 };
 

@@ -34,11 +34,12 @@ SH_AVX2 SH_INLINE __m256i tail_mask(size_t n) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), lanes);
 }
 
-// exp for x <= 0 (Cephes polynomial, about 1 ulp); exactly 0 below kExpCutoff, keeps NaN.
+// exp for x <= 0 (Cephes polynomial, about 1 ulp), down through the subnormals; exactly 0 below
+// kExpFloor, keeps NaN.
 SH_AVX2 SH_INLINE __m256 exp_nonpositive(__m256 x) {
-  const __m256 underflow = _mm256_cmp_ps(x, _mm256_set1_ps(kExpCutoff), _CMP_LT_OQ);
+  const __m256 underflow = _mm256_cmp_ps(x, _mm256_set1_ps(kExpFloor), _CMP_LT_OQ);
   // Operand order keeps a NaN x (min/max return their second operand on NaN).
-  x = _mm256_max_ps(_mm256_set1_ps(kExpCutoff), _mm256_min_ps(_mm256_set1_ps(0.0f), x));
+  x = _mm256_max_ps(_mm256_set1_ps(kExpFloor), _mm256_min_ps(_mm256_set1_ps(0.0f), x));
   const __m256 n = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
   x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
   x = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), x);
@@ -50,8 +51,20 @@ SH_AVX2 SH_INLINE __m256 exp_nonpositive(__m256 x) {
   y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
   y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), x);
   y = _mm256_add_ps(y, _mm256_set1_ps(1.0f));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_andnot_ps(underflow, _mm256_mul_ps(y, _mm256_castsi256_ps(e)));
+  // y * 2^n. Where that is subnormal (n <= -126, y < 2), its bits are the integer y * 2^(n + 149) rounded
+  // to nearest even, which a conversion gives without any subnormal arithmetic (slow on x86); at most
+  // 2^24 - 1, so a carry into the exponent field still reads as the right normal number.
+  // Each product gets the factor 1 in the other kind's lanes (where its power of 2 is garbage that could
+  // itself make a subnormal); a NaN lane (n NaN) takes the normal path, which keeps it.
+  const __m256i ni = _mm256_cvtps_epi32(n);
+  const __m256 tiny = _mm256_and_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(-125), ni)),
+                                    _mm256_cmp_ps(n, n, _CMP_ORD_Q));
+  const __m256 one = _mm256_set1_ps(1.0f);
+  const __m256 pow2n = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(ni, _mm256_set1_epi32(127)), 23));
+  const __m256 pow2sub = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(ni, _mm256_set1_epi32(127 + 149)), 23));
+  const __m256 normal = _mm256_mul_ps(y, _mm256_blendv_ps(pow2n, one, tiny));
+  const __m256 sub = _mm256_castsi256_ps(_mm256_cvtps_epi32(_mm256_mul_ps(y, _mm256_blendv_ps(one, pow2sub, tiny))));
+  return _mm256_andnot_ps(underflow, _mm256_blendv_ps(normal, sub, tiny));
 }
 
 SH_AVX2 void to_f32(DType dtype, const uint8_t* src, size_t count, size_t head_dim, size_t dp, float* dst) {
@@ -85,6 +98,9 @@ SH_AVX2 void to_f32(DType dtype, const uint8_t* src, size_t count, size_t head_d
 // processed: hardware prefetchers stop at page boundaries, and a burst of requests would stall the core
 // on its fill buffers instead of overlapping with the arithmetic.
 constexpr size_t kPrefetchRows = 16;
+
+// Rows of weights the value loops take at a time (a tile of the attention kernels is at most 512).
+constexpr size_t kStageRows = 512;
 
 SH_AVX2 SH_INLINE void prefetch_span(const uint8_t* p, size_t bytes) {
   for (size_t b = 0; b < bytes; b += 64) _mm_prefetch(reinterpret_cast<const char*>(p + b), _MM_HINT_T0);
@@ -219,16 +235,41 @@ SH_AVX2 SH_INLINE void accumulate_queries(const uint8_t* v, size_t row_bytes, si
   if (c < dp) accumulate_block<DT, GB, 1>(v, row_bytes, nt, p, p_stride, dp, c, next + sweep * share, left(sweep), lines, acc);
 }
 
+// Copies the weights of up to 4 queries for m rows (p[g * p_stride + t]) to w[g * kStageRows + t], those
+// below kWeightFloor as 0 (a NaN stays): the value loops then read them as they are.
+SH_AVX2 SH_INLINE void stage_weights(const float* p, size_t p_stride, size_t queries, size_t m, float* w) {
+  const __m256 floor = _mm256_set1_ps(kWeightFloor);
+  for (size_t g = 0; g < queries; ++g) {
+    size_t t = 0;
+    for (; t + 8 <= m; t += 8) {
+      const __m256 x = _mm256_loadu_ps(p + g * p_stride + t);
+      _mm256_storeu_ps(w + g * kStageRows + t, _mm256_and_ps(x, _mm256_cmp_ps(x, floor, _CMP_NLT_UQ)));
+    }
+    for (; t < m; ++t) {
+      const float x = p[g * p_stride + t];
+      w[g * kStageRows + t] = x < kWeightFloor ? 0.0f : x;
+    }
+  }
+}
+
 template <DType DT>
 SH_AVX2 void accumulate_of(Rows v, size_t nt, const float* p, size_t p_stride, size_t nq, size_t dp, float* acc) {
   const size_t rb = v.stride * bytes_per_element(DT);
-  size_t q = 0;
-  for (; q + 4 <= nq; q += 4) accumulate_queries<DT, 4>(v.data, rb, nt, p + q * p_stride, p_stride, dp, acc + q * dp);
-  switch (nq - q) {
-    case 3: accumulate_queries<DT, 3>(v.data, rb, nt, p + q * p_stride, p_stride, dp, acc + q * dp); break;
-    case 2: accumulate_queries<DT, 2>(v.data, rb, nt, p + q * p_stride, p_stride, dp, acc + q * dp); break;
-    case 1: accumulate_queries<DT, 1>(v.data, rb, nt, p + q * p_stride, p_stride, dp, acc + q * dp); break;
-    default: break;
+  alignas(64) float w[4 * kStageRows];
+  // One stage for a whole tile of the attention kernels (nt <= 512); longer calls go in stages.
+  for (size_t t0 = 0; t0 < nt; t0 += kStageRows) {
+    const size_t m = nt - t0 < kStageRows ? nt - t0 : kStageRows;
+    const uint8_t* rows = v.data + t0 * rb;
+    for (size_t q = 0; q < nq; q += 4) {
+      const size_t queries = nq - q < 4 ? nq - q : 4;
+      stage_weights(p + q * p_stride + t0, p_stride, queries, m, w);
+      switch (queries) {
+        case 4: accumulate_queries<DT, 4>(rows, rb, m, w, kStageRows, dp, acc + q * dp); break;
+        case 3: accumulate_queries<DT, 3>(rows, rb, m, w, kStageRows, dp, acc + q * dp); break;
+        case 2: accumulate_queries<DT, 2>(rows, rb, m, w, kStageRows, dp, acc + q * dp); break;
+        default: accumulate_queries<DT, 1>(rows, rb, m, w, kStageRows, dp, acc + q * dp); break;
+      }
+    }
   }
 }
 

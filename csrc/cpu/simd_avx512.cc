@@ -22,6 +22,9 @@ namespace {
 // Rows this far ahead of the one being dotted are requested from memory (see simd_avx2.cc).
 constexpr size_t kPrefetchRows = 16;
 
+// Rows of weights the value loops take at a time (a tile of the attention kernels is at most 512).
+constexpr size_t kStageRows = 512;
+
 SH_AVX512 SH_INLINE void prefetch_span(const uint8_t* p, size_t bytes) {
   for (size_t b = 0; b < bytes; b += 64) _mm_prefetch(reinterpret_cast<const char*>(p + b), _MM_HINT_T0);
 }
@@ -45,10 +48,11 @@ SH_AVX512 SH_INLINE __m256 hsum8(const __m512* x) {
   return _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
 }
 
-// exp for x <= 0 (the AVX2 kernels' polynomial); exactly 0 below kExpCutoff, keeps NaN.
+// exp for x <= 0 (the AVX2 kernels' polynomial and scaling), down through the subnormals; exactly 0
+// below kExpFloor, keeps NaN.
 SH_AVX512 SH_INLINE __m512 exp_nonpositive(__m512 x) {
-  const __mmask16 underflow = _mm512_cmp_ps_mask(x, _mm512_set1_ps(kExpCutoff), _CMP_LT_OQ);
-  x = _mm512_max_ps(_mm512_set1_ps(kExpCutoff), _mm512_min_ps(_mm512_set1_ps(0.0f), x));
+  const __mmask16 underflow = _mm512_cmp_ps_mask(x, _mm512_set1_ps(kExpFloor), _CMP_LT_OQ);
+  x = _mm512_max_ps(_mm512_set1_ps(kExpFloor), _mm512_min_ps(_mm512_set1_ps(0.0f), x));
   const __m512 n = _mm512_roundscale_ps(_mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(0.5f)),
                                         _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
   x = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
@@ -61,8 +65,15 @@ SH_AVX512 SH_INLINE __m512 exp_nonpositive(__m512 x) {
   y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(5.0000001201e-1f));
   y = _mm512_fmadd_ps(y, _mm512_mul_ps(x, x), x);
   y = _mm512_add_ps(y, _mm512_set1_ps(1.0f));
-  const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-  return _mm512_maskz_mul_ps(static_cast<__mmask16>(~underflow), y, _mm512_castsi512_ps(e));
+  // y * 2^n, subnormal results from an integer conversion (see simd_avx2.cc).
+  // Each product only in its own lanes (masked-off lanes are not computed); a NaN lane takes the normal path.
+  const __m512i ni = _mm512_cvtps_epi32(n);
+  const __mmask16 tiny = _mm512_cmplt_epi32_mask(ni, _mm512_set1_epi32(-125)) & _mm512_cmp_ps_mask(n, n, _CMP_ORD_Q);
+  const __m512 pow2n = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(ni, _mm512_set1_epi32(127)), 23));
+  const __m512 pow2sub = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(ni, _mm512_set1_epi32(127 + 149)), 23));
+  const __m512 normal = _mm512_maskz_mul_ps(static_cast<__mmask16>(~tiny), y, pow2n);
+  const __m512 sub = _mm512_castsi512_ps(_mm512_cvtps_epi32(_mm512_maskz_mul_ps(tiny, y, pow2sub)));
+  return _mm512_maskz_mov_ps(static_cast<__mmask16>(~underflow), _mm512_mask_blend_ps(tiny, normal, sub));
 }
 
 // Sixteen elements of a stored row decoded to f32 (HALF: eight, the upper lanes zero).
@@ -196,16 +207,37 @@ SH_AVX512 SH_INLINE void accumulate_queries(const uint8_t* v, size_t row_bytes, 
   }
 }
 
+// Copies the weights of up to 4 queries for m rows (p[g * p_stride + t]) to w[g * kStageRows + t], those
+// below kWeightFloor as 0 (a NaN stays): the value loops then read them as they are.
+SH_AVX512 SH_INLINE void stage_weights(const float* p, size_t p_stride, size_t queries, size_t m, float* w) {
+  const __m512 floor = _mm512_set1_ps(kWeightFloor);
+  for (size_t g = 0; g < queries; ++g) {
+    for (size_t t = 0; t < m; t += 16) {
+      const __mmask16 lanes = m - t >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (m - t)) - 1);
+      const __m512 x = _mm512_maskz_loadu_ps(lanes, p + g * p_stride + t);
+      _mm512_mask_storeu_ps(w + g * kStageRows + t, lanes, _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, floor, _CMP_NLT_UQ), x));
+    }
+  }
+}
+
 template <DType DT>
 SH_AVX512 void accumulate_of(Rows v, size_t nt, const float* p, size_t p_stride, size_t nq, size_t dp, float* acc) {
   const size_t rb = v.stride * bytes_per_element(DT);
-  size_t q = 0;
-  for (; q + 4 <= nq; q += 4) accumulate_queries<DT, 4>(v.data, rb, nt, p + q * p_stride, p_stride, dp, acc + q * dp);
-  switch (nq - q) {
-    case 3: accumulate_queries<DT, 3>(v.data, rb, nt, p + q * p_stride, p_stride, dp, acc + q * dp); break;
-    case 2: accumulate_queries<DT, 2>(v.data, rb, nt, p + q * p_stride, p_stride, dp, acc + q * dp); break;
-    case 1: accumulate_queries<DT, 1>(v.data, rb, nt, p + q * p_stride, p_stride, dp, acc + q * dp); break;
-    default: break;
+  alignas(64) float w[4 * kStageRows];
+  // One stage for a whole tile of the attention kernels (nt <= 512); longer calls go in stages.
+  for (size_t t0 = 0; t0 < nt; t0 += kStageRows) {
+    const size_t m = nt - t0 < kStageRows ? nt - t0 : kStageRows;
+    const uint8_t* rows = v.data + t0 * rb;
+    for (size_t q = 0; q < nq; q += 4) {
+      const size_t queries = nq - q < 4 ? nq - q : 4;
+      stage_weights(p + q * p_stride + t0, p_stride, queries, m, w);
+      switch (queries) {
+        case 4: accumulate_queries<DT, 4>(rows, rb, m, w, kStageRows, dp, acc + q * dp); break;
+        case 3: accumulate_queries<DT, 3>(rows, rb, m, w, kStageRows, dp, acc + q * dp); break;
+        case 2: accumulate_queries<DT, 2>(rows, rb, m, w, kStageRows, dp, acc + q * dp); break;
+        default: accumulate_queries<DT, 1>(rows, rb, m, w, kStageRows, dp, acc + q * dp); break;
+      }
+    }
   }
 }
 

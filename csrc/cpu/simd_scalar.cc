@@ -46,8 +46,8 @@ void dots(Rows k, size_t nt, const float* qs, size_t nq, size_t dp, float scale,
 float exp_sum(float* s, size_t n, float max) {
   float sum = 0.0f;
   for (size_t j = 0; j < n; ++j) {
-    const float x = s[j] - max;
-    s[j] = x < kExpCutoff ? 0.0f : std::exp(x);
+    // Underflows through the subnormals to 0, as exp does.
+    s[j] = std::exp(s[j] - max);
     sum += s[j];
   }
   return sum;
@@ -58,7 +58,7 @@ void accumulate(Rows v, size_t nt, const float* p, size_t p_stride, size_t nq, s
   for (size_t t = 0; t < nt; ++t) {
     decode_row(v, t, dp, value);
     for (size_t q = 0; q < nq; ++q) {
-      const float w = p[q * p_stride + t];
+      const float w = p[q * p_stride + t] < kWeightFloor ? 0.0f : p[q * p_stride + t];
       float* a = acc + q * dp;
       for (size_t c = 0; c < dp; ++c) a[c] += w * value[c];
     }

@@ -497,6 +497,8 @@ export class KVCacheModel implements Disposable {
       return;
     }
 
+    // What the op may attend over: the tokens kept before it, and the ones it appends (see #compareOutputs).
+    const kept = op.op !== 'append' && this.#oracle !== undefined && this.checks.has('oracle') ? this.#magnitudes(real, seq, layer) : undefined;
     const result = applyOperation(real, op);
     this.#checkUntouched(op, copy);
     const oracleResult = this.#oracle === undefined ? undefined : applyOperation(this.#oracle, oracleOp);
@@ -507,7 +509,7 @@ export class KVCacheModel implements Disposable {
     this.lastOutput = out;
     if (op.out !== undefined && out !== op.out) this.#fail('attention', `${op.op} did not return the out array it was given`);
     this.#checkAttention(real, op, out, plan, seenBefore);
-    if (oracleResult !== undefined) this.#compareOutputs(real, op, out, oracleResult as HostArray);
+    if (oracleResult !== undefined) this.#compareOutputs(real, op, out, oracleResult as HostArray, plan, kept);
   }
 
   /** The chunks the cache goes through, from the policy's answers (mirrors the documented prefill loop). */
@@ -868,33 +870,65 @@ export class KVCacheModel implements Disposable {
     }
   }
 
-  #compareOutputs(real: KVCache, op: Extract<CacheOperation, { op: 'attend' | 'prefill' }>, out: HostArray, expected: HostArray): void {
+  /** The largest |key| and |value| element one (sequence, layer) keeps, over every KV head. */
+  #magnitudes(cache: KVCache, seq: number, layer: number): { keys: number; values: number } {
+    let keys = 0;
+    let values = 0;
+    for (let h = 0; h < this.geometry.kvHeads; h++) {
+      const view = cache.view(seq, layer, h);
+      for (const x of decodeHost(view.keys, this.dtype)) keys = Math.max(keys, Math.abs(x));
+      for (const x of decodeHost(view.values, this.dtype)) values = Math.max(values, Math.abs(x));
+    }
+    return { keys, values };
+  }
+
+  #compareOutputs(
+    real: KVCache, op: Extract<CacheOperation, { op: 'attend' | 'prefill' }>, out: HostArray, expected: HostArray, plan: Plan,
+    keptBefore: { keys: number; values: number } | undefined,
+  ): void {
     if (!this.checks.has('oracle') || this.#oracle === undefined) return;
     const oracle = this.#oracle;
-    const { kvHeads, headDim } = this.geometry;
+    const { queryHeads, kvHeads, headDim } = this.geometry;
     for (let h = 0; h < kvHeads; h++) {
       if (!sameList(real.inspect(op.seq, op.layer, h).positions, oracle.inspect(op.seq, op.layer, h).positions)) return; // reported by verify()
     }
     const same = real.backend === oracle.backend;
+    // Equal kept positions at the end only pin what rows from `plan.settledFrom` on attended over. The
+    // rows of a chunked prefill before its last eviction attended over intermediate sets, chosen by the
+    // tracker between chunks; where float near-ties may be broken differently (tolerated divergence), two
+    // backends can keep different tokens in between and still end up with the same ones (seen with tiny
+    // data: one probability a fraction of an ulp from Scissorhands' 1/n, or TOVA scores an ulp apart). Such
+    // rows are compared too, but a disagreement there is a divergence, recorded like the others.
+    const tolerate = this.#tolerate ?? (!same && this.tracker.input === 'attention');
+    const unsettled = tolerate ? plan.settledFrom * queryHeads * headDim : 0;
     const a = decodeHost(out, this.dtype);
     const b = decodeHost(expected, this.dtype);
+    // The bound scales with the largest key and value attended. A chunked prefill's early rows attended over
+    // tokens that later chunks evicted (say 'large' ones appended before a 'tiny' prompt), so the magnitudes
+    // are taken over what was kept before the op and what it appended, not only over what is kept after it.
     let qMax = 0;
-    let kMax = 0;
-    let vMax = 0;
+    const after = this.#magnitudes(real, op.seq, op.layer);
+    let kMax = Math.max(after.keys, keptBefore?.keys ?? 0);
+    let vMax = Math.max(after.values, keptBefore?.values ?? 0);
     for (const x of decodeHost(op.q, this.dtype)) qMax = Math.max(qMax, Math.abs(x));
-    for (let h = 0; h < kvHeads; h++) {
-      for (const x of decodeHost(real.view(op.seq, op.layer, h).keys, this.dtype)) kMax = Math.max(kMax, Math.abs(x));
-      for (const x of decodeHost(real.view(op.seq, op.layer, h).values, this.dtype)) vMax = Math.max(vMax, Math.abs(x));
-    }
+    for (const x of decodeHost(op.k, this.dtype)) kMax = Math.max(kMax, Math.abs(x));
+    for (const x of decodeHost(op.v, this.dtype)) vMax = Math.max(vMax, Math.abs(x));
     const bound = attentionTolerance(
       { out: new Float64Array(0), probs: new Float64Array(this.capacities[op.layer]!), logitMagnitude: qMax * kMax * Math.sqrt(headDim), valueMagnitude: vMax },
       headDim, out instanceof Float32Array ? 'f32' : this.dtype,
     );
+    let intermediate: string | undefined;
     for (let i = 0; i < a.length; i++) {
       const ok = same ? Object.is(a[i], b[i]) || (a[i] === b[i]) : Math.abs(a[i]! - b[i]!) <= 2 * bound(b[i]!);
-      if (!ok) {
-        this.#fail('oracle', `${describeOperation(op)}: output element ${i} is ${a[i]} on ${real.backend}, ${b[i]} on the ${oracle.backend} oracle`);
-      }
+      if (ok) continue;
+      const message = `${describeOperation(op)}: output element ${i} is ${a[i]} on ${real.backend}, ${b[i]} on the ${oracle.backend} oracle`;
+      if (i >= unsettled) this.#fail('oracle', message);
+      intermediate ??= message;
+    }
+    if (intermediate !== undefined) {
+      this.divergences.push(`after ${this.#log.at(-1) ?? '?'} (step ${this.steps}): ${intermediate} `
+        + `(row before the last eviction of the chunked prefill) [chunked prefill: intermediate kept sets not analysed]`);
+      this.dispose();
     }
   }
 
