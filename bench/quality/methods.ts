@@ -9,7 +9,7 @@ import { policies, trackers, type BudgetPolicy, type ImportanceTracker } from '.
  * An option value: a number, or a string that depends on the budget `B` (tokens kept per head):
  * `"B"`, `"0.5B"` (`floor(0.5 * B)`), `"B/10"` (`floor(B / 10)`).
  */
-export type OptionValue = number | string | boolean;
+export type OptionValue = number | string | boolean | readonly number[];
 
 /** A method: how to build its tracker and policy at any budget. */
 export interface MethodSpec {
@@ -73,7 +73,7 @@ export const BUILTIN_METHODS: readonly MethodSpec[] = [
  * resolveValue('B/2', 409, 2048); // 204
  * ```
  */
-export function resolveValue(value: OptionValue, budget: number, window: number): number | boolean | string {
+export function resolveValue(value: OptionValue, budget: number, window: number): number | boolean | string | readonly number[] {
   if (typeof value !== 'string') return value;
   const s = value.replace(/\s+/g, '');
   if (s === 'B') return budget;

@@ -40,9 +40,9 @@ function marker(kind: (typeof MARKERS)[number], x: number, y: number, color: str
 }
 
 /**
- * Draws the series. The y axis covers the series whose largest value is at most `clipFactor` times the
- * median of the per-series maxima; points above it (e.g. key norm's) are drawn on the top edge as
- * open markers labelled with their value, so that the close methods stay readable.
+ * Draws the series on a logarithmic x axis. The y axis goes up to `clipFactor` (default 1.25) times the
+ * smallest of the per-series maxima, so that the close methods stay readable; points above it (e.g. key
+ * norm's) are drawn on the top edge as open markers, their values listed under the edge.
  * @example
  * ```ts
  * writeFileSync('quality.svg', plotSvg({ title: 'ref-12m', series }));
@@ -61,9 +61,8 @@ export function plotSvg(options: {
   const xs = all.map((p) => p.x);
   const xMin = Math.min(1, ...xs);
   const xMax = Math.max(...xs);
-  const maxima = options.series.map((s) => Math.max(...s.points.map((p) => p.y))).sort((a, b) => a - b);
-  const median = maxima[Math.floor((maxima.length - 1) / 2)] ?? 1;
-  const limit = median * (options.clipFactor ?? 1.6);
+  const maxima = options.series.map((s) => Math.max(...s.points.map((p) => p.y)));
+  const limit = Math.min(...maxima) * (options.clipFactor ?? 1.25);
   const inRange = all.map((p) => p.y).filter((y) => y <= limit);
   const yLo0 = Math.min(...inRange, options.reference ?? Infinity);
   const yHi0 = Math.max(...inRange);
@@ -71,7 +70,7 @@ export function plotSvg(options: {
   const yTicks = niceTicks(yLo0 - pad, yHi0 + pad, 7);
   const yLo = Math.min(yTicks[0]!, yLo0 - pad);
   const yHi = Math.max(yTicks[yTicks.length - 1]!, yHi0 + pad);
-  const X = (x: number): number => m.left + ((x - xMin) / (xMax - xMin || 1)) * plotW;
+  const X = (x: number): number => m.left + (Math.log(x / xMin) / (Math.log(xMax / xMin) || 1)) * plotW;
   const Y = (y: number): number => m.top + (1 - (Math.min(y, yHi) - yLo) / (yHi - yLo || 1)) * plotH;
   const out: string[] = [];
   out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="Helvetica, Arial, sans-serif" font-size="12">`);
@@ -88,15 +87,16 @@ export function plotSvg(options: {
   for (const t of xTicks) {
     out.push(`<line x1="${X(t).toFixed(1)}" x2="${X(t).toFixed(1)}" y1="${m.top}" y2="${m.top + plotH}" stroke="#f0f0f0"/>`);
     out.push(`<line x1="${X(t).toFixed(1)}" x2="${X(t).toFixed(1)}" y1="${m.top + plotH}" y2="${m.top + plotH + 5}" stroke="#333"/>`);
-    out.push(`<text x="${X(t).toFixed(1)}" y="${m.top + plotH + 19}" text-anchor="middle">${t === 1 ? '1 (full)' : `${Number(t.toFixed(2))}x`}</text>`);
+    out.push(`<text x="${X(t).toFixed(1)}" y="${m.top + plotH + 19}" text-anchor="middle">${t === 1 ? 'full' : `${Number(t.toFixed(2))}x`}</text>`);
   }
   out.push(`<rect x="${m.left}" y="${m.top}" width="${plotW}" height="${plotH}" fill="none" stroke="#333"/>`);
-  out.push(`<text x="${m.left + plotW / 2}" y="${height - 14}" text-anchor="middle">${escape(options.xLabel ?? 'compression (context / tokens kept per head)')}</text>`);
+  out.push(`<text x="${m.left + plotW / 2}" y="${height - 14}" text-anchor="middle">${escape(options.xLabel ?? 'compression: context / tokens kept per head (log scale)')}</text>`);
   out.push(`<text transform="translate(18 ${m.top + plotH / 2}) rotate(-90)" text-anchor="middle">${escape(options.yLabel ?? 'perplexity')}</text>`);
   if (options.reference !== undefined) {
     out.push(`<line x1="${m.left}" x2="${m.left + plotW}" y1="${Y(options.reference).toFixed(1)}" y2="${Y(options.reference).toFixed(1)}" stroke="#000" stroke-dasharray="5 4" stroke-width="1"/>`);
   }
-  // Series.
+  // Series; values above the axis are listed under the top edge, one line per series, at their x.
+  const clippedAt = new Map<number, number>();
   options.series.forEach((s, i) => {
     const color = COLORS[i % COLORS.length]!;
     const kind = MARKERS[i % MARKERS.length]!;
@@ -105,8 +105,12 @@ export function plotSvg(options: {
     out.push(`<polyline fill="none" stroke="${color}" stroke-width="${w}" points="${pts.map((p) => `${X(p.x).toFixed(1)},${Y(p.y).toFixed(1)}`).join(' ')}"/>`);
     for (const p of pts) {
       if (p.y > yHi) {
+        const k = clippedAt.get(p.x) ?? 0;
+        clippedAt.set(p.x, k + 1);
+        const anchor = X(p.x) > m.left + plotW - 30 ? 'end' : 'start';
+        const dx = anchor === 'end' ? -6 : 6;
         out.push(`<circle cx="${X(p.x).toFixed(1)}" cy="${Y(p.y).toFixed(1)}" r="4" fill="white" stroke="${color}" stroke-width="1.5"/>`);
-        out.push(`<text x="${(X(p.x) + 6).toFixed(1)}" y="${(Y(p.y) + 14).toFixed(1)}" fill="${color}" font-size="10">${p.y.toFixed(0)}</text>`);
+        out.push(`<text x="${(X(p.x) + dx).toFixed(1)}" y="${(Y(p.y) + 16 + 12 * k).toFixed(1)}" text-anchor="${anchor}" fill="${color}" font-size="10">${p.y.toFixed(0)}</text>`);
       } else {
         out.push(marker(kind, X(p.x), Y(p.y), color, s.highlight ? 4.5 : 3.5));
       }

@@ -190,13 +190,14 @@ export function markdown(r: QualityResults, svgName?: string): string {
  */
 export function plot(r: QualityResults): string {
   const full = r.configs['full'];
-  const budgets = new Set(r.compressions.map((k) => Math.floor(r.window / k)));
+  // x: the nominal compression k of each budget floor(window / k).
+  const factorOf = new Map(r.compressions.map((k) => [Math.floor(r.window / k), k]));
   const series: Series[] = [];
   for (const method of r.methods) {
     if (method === 'full') continue;
     const points = Object.values(r.configs)
-      .filter((c) => c.method === method && budgets.has(c.budget))
-      .map((c) => ({ x: c.compression, y: c.ppl }));
+      .filter((c) => c.method === method && factorOf.has(c.budget))
+      .map((c) => ({ x: factorOf.get(c.budget)!, y: c.ppl }));
     if (points.length === 0) continue;
     if (full) points.push({ x: 1, y: full.ppl });
     series.push({ label: method, points, highlight: method === r.challenger });

@@ -6,6 +6,7 @@ import { Registry } from '../core/registry.js';
 import { byteBudget } from './byte-budget.js';
 import { fixedBudget } from './fixed-budget.js';
 import { fullCache } from './full-cache.js';
+import { layerBudget } from './layer-budget.js';
 import type { BudgetPolicy } from './policy.js';
 import { ratioBudget } from './ratio-budget.js';
 
@@ -21,14 +22,16 @@ export interface PolicyFactories {
   readonly ratioBudget: typeof ratioBudget;
   readonly fullCache: typeof fullCache;
   readonly byteBudget: typeof byteBudget;
+  readonly layerBudget: typeof layerBudget;
 }
 
 /**
- * Budget-policy factories by name: the built-ins (`fixedBudget`, `ratioBudget`, `fullCache`, `byteBudget`) and
+ * Budget-policy factories by name: the built-ins (`fixedBudget`, `ratioBudget`, `fullCache`, `byteBudget`,
+ * `layerBudget`) and
  * whatever is registered. Registered factories must validate their options.
  * @example
  * ```ts
  * const policy = policies.create('fixedBudget', { tokens: 512, recent: 10 });
  * ```
  */
-export const policies: Registry<BudgetPolicy, PolicyFactories> = new Registry('policy', { fixedBudget, ratioBudget, fullCache, byteBudget });
+export const policies: Registry<BudgetPolicy, PolicyFactories> = new Registry('policy', { fixedBudget, ratioBudget, fullCache, byteBudget, layerBudget });
