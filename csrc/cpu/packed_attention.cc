@@ -47,6 +47,9 @@ struct Plan {
   bool simd_values;
   // Both: codes are dequantised in registers inside the dot products and value sums (no f32 tile).
   bool fused;
+  // Fused, and the head size a multiple of the split block (16 * 8 / bits channels): codes are unpacked
+  // a whole 16-byte block at a time, lane l of sub-vector j holding channel l * (8 / bits) + j.
+  bool split;
 };
 
 struct Scratch {
@@ -59,11 +62,14 @@ struct Scratch {
   // The current key run's per-channel scales and zero points, as f32.
   float* run_scales;
   float* run_zeros;
+  // Split order (Plan::split): the queries, and the value sums of packed tokens.
+  float* q_split;
+  float* acc_split;
 };
 
 size_t scratch_floats(const Plan& plan) {
   const size_t queries = plan.block_rows * plan.group;
-  return queries * (2 * plan.dp + plan.s_stride) + 2 * round_up(queries, 16) + plan.tile_tokens * plan.dp + 2 * plan.dp;
+  return queries * (4 * plan.dp + plan.s_stride) + 2 * round_up(queries, 16) + plan.tile_tokens * plan.dp + 2 * plan.dp;
 }
 
 Scratch carve(const Plan& plan, float* base) {
@@ -77,6 +83,8 @@ Scratch carve(const Plan& plan, float* base) {
   sc.tile = sc.s + queries * plan.s_stride;
   sc.run_scales = sc.tile + plan.tile_tokens * plan.dp;
   sc.run_zeros = sc.run_scales + plan.dp;
+  sc.q_split = sc.run_zeros + plan.dp;
+  sc.acc_split = sc.q_split + queries * plan.dp;
   return sc;
 }
 
@@ -233,6 +241,216 @@ SH_AVX512 void key_scores_avx512(uint32_t bits, const uint8_t* codes, size_t cb,
     case 2: return key_scores_of<2>(codes, cb, n, sc, zc, d, qs, nq, dp, scale, s, s_stride, max);
     case 4: return key_scores_of<4>(codes, cb, n, sc, zc, d, qs, nq, dp, scale, s, s_stride, max);
     default: return key_scores_of<8>(codes, cb, n, sc, zc, d, qs, nq, dp, scale, s, s_stride, max);
+  }
+}
+
+// ---- Split order: a 16-byte block of codes (16 * 8 / bits channels of one token) is widened to 16 lanes
+// of bytes at once; sub-vector j (shifted right by j * bits, masked) holds channels l * (8 / bits) + j. The
+// queries, key scales and zero points are laid out in that order beforehand and the value sums come back
+// in it, so that no code is moved between lanes.
+
+void to_split(const float* src, size_t d, size_t r, float* dst) {
+  const size_t k = 16 * r;
+  for (size_t b = 0; b < d; b += k) {
+    for (size_t j = 0; j < r; ++j) {
+      for (size_t l = 0; l < 16; ++l) dst[b + j * 16 + l] = src[b + l * r + j];
+    }
+  }
+}
+
+void add_from_split(const float* src, size_t d, size_t r, float* dst) {
+  const size_t k = 16 * r;
+  for (size_t b = 0; b < d; b += k) {
+    for (size_t j = 0; j < r; ++j) {
+      for (size_t l = 0; l < 16; ++l) dst[b + l * r + j] += src[b + j * 16 + l];
+    }
+  }
+}
+
+template <uint32_t BITS>
+SH_AVX512 SH_INLINE __m512 split_codes(__m512i bytes, int j) {
+  if constexpr (BITS == 8) {
+    return _mm512_cvtepi32_ps(bytes);
+  } else {
+    const __m512i mask = _mm512_set1_epi32((1 << BITS) - 1);
+    return _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(bytes, static_cast<unsigned>(j) * BITS), mask));
+  }
+}
+
+SH_AVX512 SH_INLINE __m256 fold(__m512 v) {
+  return _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+}
+
+// [hsum(x[0]), ..., hsum(x[7])] in hsum's tree (simd_avx512.cc's batched form).
+SH_AVX512 SH_INLINE __m256 hsum8(const __m512* x) {
+  const __m256 a = _mm256_hadd_ps(_mm256_hadd_ps(fold(x[0]), fold(x[1])), _mm256_hadd_ps(fold(x[2]), fold(x[3])));
+  const __m256 b = _mm256_hadd_ps(_mm256_hadd_ps(fold(x[4]), fold(x[5])), _mm256_hadd_ps(fold(x[6]), fold(x[7])));
+  return _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
+}
+
+template <uint32_t BITS, int TB, int GB>
+SH_AVX512 SH_INLINE void key_block_split(const uint8_t* codes, size_t cb, const float* sc, const float* zc, size_t d, const float* qs,
+                                         size_t dp, float scale, float* s, size_t s_stride, float* max) {
+  constexpr int R = 8 / BITS;
+  __m512 acc[TB * GB];
+  for (int i = 0; i < TB * GB; ++i) acc[i] = _mm512_setzero_ps();
+  for (size_t b = 0, o = 0; b < d; b += 16 * R, o += 16) {
+    __m512i bytes[TB];
+    for (int t = 0; t < TB; ++t) {
+      bytes[t] = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + static_cast<size_t>(t) * cb + o)));
+    }
+    for (int j = 0; j < R; ++j) {
+      const size_t c = b + 16 * static_cast<size_t>(j);
+      const __m512 sv = _mm512_loadu_ps(sc + c);
+      const __m512 zv = _mm512_loadu_ps(zc + c);
+      __m512 qv[GB];
+      for (int g = 0; g < GB; ++g) qv[g] = _mm512_loadu_ps(qs + static_cast<size_t>(g) * dp + c);
+      for (int t = 0; t < TB; ++t) {
+        const __m512 x = _mm512_fmadd_ps(split_codes<BITS>(bytes[t], j), sv, zv);
+        for (int g = 0; g < GB; ++g) acc[g * TB + t] = _mm512_fmadd_ps(x, qv[g], acc[g * TB + t]);
+      }
+    }
+  }
+  float sums[TB * GB];
+  int i = 0;
+  for (; i + 8 <= TB * GB; i += 8) _mm256_storeu_ps(sums + i, _mm256_mul_ps(_mm256_set1_ps(scale), hsum8(acc + i)));
+  for (; i < TB * GB; ++i) sums[i] = scale * hsum(acc[i]);
+  for (int g = 0; g < GB; ++g) {
+    for (int t = 0; t < TB; ++t) {
+      const float v = sums[g * TB + t];
+      s[static_cast<size_t>(g) * s_stride + static_cast<size_t>(t)] = v;
+      max[g] = v > max[g] ? v : max[g];
+    }
+  }
+}
+
+template <uint32_t BITS, int GB>
+SH_AVX512 SH_INLINE void key_tokens_split(const uint8_t* codes, size_t cb, size_t n, const float* sc, const float* zc, size_t d,
+                                          const float* qs, size_t dp, float scale, float* s, size_t s_stride, float* max) {
+  size_t t = 0;
+  for (; t + 4 <= n; t += 4) {
+    prefetch_token(codes + (t + kPrefetchTokens) * cb, 4 * cb);
+    key_block_split<BITS, 4, GB>(codes + t * cb, cb, sc, zc, d, qs, dp, scale, s + t, s_stride, max);
+  }
+  for (; t < n; ++t) key_block_split<BITS, 1, GB>(codes + t * cb, cb, sc, zc, d, qs, dp, scale, s + t, s_stride, max);
+}
+
+template <uint32_t BITS>
+SH_AVX512 void key_scores_split_of(const uint8_t* codes, size_t cb, size_t n, const float* sc, const float* zc, size_t d,
+                                   const float* qs, size_t nq, size_t dp, float scale, float* s, size_t s_stride, float* max) {
+  size_t q = 0;
+  for (; q + 4 <= nq; q += 4) key_tokens_split<BITS, 4>(codes, cb, n, sc, zc, d, qs + q * dp, dp, scale, s + q * s_stride, s_stride, max + q);
+  switch (nq - q) {
+    case 3: key_tokens_split<BITS, 3>(codes, cb, n, sc, zc, d, qs + q * dp, dp, scale, s + q * s_stride, s_stride, max + q); break;
+    case 2: key_tokens_split<BITS, 2>(codes, cb, n, sc, zc, d, qs + q * dp, dp, scale, s + q * s_stride, s_stride, max + q); break;
+    case 1: key_tokens_split<BITS, 1>(codes, cb, n, sc, zc, d, qs + q * dp, dp, scale, s + q * s_stride, s_stride, max + q); break;
+    default: break;
+  }
+}
+
+SH_AVX512 void key_scores_split(uint32_t bits, const uint8_t* codes, size_t cb, size_t n, const float* sc, const float* zc, size_t d,
+                                const float* qs, size_t nq, size_t dp, float scale, float* s, size_t s_stride, float* max) {
+  switch (bits) {
+    case 2: return key_scores_split_of<2>(codes, cb, n, sc, zc, d, qs, nq, dp, scale, s, s_stride, max);
+    case 4: return key_scores_split_of<4>(codes, cb, n, sc, zc, d, qs, nq, dp, scale, s, s_stride, max);
+    default: return key_scores_split_of<8>(codes, cb, n, sc, zc, d, qs, nq, dp, scale, s, s_stride, max);
+  }
+}
+
+// Value sums of n tokens into acc (split order), one 16-byte block of channels at a time with its
+// GB x (8 / bits) accumulators in registers. The scales and zero points of a token's block: one value
+// when a group covers the block, else lane l takes group floor(l * (8 / bits) / g) of the block's.
+// Value sums of n tokens into acc (split order), NB 16-byte blocks of channels at a time (from channel b)
+// with their GB x NB x (8 / bits) accumulators in registers. The scales and zero points of a token's
+// block: one value when a group covers the block, else lane l takes group floor(l * (8 / bits) / g) of the
+// block's.
+template <uint32_t BITS, int GB, int NB>
+SH_AVX512 SH_INLINE void value_blocks_split(const uint8_t* codes, size_t cb, const float* ss, const float* zs, size_t groups,
+                                            size_t g_size, bool uniform, __m512i gidx, size_t n, const float* p, size_t p_stride,
+                                            size_t dp, size_t b0, float* acc) {
+  constexpr int R = 8 / BITS;
+  constexpr size_t K = 16 * R;
+  __m512 a[GB][NB * R];
+  for (int g = 0; g < GB; ++g) {
+    for (int i = 0; i < NB * R; ++i) a[g][i] = _mm512_loadu_ps(acc + static_cast<size_t>(g) * dp + b0 + 16 * static_cast<size_t>(i));
+  }
+  for (size_t t = 0; t < n; ++t) {
+    __m512 x[NB * R];
+    for (int nb = 0; nb < NB; ++nb) {
+      const size_t b = b0 + static_cast<size_t>(nb) * K;
+      const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + t * cb + b * BITS / 8)));
+      const size_t at = t * groups + b / g_size;
+      const __m512 sv = uniform ? _mm512_set1_ps(ss[at]) : _mm512_permutexvar_ps(gidx, _mm512_loadu_ps(ss + at));
+      const __m512 zv = uniform ? _mm512_set1_ps(zs[at]) : _mm512_permutexvar_ps(gidx, _mm512_loadu_ps(zs + at));
+      for (int j = 0; j < R; ++j) x[nb * R + j] = _mm512_fmadd_ps(split_codes<BITS>(bytes, j), sv, zv);
+    }
+    for (int g = 0; g < GB; ++g) {
+      const __m512 w = _mm512_set1_ps(p[static_cast<size_t>(g) * p_stride + t]);
+      for (int i = 0; i < NB * R; ++i) a[g][i] = _mm512_fmadd_ps(w, x[i], a[g][i]);
+    }
+  }
+  for (int g = 0; g < GB; ++g) {
+    for (int i = 0; i < NB * R; ++i) _mm512_storeu_ps(acc + static_cast<size_t>(g) * dp + b0 + 16 * static_cast<size_t>(i), a[g][i]);
+  }
+}
+
+template <uint32_t BITS, int GB>
+SH_AVX512 SH_INLINE void value_queries_split(const uint8_t* codes, size_t cb, const float* ss, const float* zs, size_t groups,
+                                             size_t g_size, size_t n, const float* p, size_t p_stride, size_t d, size_t dp, float* acc) {
+  constexpr int R = 8 / BITS;
+  constexpr size_t K = 16 * R;
+  // Blocks per pass: as many as keep GB * NB * R accumulators within 16 registers (each token's weights
+  // are broadcast once per pass).
+  constexpr int NB = GB * R * 2 <= 16 ? 2 : 1;
+  const bool uniform = g_size % K == 0;
+  alignas(64) int32_t lanes[16];
+  for (int l = 0; l < 16; ++l) lanes[l] = static_cast<int32_t>(static_cast<size_t>(l * R) / g_size);
+  const __m512i gidx = _mm512_load_si512(lanes);
+  size_t b = 0;
+  for (; b + NB * K <= d; b += NB * K) value_blocks_split<BITS, GB, NB>(codes, cb, ss, zs, groups, g_size, uniform, gidx, n, p, p_stride, dp, b, acc);
+  for (; b < d; b += K) value_blocks_split<BITS, GB, 1>(codes, cb, ss, zs, groups, g_size, uniform, gidx, n, p, p_stride, dp, b, acc);
+}
+
+template <uint32_t BITS>
+SH_AVX512 void value_accumulate_split_of(const uint8_t* codes, size_t cb, const uint16_t* scales, const uint16_t* zeros, size_t groups,
+                                         size_t g_size, size_t n, const float* p, size_t p_stride, size_t nq, size_t d, size_t dp,
+                                         float* acc) {
+  // n * groups <= (4096 / dp) * (d / g) <= 512, plus 16 floats a block's lanes may read past the end.
+  alignas(64) float ss[kTileFloats / 8 + 16];
+  alignas(64) float zs[kTileFloats / 8 + 16];
+  const size_t count = n * groups;
+  for (size_t b = 0; b < count * 2; b += 64) {
+    _mm_prefetch(reinterpret_cast<const char*>(scales + kPrefetchTokens * groups) + b, _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(zeros + kPrefetchTokens * groups) + b, _MM_HINT_T0);
+  }
+  for (size_t t = 0; t < n; ++t) prefetch_token(codes + (t + kPrefetchTokens) * cb, cb);
+  size_t k = 0;
+  for (; k + 16 <= count; k += 16) {
+    _mm512_store_ps(ss + k, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales + k))));
+    _mm512_store_ps(zs + k, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(zeros + k))));
+  }
+  for (; k < count; ++k) {
+    ss[k] = f16_to_f32(scales[k]);
+    zs[k] = f16_to_f32(zeros[k]);
+  }
+  for (size_t e = count; e < count + 16; ++e) ss[e] = zs[e] = 0.0f;
+  size_t q = 0;
+  for (; q + 4 <= nq; q += 4) value_queries_split<BITS, 4>(codes, cb, ss, zs, groups, g_size, n, p + q * p_stride, p_stride, d, dp, acc + q * dp);
+  switch (nq - q) {
+    case 3: value_queries_split<BITS, 3>(codes, cb, ss, zs, groups, g_size, n, p + q * p_stride, p_stride, d, dp, acc + q * dp); break;
+    case 2: value_queries_split<BITS, 2>(codes, cb, ss, zs, groups, g_size, n, p + q * p_stride, p_stride, d, dp, acc + q * dp); break;
+    case 1: value_queries_split<BITS, 1>(codes, cb, ss, zs, groups, g_size, n, p + q * p_stride, p_stride, d, dp, acc + q * dp); break;
+    default: break;
+  }
+}
+
+SH_AVX512 void value_accumulate_split(uint32_t bits, const uint8_t* codes, size_t cb, const uint16_t* scales, const uint16_t* zeros,
+                                      size_t groups, size_t g_size, size_t n, const float* p, size_t p_stride, size_t nq, size_t d,
+                                      size_t dp, float* acc) {
+  switch (bits) {
+    case 2: return value_accumulate_split_of<2>(codes, cb, scales, zeros, groups, g_size, n, p, p_stride, nq, d, dp, acc);
+    case 4: return value_accumulate_split_of<4>(codes, cb, scales, zeros, groups, g_size, n, p, p_stride, nq, d, dp, acc);
+    default: return value_accumulate_split_of<8>(codes, cb, scales, zeros, groups, g_size, n, p, p_stride, nq, d, dp, acc);
   }
 }
 
@@ -414,11 +632,23 @@ void tile_scores(const Plan& plan, const Scratch& sc, int32_t head, size_t t0, s
       cursor->start = cursor->end;
       cursor->end += static_cast<size_t>(view.run_lengths[view.run_base(i) + static_cast<size_t>(cursor->run)]);
       const size_t entry = (view.run_base(i) + static_cast<size_t>(cursor->run)) * d;
-      run_parameters_avx512(view.key_scales + entry, view.key_zeros + entry, d, sc.run_scales, sc.run_zeros);
+      if (plan.split) {
+        // Natural order into the tile's room (unused by packed keys), then split order.
+        run_parameters_avx512(view.key_scales + entry, view.key_zeros + entry, d, sc.tile, sc.tile + plan.dp);
+        to_split(sc.tile, d, 8 / view.bits, sc.run_scales);
+        to_split(sc.tile + plan.dp, d, 8 / view.bits, sc.run_zeros);
+      } else {
+        run_parameters_avx512(view.key_scales + entry, view.key_zeros + entry, d, sc.run_scales, sc.run_zeros);
+      }
     }
     const size_t n = std::min(stop, cursor->end) - t;
-    key_scores_avx512(view.bits, view.key_codes + (pb + t) * cb, cb, n, sc.run_scales, sc.run_zeros, d, sc.q, queries, plan.dp,
-                      plan.args->scale, sc.s + t, plan.s_stride, sc.max);
+    if (plan.split) {
+      key_scores_split(view.bits, view.key_codes + (pb + t) * cb, cb, n, sc.run_scales, sc.run_zeros, d, sc.q_split, queries, plan.dp,
+                       plan.args->scale, sc.s + t, plan.s_stride, sc.max);
+    } else {
+      key_scores_avx512(view.bits, view.key_codes + (pb + t) * cb, cb, n, sc.run_scales, sc.run_zeros, d, sc.q, queries, plan.dp,
+                        plan.args->scale, sc.s + t, plan.s_stride, sc.max);
+    }
     t += n;
   }
   if (t < end) {
@@ -438,9 +668,15 @@ void tile_values(const Plan& plan, const Scratch& sc, int32_t head, size_t t0, s
   if (t0 < stop) {
     const size_t groups = view.value_groups();
     const size_t at = view.packed_base(i) + t0;
-    value_accumulate_avx512(view.bits, view.value_codes + at * view.code_bytes(), view.code_bytes(), view.value_scales + at * groups,
-                            view.value_zeros + at * groups, groups, static_cast<size_t>(view.group_size), stop - t0, sc.s + t0,
-                            plan.s_stride, queries, d, plan.dp, sc.acc);
+    if (plan.split) {
+      value_accumulate_split(view.bits, view.value_codes + at * view.code_bytes(), view.code_bytes(), view.value_scales + at * groups,
+                             view.value_zeros + at * groups, groups, static_cast<size_t>(view.group_size), stop - t0, sc.s + t0,
+                             plan.s_stride, queries, d, plan.dp, sc.acc_split);
+    } else {
+      value_accumulate_avx512(view.bits, view.value_codes + at * view.code_bytes(), view.code_bytes(), view.value_scales + at * groups,
+                              view.value_zeros + at * groups, groups, static_cast<size_t>(view.group_size), stop - t0, sc.s + t0,
+                              plan.s_stride, queries, d, plan.dp, sc.acc);
+    }
   }
   const size_t t = std::max(t0, stop);
   if (t < end) {
@@ -507,6 +743,9 @@ void attend_head(const Plan& plan, const Scratch& sc, int32_t head) {
     };
 
     load_queries(plan, head, b0, b1, sc.q);
+    if (plan.split) {
+      for (size_t q = 0; q < queries; ++q) to_split(sc.q + q * dp, static_cast<size_t>(view.head_dim), 8 / plan.view->bits, sc.q_split + q * dp);
+    }
     std::fill(sc.max, sc.max + queries, -std::numeric_limits<float>::infinity());
     RunCursor cursor{-1, 0, 0};
     for (size_t t0 = 0; t0 < n_max; t0 += plan.tile_tokens) {
@@ -529,6 +768,7 @@ void attend_head(const Plan& plan, const Scratch& sc, int32_t head) {
       std::fill(row + n, row + n_max, 0.0f);
     }
     std::fill(sc.acc, sc.acc + queries * dp, 0.0f);
+    if (plan.split) std::fill(sc.acc_split, sc.acc_split + queries * dp, 0.0f);
     for (size_t t0 = 0; t0 < n_max; t0 += plan.tile_tokens) {
       const size_t nt = std::min(plan.tile_tokens, n_max - t0);
       if (plan.fused) {
@@ -536,6 +776,9 @@ void attend_head(const Plan& plan, const Scratch& sc, int32_t head) {
       } else {
         prims.accumulate(tile_rows(plan, sc, head, t0, nt, nullptr), nt, sc.s + t0, plan.s_stride, queries, dp, sc.acc);
       }
+    }
+    if (plan.split) {
+      for (size_t q = 0; q < queries; ++q) add_from_split(sc.acc_split + q * dp, static_cast<size_t>(view.head_dim), 8 / plan.view->bits, sc.acc + q * dp);
     }
     store_outputs(plan, head, b0, b1, sc.acc, sc.inv);
 
@@ -599,6 +842,7 @@ Status packed_attend(Context& ctx, const PackedView& pv, const AttentionArgs& ar
   plan.simd_keys = simd && view.head_dim % 16 == 0;
   plan.simd_values = simd && pv.group_size % 16 == 0;
   plan.fused = plan.simd_keys && plan.simd_values;
+  plan.split = plan.fused && view.head_dim % static_cast<int32_t>(16 * 8 / pv.bits) == 0;
 
   size_t longest = 0;
   size_t packed_total = 0;
