@@ -38,7 +38,7 @@ describe('tracker and policy registries', () => {
   it('list the built-ins under the names of what they make', () => {
     expect(trackers.names()).toEqual(['scissorhands', 'h2o', 'tova', 'streamingLLM', 'keyNorm', 'random']);
     for (const name of trackers.names()) expect(trackers.create(name).name).toBe(name);
-    expect(policies.names()).toEqual(['fixedBudget', 'ratioBudget', 'fullCache', 'byteBudget']);
+    expect(policies.names()).toEqual(['fixedBudget', 'ratioBudget', 'fullCache', 'byteBudget', 'layerBudget']);
     expect(policies.create('fixedBudget', { tokens: 64 }).name).toBe('fixedBudget');
     expect(policies.create('ratioBudget', { ratio: 0.5, maxTokens: 64 }).name).toBe('ratioBudget');
     expect(policies.create('fullCache', { maxTokens: 64 }).name).toBe('fullCache');
