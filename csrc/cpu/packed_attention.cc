@@ -267,13 +267,28 @@ void add_from_split(const float* src, size_t d, size_t r, float* dst) {
   }
 }
 
+// Sub-vector j of a widened block as lanes of byte values (the low bits hold the code).
+template <uint32_t BITS>
+SH_AVX512 SH_INLINE __m512i split_lanes(__m512i bytes, int j) {
+  return j == 0 ? bytes : _mm512_srli_epi32(bytes, static_cast<unsigned>(j) * BITS);
+}
+
+// Code values 0 .. 15 as floats, indexed by the low 4 bits of a lane: for 2-bit codes the bits above the
+// code are those of the next one, so entry v holds v & 3.
+template <uint32_t BITS>
+SH_AVX512 SH_INLINE __m512 code_table() {
+  if constexpr (BITS == 2) return _mm512_set_ps(3, 2, 1, 0, 3, 2, 1, 0, 3, 2, 1, 0, 3, 2, 1, 0);
+  return _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+}
+
+// The codes of sub-vector j as floats: a 16-entry table lookup for 2- and 4-bit codes (the lookup reads the
+// low 4 bits of each lane, so no mask), a conversion for 8-bit ones.
 template <uint32_t BITS>
 SH_AVX512 SH_INLINE __m512 split_codes(__m512i bytes, int j) {
   if constexpr (BITS == 8) {
     return _mm512_cvtepi32_ps(bytes);
   } else {
-    const __m512i mask = _mm512_set1_epi32((1 << BITS) - 1);
-    return _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(bytes, static_cast<unsigned>(j) * BITS), mask));
+    return _mm512_permutexvar_ps(split_lanes<BITS>(bytes, j), code_table<BITS>());
   }
 }
 
@@ -380,9 +395,15 @@ SH_AVX512 SH_INLINE void value_blocks_split(const uint8_t* codes, size_t cb, con
       const size_t b = b0 + static_cast<size_t>(nb) * K;
       const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + t * cb + b * BITS / 8)));
       const size_t at = t * groups + b / g_size;
-      const __m512 sv = uniform ? _mm512_set1_ps(ss[at]) : _mm512_permutexvar_ps(gidx, _mm512_loadu_ps(ss + at));
-      const __m512 zv = uniform ? _mm512_set1_ps(zs[at]) : _mm512_permutexvar_ps(gidx, _mm512_loadu_ps(zs + at));
-      for (int j = 0; j < R; ++j) x[nb * R + j] = _mm512_fmadd_ps(split_codes<BITS>(bytes, j), sv, zv);
+      if (BITS < 8 && uniform) {
+        // One group covers the block: the 16 values a code can stand for, looked up by code.
+        const __m512 table = _mm512_fmadd_ps(code_table<BITS>(), _mm512_set1_ps(ss[at]), _mm512_set1_ps(zs[at]));
+        for (int j = 0; j < R; ++j) x[nb * R + j] = _mm512_permutexvar_ps(split_lanes<BITS>(bytes, j), table);
+      } else {
+        const __m512 sv = uniform ? _mm512_set1_ps(ss[at]) : _mm512_permutexvar_ps(gidx, _mm512_loadu_ps(ss + at));
+        const __m512 zv = uniform ? _mm512_set1_ps(zs[at]) : _mm512_permutexvar_ps(gidx, _mm512_loadu_ps(zs + at));
+        for (int j = 0; j < R; ++j) x[nb * R + j] = _mm512_fmadd_ps(split_codes<BITS>(bytes, j), sv, zv);
+      }
     }
     for (int g = 0; g < GB; ++g) {
       const __m512 w = _mm512_set1_ps(p[static_cast<size_t>(g) * p_stride + t]);
