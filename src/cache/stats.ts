@@ -63,9 +63,12 @@ export interface CacheStats {
   readonly peakBytesUsed: number;
   /** Largest `tokensKept` since creation. */
   readonly peakTokensKept: number;
-  /** Bytes a full cache of the same dtype would need for every token seen (keys and values only). */
+  /** Bytes a full dense cache of the same dtype would need for every token seen (keys and values only). */
   readonly bytesFull: number;
-  /** Bytes of keys and values per kept token and KV head. */
+  /**
+   * Bytes of keys and values per token and KV head in the element type (a dense token; with packed
+   * storage, residual-window tokens cost this and packed ones less: see {@link CacheStats.bytesKV}).
+   */
   readonly bytesPerToken: number;
   /** Token-head entries kept, over layers, heads and open sequences. */
   readonly tokensKept: number;
