@@ -2,18 +2,18 @@
  * Calibration of per-layer budgets (`layerBudget` + `allocateLayerBudgets`): how much each layer alone
  * loses when it keeps only the most recent tokens, on text the benchmark does not evaluate.
  *
- *   npx tsx bench/quality/calibrate.ts                                 # ref-12m: WikiText-2 windows 16-19
+ *   npx tsx bench/quality/calibrate.ts                                 # ref-12m: WikiText-2 windows 16-23
  *   npx tsx bench/quality/calibrate.ts --model models/stories260K   # stories260K: text it samples itself
  *
- * For every layer `l` and every grid budget `b` (default `L/32, L/16, L/8, L/4, L/2` of the context `L`),
+ * For every layer `l` and every grid budget `b` (default `L/32, L/16, L/8, L/4, L/2, 3L/4` of the context `L`),
  * the model scores the calibration windows with layer `l` keeping `b` tokens (StreamingLLM eviction: 4 sinks,
  * the most recent rest) and every other layer keeping everything; the layer's loss at `b` is the mean
  * increase of NLL over the full cache, in nats. `allocateLayerBudgets` then splits `layers x B` tokens for
  * each benchmark budget `B`. Writes `bench/results/calibration-<model>.json`, which `bench:quality` reads
  * for the `layerBudget` method. Options: `--text FILE`, `--skip K` (first calibration window, default 16:
- * after the windows the benchmark evaluates), `--windows N` (default 4), `--source text|sample` (sample:
+ * after the windows the benchmark evaluates), `--windows N` (default 8), `--source text|sample` (sample:
  * `N` windows sampled from the model itself at temperature 1, seed `--seed`, starting from BOS),
- * `--grid 32,16,8,4,2` (budgets `L/k`), `--budgets 2,3,4,5,10`, `--shard i/n` and `--from FILE` (as in
+ * `--grid 32,16,8,4,2,1.3333` (budgets `floor(L/k)`), `--budgets 2,3,4,5,10`, `--shard i/n` and `--from FILE` (as in
  * bench:quality), `--threads`, `--out`.
  */
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -130,9 +130,9 @@ async function main(): Promise<void> {
       text: { type: 'string' },
       source: { type: 'string' },
       skip: { type: 'string', default: '16' },
-      windows: { type: 'string', default: '4' },
+      windows: { type: 'string', default: '8' },
       seed: { type: 'string', default: '0' },
-      grid: { type: 'string', default: '32,16,8,4,2' },
+      grid: { type: 'string', default: '32,16,8,4,2,1.3333' },
       budgets: { type: 'string', default: '2,3,4,5,10' },
       sinks: { type: 'string', default: '4' },
       recent: { type: 'string', default: '1' },

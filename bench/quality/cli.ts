@@ -24,7 +24,8 @@ import { LlamaEngine } from '../../examples/llama/engine.js';
 import { LlamaModel } from '../../examples/llama/model.js';
 import { loadCorpus, type LineEndings } from './corpus.js';
 import { evaluateGates, folderName, loadReferences, neededConfigurations } from './gates.js';
-import { BUILTIN_METHODS, configure, derive, type Configuration, type MethodSpec } from './methods.js';
+import { layerTokens, type Calibration } from './calibrate.js';
+import { BUILTIN_METHODS, configure, derive, layerBudgetMethod, type Configuration, type MethodSpec } from './methods.js';
 import { Progress } from './progress.js';
 import { compare, markdown, plot, record, type ConfigRecord, type QualityResults } from './report.js';
 import { runConfigurations } from './runner.js';
@@ -58,6 +59,7 @@ const { values: args } = parseArgs({
     strict: { type: 'boolean', default: false },
     'no-extra': { type: 'boolean', default: false },
     resume: { type: 'boolean', default: false },
+    calibration: { type: 'string' },
     from: { type: 'string', multiple: true, default: [] },
     shard: { type: 'string' },
     out: { type: 'string', default: join(root, 'bench/results') },
@@ -70,8 +72,16 @@ if (args.help) {
   process.exit(0);
 }
 
-// Methods: the built-ins, variants (--define) and changed options (--options).
+// Methods: the built-ins, the SDK's layerBudget when a calibration of this model exists, variants
+// (--define) and changed options (--options).
 let methods: MethodSpec[] = [...BUILTIN_METHODS];
+const calibrationFile = args.calibration ?? join(root, 'bench/results', `calibration-${folderName(resolve(args.model))}.json`);
+if (existsSync(calibrationFile)) {
+  const calibration = JSON.parse(readFileSync(calibrationFile, 'utf8')) as Calibration;
+  methods.push(layerBudgetMethod((b) => layerTokens(calibration, b), `${calibration.model}, ${calibration.source}`));
+} else if (args.calibration) {
+  throw new Error(`${args.calibration} does not exist`);
+}
 for (const d of args.define) {
   const spec = derive(methods, d);
   methods = [...methods.filter((m) => m.name !== spec.name), spec];
@@ -139,6 +149,7 @@ const stem = `${args.name ?? `quality-${modelName}${args.storage === 'dense' ? '
 mkdirSync(outDir, { recursive: true });
 const jsonPath = join(outDir, `${stem}.json`);
 const records: Record<string, ConfigRecord> = {};
+const sources: string[] = [];
 const sameRun = (r: QualityResults): boolean =>
   r.text.sha256 === corpus.sha256 && r.window === window && r.windows === windowCount && r.text.lineEndings === lineEndings && r.model.name === modelName;
 // --resume reuses this run's own file; --from reuses other runs' files (e.g. shards run in parallel).
@@ -149,6 +160,7 @@ for (const file of [...(args.resume && existsSync(jsonPath) ? [jsonPath] : []), 
     continue;
   }
   let reused = 0;
+  sources.push(...(previous.sources ?? []), previous.command);
   for (const c of Object.values(previous.configs)) {
     const now = wanted.find((w) => w.id === c.id);
     if (!records[c.id] && now && JSON.stringify(now.trackerOptions) === JSON.stringify(c.trackerOptions)
@@ -182,8 +194,9 @@ const threads = args.threads === 'auto' ? 'auto' : (Number(args.threads) as 1 | 
 const model = await LlamaModel.load(modelDir, { maxRows: parallel * batch, threads, kernel: args.kernel as 'simd' | 'js' | 'auto' });
 const engine = new LlamaEngine(model);
 
-const peers = (args.peers?.split(',') ?? chosen.filter((m) => m !== 'full' && m !== args.challenger && BUILTIN_METHODS.some((b) => b.name === m)))
-  .filter((m) => m !== args.challenger);
+const challenger = args.challenger ?? (chosen.includes('layerBudget') ? 'layerBudget' : undefined);
+const peers = (args.peers?.split(',') ?? chosen.filter((m) => m !== 'full' && m !== challenger && BUILTIN_METHODS.some((b) => b.name === m)))
+  .filter((m) => m !== challenger);
 const command = `npm run bench:quality -- ${process.argv.slice(2).map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, `'\\''`)}'`)).join(' ')}`.trim();
 
 function results(): QualityResults {
@@ -199,6 +212,7 @@ function results(): QualityResults {
     schema: 1,
     title: `${modelName} on ${basename(textFile)}`,
     command,
+    ...(sources.length ? { sources: [...new Set(sources)].filter((c) => c !== command) } : {}),
     date: new Date().toISOString(),
     environment: {
       node: process.version, cpus: cpus().length, cpu: cpus()[0]?.model ?? '?', kernel: model.kernelName, threads: model.threads,
@@ -213,10 +227,10 @@ function results(): QualityResults {
     windows: windowCount,
     compressions,
     methods: methodsInRun,
-    ...(args.challenger ? { challenger: args.challenger } : {}),
+    ...(challenger ? { challenger } : {}),
     peers,
     configs,
-    comparisons: args.challenger ? compare(configs, args.challenger, peers, compressions.map(budgetOf)) : [],
+    comparisons: challenger ? compare(configs, challenger, peers, compressions.map(budgetOf)) : [],
     gates: gatesOn ? evaluateGates(refs, context, perWindow) : [],
   };
 }

@@ -23,6 +23,8 @@ export interface MethodSpec {
   /** Registry name of the policy (`policies`); `fullCache` for the uncompressed baseline. */
   readonly policy: string;
   readonly policyOptions: Readonly<Record<string, OptionValue>>;
+  /** Policy options that depend on the budget in ways a string cannot say (e.g. calibrated per-layer budgets). */
+  readonly policyOptionsAt?: (budget: number) => Record<string, OptionValue>;
 }
 
 /**
@@ -64,6 +66,27 @@ export const BUILTIN_METHODS: readonly MethodSpec[] = [
     tracker: 'random', trackerOptions: { seed: 0 }, policy: 'fixedBudget', policyOptions: { tokens: 'B', recent: 1 },
   },
 ];
+
+/**
+ * The SDK's own method: StreamingLLM eviction (4 sinks, the most recent rest) under `layerBudget`, whose
+ * per-layer budgets (`layers x B` tokens in all, the memory of `fixedBudget({ tokens: B })`) come from a
+ * calibration (`calibrate.ts`, `allocateLayerBudgets`): `tokensAt(B)` gives them.
+ * @example
+ * ```ts
+ * const m = layerBudgetMethod((b) => layerTokens(calibration, b), 'ref-12m, WikiText-2 windows 16-19');
+ * ```
+ */
+export function layerBudgetMethod(tokensAt: (budget: number) => number[], calibratedOn: string): MethodSpec {
+  return {
+    name: 'layerBudget',
+    description: `StreamingLLM eviction with per-layer budgets calibrated on ${calibratedOn}`,
+    tracker: 'streamingLLM',
+    trackerOptions: {},
+    policy: 'layerBudget',
+    policyOptions: { sinks: 4, recent: 1 },
+    policyOptionsAt: (budget) => ({ tokens: tokensAt(budget) }),
+  };
+}
 
 /**
  * Resolves a budget-dependent option value: numbers stay; `"B"`, `"xB"`, `"B/x"` use the budget `B`,
@@ -115,7 +138,7 @@ export function configure(method: MethodSpec, budget: number, window: number): C
   const isFull = method.policy === 'fullCache';
   const b = isFull ? window : budget;
   const trackerOptions = resolveAll(method.trackerOptions, b, window);
-  const policyOptions = resolveAll(method.policyOptions, b, window);
+  const policyOptions = { ...resolveAll(method.policyOptions, b, window), ...method.policyOptionsAt?.(b) };
   return {
     id: isFull ? method.name : `${method.name}@${b}`,
     method,
@@ -157,5 +180,6 @@ export function derive(methods: readonly MethodSpec[], text: string): MethodSpec
     trackerOptions: { ...(change.trackerName ? {} : base.trackerOptions), ...change.tracker },
     policy: change.policyName ?? base.policy,
     policyOptions: { ...(change.policyName ? { tokens: 'B' } : base.policyOptions), ...change.policy },
+    ...(base.policyOptionsAt && !change.policyName ? { policyOptionsAt: base.policyOptionsAt } : {}),
   };
 }

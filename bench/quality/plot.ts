@@ -110,7 +110,7 @@ export function plotSvg(options: {
         const anchor = X(p.x) > m.left + plotW - 30 ? 'end' : 'start';
         const dx = anchor === 'end' ? -6 : 6;
         out.push(`<circle cx="${X(p.x).toFixed(1)}" cy="${Y(p.y).toFixed(1)}" r="4" fill="white" stroke="${color}" stroke-width="1.5"/>`);
-        out.push(`<text x="${(X(p.x) + dx).toFixed(1)}" y="${(Y(p.y) + 16 + 12 * k).toFixed(1)}" text-anchor="${anchor}" fill="${color}" font-size="10">${p.y.toFixed(0)}</text>`);
+        out.push(`<text x="${(X(p.x) + dx).toFixed(1)}" y="${(Y(p.y) + 16 + 12 * k).toFixed(1)}" text-anchor="${anchor}" fill="${color}" font-size="10">${p.y >= 100 ? p.y.toFixed(0) : p.y.toPrecision(3)}</text>`);
       } else {
         out.push(marker(kind, X(p.x), Y(p.y), color, s.highlight ? 4.5 : 3.5));
       }

@@ -47,6 +47,8 @@ export interface QualityResults {
   readonly schema: 1;
   readonly title: string;
   readonly command: string;
+  /** Commands of the runs whose configurations this one reused (`--from`, `--resume`). */
+  readonly sources?: string[];
   readonly date: string;
   readonly environment: Record<string, string | number>;
   readonly model: { readonly dir: string; readonly name: string; readonly parameters: number };
@@ -123,7 +125,8 @@ export function markdown(r: QualityResults, svgName?: string): string {
   lines.push(`${r.windows} windows of ${r.window} tokens (${(r.windows * r.window).toLocaleString('en-US')} predictions per configuration), teacher-forced token by token with real eviction through \`KVCache\` (f32, backend \`${full?.backend ?? configs[0]?.backend ?? '?'}\`). `
     + `Perplexity = exp(mean NLL); in brackets, the paired difference from the full cache in % perplexity with its 95% t-interval over windows. `
     + `Protocol: [docs/quality-protocol.md](../../docs/quality-protocol.md). Generated ${r.date.slice(0, 10)} by:`, '');
-  lines.push('```', r.command, '```', '');
+  lines.push('```', ...(r.sources ?? []), r.command, '```', '');
+  if (r.sources?.length) lines.push(`(The first ${r.sources.length === 1 ? 'command' : `${r.sources.length} commands`} ran the configurations; the last one merged them and wrote this report.)`, '');
   if (svgName) lines.push(`![perplexity against compression](${svgName})`, '');
   const header = ['method', ...budgets.map((b) => `${Number((r.window / b).toFixed(2))}x (${b})`)];
   lines.push(`| ${header.join(' | ')} |`, `|${header.map((_, i) => (i === 0 ? '---' : '---:')).join('|')}|`);
