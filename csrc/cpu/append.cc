@@ -32,7 +32,7 @@ Status append(const LayerView& view, int32_t seq, HostSpan k, HostSpan v, int32_
   }
   if (!lengths_valid(view, seq, 0)) return Status::Argument;
   for (int32_t h = 0; h < view.kv_heads; ++h) {
-    if (kept(view, seq, h) > view.capacity - count) return Status::Budget;
+    if (kept(view, seq, h) > view.head_capacity(seq, h) - count) return Status::Budget;
   }
 
   if (view.head_dim > kMaxHeadDim) return Status::Argument;
@@ -47,7 +47,7 @@ Status append(const LayerView& view, int32_t seq, HostSpan k, HostSpan v, int32_
   for (int32_t h = 0; h < view.kv_heads; ++h) {
     // Read once: the bound checked below is the one every write of this head relies on.
     const int32_t length = kept(view, seq, h);
-    if (length > view.capacity - count) return Status::Budget;
+    if (length > view.head_capacity(seq, h) - count) return Status::Budget;
     for (int32_t i = 0; i < count; ++i) {
       const int32_t slot = length + i;
       const int32_t position = first_position + i;

@@ -58,17 +58,21 @@ int32_t compact(const LayerView& view, int32_t seq, int32_t head, int32_t length
 
 }  // namespace
 
-Status evict(Context& ctx, const LayerView& view, int32_t seq, int32_t count, int32_t sinks, int32_t recent,
+Status evict(Context& ctx, const LayerView& view, int32_t seq, const int32_t* counts, int32_t sinks, int32_t recent,
              EvictScope scope) {
-  if (seq < 0 || seq >= view.max_sequences || count < 0 || sinks < 0 || recent < 0) return Status::Argument;
+  if (seq < 0 || seq >= view.max_sequences || sinks < 0 || recent < 0) return Status::Argument;
   if (!lengths_valid(view, seq, 0)) return Status::Argument;
   const size_t heads = static_cast<size_t>(view.kv_heads);
   int32_t* lengths = view.lengths + static_cast<size_t>(seq) * heads;
+  bool any = false;
   for (size_t h = 0; h < heads; ++h) {
+    const int32_t count = counts[h];
+    if (count < 0) return Status::Argument;
     if (count > 0 && count > static_cast<int64_t>(lengths[h]) - recent - sinks) return Status::Budget;
-    if (scope == EvictScope::Layer && lengths[h] != lengths[0]) return Status::Argument;
+    if (scope == EvictScope::Layer && (lengths[h] != lengths[0] || count != counts[0])) return Status::Argument;
+    any = any || count > 0;
   }
-  if (count == 0) return Status::Ok;
+  if (!any) return Status::Ok;
 
   // Scratch: candidate order (u32), per-slot drop flags (bytes), and the layer's mean scores.
   const size_t cap = static_cast<size_t>(view.capacity);
@@ -81,6 +85,7 @@ Status evict(Context& ctx, const LayerView& view, int32_t seq, int32_t count, in
   if (scope == EvictScope::Layer) {
     // Read once: every head is compacted with this length.
     const int32_t length = kept(view, seq, 0);
+    const int32_t count = counts[0];
     if (count > static_cast<int64_t>(length) - recent - sinks) return Status::Budget;
     for (int32_t j = sinks; j < length - recent; ++j) {
       float acc = 0.0f;
@@ -94,6 +99,8 @@ Status evict(Context& ctx, const LayerView& view, int32_t seq, int32_t count, in
   }
   for (size_t h = 0; h < heads; ++h) {
     const int32_t length = kept(view, seq, static_cast<int32_t>(h));
+    const int32_t count = counts[h];
+    if (count == 0) continue;
     if (count > static_cast<int64_t>(length) - recent - sinks) return Status::Budget;
     std::memset(dropped, 0, static_cast<size_t>(length));
     choose_lowest(view.scores + view.head_base(seq, static_cast<int32_t>(h)), sinks, length - recent, count, order, dropped);

@@ -74,18 +74,19 @@ inline uint32_t tracker_aux_words(const TrackerSpec& tracker) {
   return tracker.kind == TrackerKind::Scissorhands ? (tracker.window + 31) / 32 : 0;
 }
 
-// Tokens kept by (seq, head), clamped into [0, capacity] so that a store mutated under our feet can
-// never index out of bounds (callers have checked the value already).
+// Tokens kept by (seq, head), clamped into [0, the head's capacity] so that a store mutated under our
+// feet can never index out of bounds (callers have checked the value already).
 inline int32_t kept(const LayerView& view, int32_t seq, int32_t head) {
   const int32_t n = view.lengths[static_cast<size_t>(seq) * static_cast<size_t>(view.kv_heads) + static_cast<size_t>(head)];
-  return n < 0 ? 0 : n > view.capacity ? view.capacity : n;
+  const int32_t cap = view.head_capacity(seq, head);
+  return n < 0 ? 0 : n > cap ? cap : n;
 }
 
 // Marks in `dropped` (one byte per slot) the `count` lowest of slots [begin, end) under `keys`: NaN first,
 // then by value, ties to the lower slot (evict.cc). `order` has room for end - begin slots.
 void choose_lowest(const float* keys, int32_t begin, int32_t end, int32_t count, uint32_t* order, uint8_t* dropped);
 
-// True when every head's length is in [0, capacity] (and at least min_length).
+// True when every head's length is in [0, its capacity] (and at least min_length).
 bool lengths_valid(const LayerView& view, int32_t seq, int32_t min_length);
 
 // True when steps[seq] is an integer clock that can advance by `by` and stay exact.

@@ -8,7 +8,7 @@ namespace sh::cpu {
 bool lengths_valid(const LayerView& view, int32_t seq, int32_t min_length) {
   const int32_t* lengths = view.lengths + static_cast<size_t>(seq) * static_cast<size_t>(view.kv_heads);
   for (int32_t h = 0; h < view.kv_heads; ++h) {
-    if (lengths[h] < min_length || lengths[h] > view.capacity) return false;
+    if (lengths[h] < min_length || lengths[h] > view.head_capacity(seq, h)) return false;
   }
   return true;
 }

@@ -13,6 +13,7 @@ namespace {
 constexpr const char* kKeyNames[] = {
     "layer",  "dtype", "maxSequences", "kvHeads", "headDim", "capacity", "auxWords", "keys", "values", "positions",
     "scores", "aux",   "lengths",      "steps",   "kind",    "window",   "seed",     "gqa",  "observes",
+    "heads",  "slots", "bases", "capacities",
 };
 static_assert(sizeof kKeyNames / sizeof kKeyNames[0] == static_cast<size_t>(Key::Count), "one name per Key");
 

@@ -31,6 +31,10 @@ enum class Key : int {
   Seed,
   Gqa,
   Observes,
+  Heads,
+  Slots,
+  Bases,
+  Capacities,
   Count,
 };
 

@@ -115,6 +115,16 @@ Args::StoreRefs Args::read_store(size_t i) const {
   view.aux_words = static_cast<int32_t>(integer_value(property(object, Key::AuxWords), "store.auxWords", 0, 65536));
   const Key arrays[7] = {Key::Keys, Key::Values, Key::Positions, Key::Scores, Key::Aux, Key::Lengths, Key::Steps};
   for (int a = 0; a < 7; ++a) refs.arrays[a] = property(object, arrays[a]);
+  refs.slots = static_cast<uint64_t>(view.kv_heads) * static_cast<uint64_t>(view.capacity);
+  const napi_value heads = property(object, Key::Heads);
+  napi_valuetype heads_type;
+  napi_typeof(env_, heads, &heads_type);
+  if (heads_type != napi_undefined) {
+    if (heads_type != napi_object) fail(kArgument, "store.heads", "expected a HeadLayout object or undefined");
+    refs.slots = static_cast<uint64_t>(integer_value(property(heads, Key::Slots), "store.heads.slots", 1, INT32_MAX));
+    refs.bases = property(heads, Key::Bases);
+    refs.capacities = property(heads, Key::Capacities);
+  }
   return refs;
 }
 
@@ -124,8 +134,9 @@ LayerView Args::resolve(const StoreRefs& refs) const {
   // array length) before anything is multiplied further.
   const uint64_t heads = static_cast<uint64_t>(view.max_sequences) * static_cast<uint64_t>(view.kv_heads);
   const uint64_t limit = uint64_t{1} << 53;
-  if (heads > limit / static_cast<uint64_t>(view.capacity)) fail(kShape, "store.capacity", "the store is too large");
-  const uint64_t tokens = heads * static_cast<uint64_t>(view.capacity);
+  // slots is at most kvHeads * capacity (dense) or below 2^31 (heads.slots): below 2^43.
+  if (static_cast<uint64_t>(view.max_sequences) > limit / refs.slots) fail(kShape, "store.capacity", "the store is too large");
+  const uint64_t tokens = static_cast<uint64_t>(view.max_sequences) * refs.slots;
   if (tokens > limit / (kMaxHeadDim * 4) || tokens > limit / (static_cast<uint64_t>(view.aux_words) + 1)) {
     fail(kShape, "store.capacity", "the store is too large");
   }
@@ -144,13 +155,37 @@ LayerView Args::resolve(const StoreRefs& refs) const {
   view.lengths = static_cast<int32_t*>(typed(refs.arrays[5], "store.lengths", napi_int32_array, "Int32Array", heads));
   view.steps = static_cast<double*>(typed(refs.arrays[6], "store.steps", napi_float64_array, "Float64Array",
                                           static_cast<uint64_t>(view.max_sequences)));
+  view.sequence_slots = refs.slots;
+  if (refs.bases != nullptr) {
+    view.bases = static_cast<const int32_t*>(typed(refs.bases, "store.heads.bases", napi_int32_array, "Int32Array", heads));
+    view.capacities =
+        static_cast<const int32_t*>(typed(refs.capacities, "store.heads.capacities", napi_int32_array, "Int32Array", heads));
+  }
   return view;
 }
 
 void Args::check_state(const LayerView& view, int32_t seq, int32_t min_length) const {
+  if (view.bases != nullptr) {
+    // Heads of seq in order inside its own slots: no kernel call on seq can touch another sequence.
+    const int64_t slots = static_cast<int64_t>(view.sequence_slots);
+    const size_t first = static_cast<size_t>(seq) * static_cast<size_t>(view.kv_heads);
+    int64_t next = static_cast<int64_t>(seq) * slots;
+    for (int32_t h = 0; h < view.kv_heads; ++h) {
+      const int64_t base = view.bases[first + static_cast<size_t>(h)];
+      const int64_t cap = view.capacities[first + static_cast<size_t>(h)];
+      if (cap < 0 || cap > view.capacity || base < next) {
+        fail(kArgument, "store.heads", "head " + std::to_string(h) + " of sequence " + std::to_string(seq) +
+                                           " overlaps the previous one or exceeds the capacity");
+      }
+      next = base + cap;
+    }
+    if (next > (static_cast<int64_t>(seq) + 1) * slots) {
+      fail(kArgument, "store.heads", "the heads of sequence " + std::to_string(seq) + " run past its slots");
+    }
+  }
   const int32_t* lengths = view.lengths + static_cast<size_t>(seq) * static_cast<size_t>(view.kv_heads);
   for (int32_t h = 0; h < view.kv_heads; ++h) {
-    if (lengths[h] < 0 || lengths[h] > view.capacity) {
+    if (lengths[h] < 0 || lengths[h] > view.head_capacity(seq, h)) {
       fail(kArgument, "store.lengths",
            "length " + std::to_string(lengths[h]) + " of sequence " + std::to_string(seq) + ", head " + std::to_string(h) +
                " is outside [0, capacity]");

@@ -41,17 +41,27 @@ class Args {
   struct StoreRefs {
     LayerView view;
     napi_value arrays[7];
+    // The per-head layout (store.heads), absent (both null) for a dense store.
+    napi_value bases = nullptr;
+    napi_value capacities = nullptr;
+    // Token slots of one sequence: store.heads.slots, or kvHeads * capacity for a dense store.
+    uint64_t slots = 0;
   };
   StoreRefs read_store(size_t i) const;
   // Every array's element type, length and alignment; fills the view's pointers.
   LayerView resolve(const StoreRefs& refs) const;
-  // The kept lengths of seq are in [min_length, capacity] and its clock is an exact integer.
+  // The heads of seq lie in order inside its slots without overlapping, each within capacity; their kept
+  // lengths are in [min_length, the head's capacity]; its clock is an exact integer.
   void check_state(const LayerView& view, int32_t seq, int32_t min_length) const;
   TrackerSpec tracker(size_t i, const LayerView& view) const;
   // q, k, v, out: a Float32Array, or a Uint16Array of the store's 16-bit dtype, of exactly `length`.
   HostSpan host(size_t i, const char* name, const LayerView& view, uint64_t length) const;
   // out: the same array type as `like`, of exactly `length`.
   HostSpan host_like(size_t i, const char* name, HostSpan like, uint64_t length) const;
+  // A typed array of `type` with exactly `length` elements.
+  void* typed_array(size_t i, const char* name, napi_typedarray_type type, const char* type_name, uint64_t length) const {
+    return typed(argv_[i], name, type, type_name, length);
+  }
   // A Float32Array of exactly `length` elements; null/undefined gives nullptr when optional.
   float* floats(size_t i, const char* name, uint64_t length, bool optional) const;
 

@@ -1,6 +1,7 @@
 // The kernel entry points: read and check every argument, run the kernel, map its status.
 #include <algorithm>
 #include <string>
+#include <vector>
 
 #include "addon.h"
 #include "args.h"
@@ -107,29 +108,41 @@ Napi::Value Addon::Observe(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// evict(store, seq, count, sinks, recent, scope)
+// evict(store, seq, count | counts, sinks, recent, scope): counts an Int32Array of one count per KV head.
 Napi::Value Addon::Evict(const Napi::CallbackInfo& info) {
   const Args args(*this, info);
-  const LayerView view = args.resolve(args.read_store(0));
-  const int32_t seq = static_cast<int32_t>(args.integer(1, "seq", 0, view.max_sequences - 1));
-  const int64_t count = args.integer(2, "count", 0, INT32_MAX);
+  const Args::StoreRefs refs = args.read_store(0);
+  const int32_t seq = static_cast<int32_t>(args.integer(1, "seq", 0, refs.view.max_sequences - 1));
+  bool per_head = false;
+  napi_is_typedarray(info.Env(), args.at(2), &per_head);
+  std::vector<int32_t> counts(static_cast<size_t>(refs.view.kv_heads), 0);
+  if (!per_head) std::fill(counts.begin(), counts.end(), static_cast<int32_t>(args.integer(2, "count", 0, INT32_MAX)));
   const int64_t sinks = args.integer(3, "sinks", 0, INT32_MAX);
   const int64_t recent = args.integer(4, "recent", 0, INT32_MAX);
   const EvictScope scope = args.choice(5, "scope", "head", "layer") ? EvictScope::Layer : EvictScope::Head;
+  // Data pointers are taken only now that no more JS runs before the kernel returns.
+  const LayerView view = args.resolve(refs);
+  if (per_head) {
+    const int32_t* given = static_cast<const int32_t*>(
+        args.typed_array(2, "count", napi_int32_array, "Int32Array", static_cast<uint64_t>(view.kv_heads)));
+    std::copy(given, given + view.kv_heads, counts.begin());
+  }
   args.check_state(view, seq, 0);
   const int32_t* lengths = view.lengths + static_cast<size_t>(seq) * static_cast<size_t>(view.kv_heads);
   for (int32_t h = 0; h < view.kv_heads; ++h) {
     const int64_t candidates = std::max<int64_t>(0, lengths[h] - sinks - recent);
+    const int64_t count = counts[static_cast<size_t>(h)];
+    if (count < 0) fail(info.Env(), kArgument, "count", "expected counts >= 0");
     if (count > candidates) {
       fail(info.Env(), kBudget, "count",
            "head " + std::to_string(h) + " has " + std::to_string(candidates) + " tokens outside the " + std::to_string(sinks) +
                " sinks and " + std::to_string(recent) + " recent ones, asked to drop " + std::to_string(count));
     }
-    if (scope == EvictScope::Layer && lengths[h] != lengths[0]) {
-      fail(info.Env(), kArgument, "scope", "scope 'layer' needs every KV head to keep the same number of tokens");
+    if (scope == EvictScope::Layer && (lengths[h] != lengths[0] || count != counts[0])) {
+      fail(info.Env(), kArgument, "scope", "scope 'layer' needs every KV head to keep and drop the same number of tokens");
     }
   }
-  args.check(cpu::evict(context_, view, seq, static_cast<int32_t>(count), static_cast<int32_t>(sinks),
+  args.check(cpu::evict(context_, view, seq, counts.data(), static_cast<int32_t>(sinks),
                         static_cast<int32_t>(recent), scope),
              "evict");
   return info.Env().Undefined();

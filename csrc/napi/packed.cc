@@ -84,6 +84,8 @@ constexpr const char* kPackedArrays[12] = {
 PackedRefs read_packed(const Args& args) {
   PackedRefs refs{};
   refs.base = args.read_store(0);
+  // Packed arrays are laid out per (sequence, head) with equal slots: no per-head layout.
+  if (refs.base.bases != nullptr) args.fail(kArgument, "store.heads", "packed stores have no per-head layout");
   napi_value packed = named(args, args.argument(0), "packed");
   napi_valuetype type;
   napi_typeof(args.env(), packed, &type);

@@ -9,8 +9,9 @@ import type { ImportanceTracker } from '../trackers/tracker.js';
 
 /**
  * The storage of one layer for every sequence slot. Element `[s][h][t]` of the per-token arrays is at
- * `(s * kvHeads + h) * capacity + t`; keys and values hold `headDim` elements per token in that order.
- * Slots `[0, lengths[s * kvHeads + h])` of a head are kept, in increasing position order.
+ * `base + t`, where `base` is `(s * kvHeads + h) * capacity` (dense layout) or `heads.bases[s * kvHeads + h]`
+ * (per-head layout, {@link HeadLayout}); keys and values hold `headDim` elements per token in that
+ * order. Slots `[0, lengths[s * kvHeads + h])` of a head are kept, in increasing position order.
  */
 export interface LayerStore {
   /** Index of the layer this store serves (trackers see it, e.g. the `random` tracker's hash). */
@@ -19,7 +20,7 @@ export interface LayerStore {
   readonly maxSequences: number;
   readonly kvHeads: number;
   readonly headDim: number;
-  /** Token slots per (sequence, KV head). */
+  /** Token slots per (sequence, KV head); with a per-head layout, the most one head may own. */
   readonly capacity: number;
   /** Tracker words per token slot. */
   readonly auxWords: number;
@@ -42,6 +43,33 @@ export interface LayerStore {
    * full-precision residual window. Layout: `docs/packing.md`.
    */
   readonly packed?: PackedStore;
+  /**
+   * Per-head layout, for caches whose heads keep different numbers of tokens (per-head budgets); absent
+   * for the dense layout. Never present with `packed`.
+   */
+  readonly heads?: HeadLayout;
+}
+
+/**
+ * Where each (sequence, KV head) of a {@link LayerStore} lives when heads own different numbers of slots.
+ * The per-token arrays hold `maxSequences * slots` tokens; with `i = seq * kvHeads + head`, head `i` owns
+ * slots `[bases[i], bases[i] + capacities[i])`. The heads of a sequence lie in head order inside
+ * `[seq * slots, (seq + 1) * slots)` without overlapping, and `capacities[i] <= capacity`. Kernels index
+ * by `bases[i]` and bound appends by `capacities[i]`; nothing else changes. A dense store is the special
+ * case `slots = kvHeads * capacity`, `bases[i] = i * capacity`, `capacities[i] = capacity`.
+ * @example
+ * ```ts
+ * const i = seq * store.kvHeads + head;
+ * const first = store.heads === undefined ? i * store.capacity : store.heads.bases[i]!;
+ * ```
+ */
+export interface HeadLayout {
+  /** Token slots of one sequence. */
+  readonly slots: number;
+  /** `[seq][kvHead]` index of the head's slot 0 in the per-token arrays. */
+  readonly bases: Int32Array;
+  /** `[seq][kvHead]` slots the head owns. */
+  readonly capacities: Int32Array;
 }
 
 /**
@@ -141,6 +169,11 @@ export interface LayerStoreSpec {
   readonly storage?: StorageFormat;
   /** Query heads attention will use (device backends size their scratch by it); default `8 * kvHeads`. */
   readonly queryHeads?: number;
+  /**
+   * Token slots per sequence, for a per-head layout ({@link HeadLayout}) that starts with every head
+   * owning `min(capacity, floor(slots / kvHeads))` slots; absent for the dense layout.
+   */
+  readonly slots?: number;
 }
 
 /** Attention settings shared by decode and prefill. */
@@ -191,6 +224,29 @@ export interface Backend {
    * mean score over heads, applies to all heads (their lengths must be equal).
    */
   evict(store: LayerStore, seq: number, count: number, sinks: number, recent: number, scope: 'head' | 'layer'): void;
+  /**
+   * Per-head eviction: drops `counts[h]` tokens from KV head `h` of `seq`, each head as `evict` does with
+   * scope `head`. Host backends only (a cache whose heads keep their own budgets needs it).
+   */
+  evictHeads?(store: LayerStore, seq: number, counts: Int32Array, sinks: number, recent: number): void;
+  /**
+   * Smooths scores before a selection: the score of slot `j < ends[h]` of head `h` becomes the `pooling`
+   * (`avg`: sum over the window divided by `kernel`, missing slots counting 0; `max`: the largest present)
+   * of the scores at slots `j - floor(kernel / 2) .. j + floor(kernel / 2)` that are below `ends[h]`.
+   * Slots from `ends[h]` on keep their scores. Host backends only.
+   */
+  poolScores?(store: LayerStore, seq: number, kernel: number, pooling: 'avg' | 'max', ends: Int32Array): void;
+  /**
+   * Moves the heads of `seq` to new capacities (a per-head layout store; `capacities` sums to at most
+   * `heads.slots`, each at least the head's length): heads stay in order, packed from the sequence's
+   * first slot, and keep their tokens. Host backends only.
+   */
+  relayout?(store: LayerStore, seq: number, capacities: Int32Array): void;
+  /**
+   * Restarts the tracker state of every kept token of `seq`: score and aux words zeroed, then the
+   * tracker's append rule run on it as if it had just been appended. Host backends only.
+   */
+  restartState?(store: LayerStore, seq: number, tracker: ImportanceTracker): void;
   /** Bytes the store holds (constant for its lifetime). */
   bytes(store: LayerStore): number;
   /** Empties one sequence: its lengths and its tracker clock. */

@@ -11,7 +11,10 @@ import type { NativeTracker, RawBinding } from '../native/binding.js';
 import { loadNative } from '../native/loader.js';
 import { TrackerKind, type ImportanceTracker } from '../trackers/tracker.js';
 import type { Backend, LayerStore, LayerStoreSpec } from './backend.js';
-import { allocateHostStore, clearHostStore, hostStoreBytes, inspectHostStore, viewHostStore } from './host-store.js';
+import {
+  allocateHostStore, clearHostStore, hostStoreBytes, inspectHostStore, poolHostScores, relayoutHostStore, restartHostState,
+  trackerState, viewHostStore,
+} from './host-store.js';
 
 /** Probability floats a custom tracker's prefill hands back per native call (4 MiB); rows go in blocks. */
 const PREFILL_SCRATCH_FLOATS = 1 << 20;
@@ -30,15 +33,6 @@ function describe(store: LayerStore, tracker: ImportanceTracker): NativeTracker 
   return isNative(tracker) && kernel !== undefined
     ? { kind: kernel.kind, window: kernel.window, seed: kernel.seed, gqa: tracker.gqa, observes: tracker.input === 'attention' }
     : { kind: TrackerKind.Custom, window: 0, seed: 0, gqa: tracker.gqa, observes: tracker.input === 'attention' };
-}
-
-/** The tracker's views of one (sequence, KV head): its scores and aux words rows. */
-function stateOf(store: LayerStore, seq: number, kvHead: number): { scores: Float32Array; aux: Uint32Array } {
-  const base = (seq * store.kvHeads + kvHead) * store.capacity;
-  return {
-    scores: store.scores.subarray(base, base + store.capacity),
-    aux: store.aux.subarray(base * store.auxWords, (base + store.capacity) * store.auxWords),
-  };
 }
 
 /**
@@ -81,7 +75,7 @@ export function createCpuBackend(): Backend {
     for (let kvHead = 0; kvHead < store.kvHeads; kvHead++) {
       const n = store.lengths[seq * store.kvHeads + kvHead]! - hidden;
       const from = at + kvHead * store.capacity;
-      const { scores, aux } = stateOf(store, seq, kvHead);
+      const { scores, aux } = trackerState(store, seq, kvHead);
       tracker.onObserve({ seq, layer: store.layer, kvHead, length: n, step, probs: probs.subarray(from, from + n), scores, aux });
     }
   }
@@ -115,7 +109,7 @@ export function createCpuBackend(): Backend {
       const before = Int32Array.from(store.lengths.subarray(seq * kvHeads, (seq + 1) * kvHeads));
       append(store, seq, k, v, count, firstPosition, described, keys);
       for (let h = 0; h < kvHeads; h++) {
-        const { scores, aux } = stateOf(store, seq, h);
+        const { scores, aux } = trackerState(store, seq, h);
         for (let i = 0; i < count; i++) {
           const at = (i * kvHeads + h) * headDim;
           tracker.onAppend({
@@ -182,6 +176,27 @@ export function createCpuBackend(): Backend {
       const binding = live();
       if (store.packed === undefined) binding.evict(store, seq, count, sinks, recent, scope);
       else binding.packedEvict(store, seq, count, sinks, recent, scope);
+    },
+
+    evictHeads(store, seq, counts, sinks, recent): void {
+      const binding = live();
+      if (store.packed !== undefined) throw new ArgumentError('packed stores evict the same count from every head', 'count');
+      binding.evict(store, seq, counts, sinks, recent, 'head');
+    },
+
+    poolScores(store, seq, kernel, pooling, ends): void {
+      live();
+      poolHostScores(store, seq, kernel, pooling, ends);
+    },
+
+    relayout(store, seq, capacities): void {
+      live();
+      relayoutHostStore(store, seq, capacities);
+    },
+
+    restartState(store, seq, tracker): void {
+      live();
+      restartHostState(store, seq, tracker);
     },
 
     dispose(): void {

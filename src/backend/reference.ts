@@ -10,7 +10,10 @@ import { ArgumentError, BudgetError, DTypeError, DisposedError, ShapeError } fro
 import { MAX_HEAD_DIM, checkInt } from '../core/geometry.js';
 import type { ImportanceTracker } from '../trackers/tracker.js';
 import type { AttentionSpec, Backend, LayerStore, LayerStoreSpec } from './backend.js';
-import { allocateHostStore, clearHostStore, hostStoreBytes, inspectHostStore, viewHostStore } from './host-store.js';
+import {
+  allocateHostStore, clearHostStore, headBase, headCapacity, hostStoreBytes, inspectHostStore, poolHostScores, relayoutHostStore,
+  restartHostState, trackerState, viewHostStore,
+} from './host-store.js';
 import { appendPackedToken, checkPackable, compactPacked, decodePacked } from './packed-store.js';
 
 
@@ -87,15 +90,6 @@ export function createReferenceBackend(): Backend {
     return queryHeads / store.kvHeads;
   }
 
-  /** The tracker's views of one (sequence, KV head): its scores and aux words rows. */
-  function stateOf(store: LayerStore, seq: number, kvHead: number): { scores: Float32Array; aux: Uint32Array } {
-    const base = (seq * store.kvHeads + kvHead) * store.capacity;
-    return {
-      scores: store.scores.subarray(base, base + store.capacity),
-      aux: store.aux.subarray(base * store.auxWords, (base + store.capacity) * store.auxWords),
-    };
-  }
-
   /**
    * One observation: combines `probs` (`[queryHeads][stride]`) per KV head, feeds it to an attention
    * tracker, and advances the clock. `hidden` slots at the end of each head were not attended (the
@@ -118,7 +112,7 @@ export function createReferenceBackend(): Backend {
           }
           combined[j] = tracker.gqa === 'mean' ? Math.fround(acc / group) : acc;
         }
-        const { scores, aux } = stateOf(store, seq, kvHead);
+        const { scores, aux } = trackerState(store, seq, kvHead);
         tracker.onObserve({ seq, layer: store.layer, kvHead, length: n, step, probs: combined, scores, aux });
       }
     }
@@ -137,7 +131,7 @@ export function createReferenceBackend(): Backend {
     if (typeof attention.scale !== 'number' || !Number.isFinite(attention.scale)) {
       throw new ArgumentError(`expected a finite number, got ${String(attention.scale)}`, 'attention.scale');
     }
-    const { dtype, kvHeads, headDim, capacity } = store;
+    const { dtype, kvHeads, headDim } = store;
     const queryHeads = attention.queryHeads;
     checkHost(dtype, q, 'q', rows * queryHeads * headDim);
     checkHost(dtype, out, 'out', rows * queryHeads * headDim);
@@ -165,7 +159,7 @@ export function createReferenceBackend(): Backend {
       const probs = new Float32Array(queryHeads * stride);
       for (let h = 0; h < queryHeads; h++) {
         const kvHead = Math.floor(h / group);
-        const base = (seq * kvHeads + kvHead) * capacity;
+        const base = headBase(store, seq * kvHeads + kvHead);
         const n = store.lengths[seq * kvHeads + kvHead]! - hidden;
         const qAt = (row * queryHeads + h) * headDim;
         const query = Float64Array.from({ length: headDim }, (_, d) => inputValue(dtype, q, qAt + d));
@@ -206,9 +200,9 @@ export function createReferenceBackend(): Backend {
     const { dtype, kvHeads, headDim, auxWords } = store;
     for (let h = 0; h < kvHeads; h++) {
       const index = seq * kvHeads + h;
-      const base = index * store.capacity;
+      const base = headBase(store, index);
       const length = store.lengths[index]!;
-      const { scores, aux } = stateOf(store, seq, h);
+      const { scores, aux } = trackerState(store, seq, h);
       for (let i = 0; i < count; i++) {
         const slot = length + i;
         store.positions[base + slot] = firstPosition + i;
@@ -236,7 +230,7 @@ export function createReferenceBackend(): Backend {
     const { headDim, auxWords } = store;
     const bytes = headDim * bytesPerElement(store.dtype);
     const index = seq * store.kvHeads + kvHead;
-    const base = index * store.capacity;
+    const base = headBase(store, index);
     const length = store.lengths[index]!;
     let kept = 0;
     for (let t = 0; t < length; t++) {
@@ -265,6 +259,45 @@ export function createReferenceBackend(): Backend {
     return dropped;
   }
 
+  /** `evict` with one count per head (scope `layer`: equal lengths and counts). */
+  function evictEach(store: LayerStore, seq: number, counts: Int32Array, sinks: number, recent: number, scope: 'head' | 'layer'): void {
+    checkSeq(store, seq);
+    checkInt(sinks, 'sinks', 0);
+    checkInt(recent, 'recent', 0);
+    if (scope !== 'head' && scope !== 'layer') throw new ArgumentError(`expected 'head' or 'layer', got ${String(scope)}`, 'scope');
+    const { kvHeads } = store;
+    const lengthOf = (h: number): number => store.lengths[seq * kvHeads + h]!;
+    for (let h = 0; h < kvHeads; h++) {
+      const count = counts[h]!;
+      if (count < 0) throw new ArgumentError(`expected counts >= 0, got ${count}`, 'count');
+      const candidates = Math.max(0, lengthOf(h) - recent - sinks);
+      if (count > candidates) {
+        throw new BudgetError(`KV head ${h} has ${candidates} candidates outside sinks ${sinks} and recent ${recent}, cannot drop ${count}`, 'count');
+      }
+      if (scope === 'layer' && (lengthOf(h) !== lengthOf(0) || count !== counts[0])) {
+        throw new ArgumentError(`layer scope needs equal head lengths and counts; KV head ${h} keeps ${lengthOf(h)}, head 0 keeps ${lengthOf(0)}`, 'scope');
+      }
+    }
+    if (scope === 'layer') {
+      if (counts[0] === 0) return;
+      const length = lengthOf(0);
+      const mean = (slot: number): number => {
+        let acc = 0;
+        for (let h = 0; h < kvHeads; h++) acc = Math.fround(acc + store.scores[headBase(store, seq * kvHeads + h) + slot]!);
+        return Math.fround(acc / kvHeads);
+      };
+      const dropped = lowest(mean, sinks, length - recent, counts[0]!, length);
+      for (let h = 0; h < kvHeads; h++) compact(store, seq, h, dropped);
+      return;
+    }
+    for (let h = 0; h < kvHeads; h++) {
+      if (counts[h] === 0) continue;
+      const base = headBase(store, seq * kvHeads + h);
+      const dropped = lowest((slot) => store.scores[base + slot]!, sinks, lengthOf(h) - recent, counts[h]!, lengthOf(h));
+      compact(store, seq, h, dropped);
+    }
+  }
+
   return {
     name: 'reference',
 
@@ -284,11 +317,12 @@ export function createReferenceBackend(): Backend {
       checkTracker(store, tracker);
       checkInt(count, 'count', 0);
       checkInt(firstPosition, 'firstPosition', -(2 ** 31), 2 ** 31 - 1 - count);
-      const { dtype, kvHeads, headDim, capacity, auxWords } = store;
+      const { dtype, kvHeads, headDim, auxWords } = store;
       checkHost(dtype, k, 'k', count * kvHeads * headDim);
       checkHost(dtype, v, 'v', count * kvHeads * headDim);
       for (let h = 0; h < kvHeads; h++) {
         const length = store.lengths[seq * kvHeads + h]!;
+        const capacity = headCapacity(store, seq * kvHeads + h);
         if (length + count > capacity) {
           throw new BudgetError(`KV head ${h} keeps ${length} of ${capacity} tokens: no room for ${count} more`, 'count');
         }
@@ -307,9 +341,9 @@ export function createReferenceBackend(): Backend {
       };
       for (let h = 0; h < kvHeads; h++) {
         const index = seq * kvHeads + h;
-        const base = index * capacity;
+        const base = headBase(store, index);
         const length = store.lengths[index]!;
-        const { scores, aux } = stateOf(store, seq, h);
+        const { scores, aux } = trackerState(store, seq, h);
         for (let i = 0; i < count; i++) {
           const slot = length + i;
           for (let d = 0; d < headDim; d++) {
@@ -360,39 +394,31 @@ export function createReferenceBackend(): Backend {
 
     evict(store, seq, count, sinks, recent, scope): void {
       live();
-      checkSeq(store, seq);
       checkInt(count, 'count', 0);
-      checkInt(sinks, 'sinks', 0);
-      checkInt(recent, 'recent', 0);
-      if (scope !== 'head' && scope !== 'layer') throw new ArgumentError(`expected 'head' or 'layer', got ${String(scope)}`, 'scope');
-      const { kvHeads, capacity } = store;
-      const lengthOf = (h: number): number => store.lengths[seq * kvHeads + h]!;
-      for (let h = 0; h < kvHeads; h++) {
-        const candidates = Math.max(0, lengthOf(h) - recent - sinks);
-        if (count > candidates) {
-          throw new BudgetError(`KV head ${h} has ${candidates} candidates outside sinks ${sinks} and recent ${recent}, cannot drop ${count}`, 'count');
-        }
-        if (scope === 'layer' && lengthOf(h) !== lengthOf(0)) {
-          throw new ArgumentError(`layer scope needs equal head lengths; KV head ${h} keeps ${lengthOf(h)}, head 0 keeps ${lengthOf(0)}`, 'scope');
-        }
+      evictEach(store, seq, new Int32Array(store.kvHeads).fill(count), sinks, recent, scope);
+    },
+
+    evictHeads(store, seq, counts, sinks, recent): void {
+      live();
+      if (!(counts instanceof Int32Array) || counts.length !== store.kvHeads) {
+        throw new ArgumentError(`expected an Int32Array of ${store.kvHeads} counts`, 'count');
       }
-      if (count === 0) return;
-      if (scope === 'layer') {
-        const length = lengthOf(0);
-        const mean = (slot: number): number => {
-          let acc = 0;
-          for (let h = 0; h < kvHeads; h++) acc = Math.fround(acc + store.scores[(seq * kvHeads + h) * capacity + slot]!);
-          return Math.fround(acc / kvHeads);
-        };
-        const dropped = lowest(mean, sinks, length - recent, count, length);
-        for (let h = 0; h < kvHeads; h++) compact(store, seq, h, dropped);
-      } else {
-        for (let h = 0; h < kvHeads; h++) {
-          const base = (seq * kvHeads + h) * capacity;
-          const dropped = lowest((slot) => store.scores[base + slot]!, sinks, lengthOf(h) - recent, count, lengthOf(h));
-          compact(store, seq, h, dropped);
-        }
-      }
+      evictEach(store, seq, counts, sinks, recent, 'head');
+    },
+
+    poolScores(store, seq, kernel, pooling, ends): void {
+      live();
+      poolHostScores(store, seq, kernel, pooling, ends);
+    },
+
+    relayout(store, seq, capacities): void {
+      live();
+      relayoutHostStore(store, seq, capacities);
+    },
+
+    restartState(store, seq, tracker): void {
+      live();
+      restartHostState(store, seq, tracker);
     },
 
     dispose(): void {

@@ -40,6 +40,8 @@ export interface NativeStore {
   readonly aux: Uint32Array;
   readonly lengths: Int32Array;
   readonly steps: Float64Array;
+  /** Per-head layout (`HeadLayout`); absent for the dense layout. */
+  readonly heads?: { readonly slots: number; readonly bases: Int32Array; readonly capacities: Int32Array };
 }
 
 /** A tracker as the native kernels run it. */
@@ -92,7 +94,8 @@ export interface RawBinding {
     store: NativeStore, seq: number, probs: Float32Array, stride: number, queryHeads: number, tracker: NativeTracker,
     probsOut: Float32Array | null,
   ): void;
-  evict(store: NativeStore, seq: number, count: number, sinks: number, recent: number, scope: 'head' | 'layer'): void;
+  /** `count`: one count for every head, or an Int32Array of one per KV head (scope 'layer': all equal). */
+  evict(store: NativeStore, seq: number, count: number | Int32Array, sinks: number, recent: number, scope: 'head' | 'layer'): void;
   /**
    * The standalone packer (docs/packing.md): quantises `input` (`rows * cols` of `dtype`; f16/bf16 as bits)
    * into `codes`, `scales` and `zeros` (f16 bits), groups of `groupSize` along `axis`.

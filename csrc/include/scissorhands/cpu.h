@@ -88,9 +88,9 @@ Status attend(Context& ctx, const LayerView& view, const AttentionArgs& args, co
 Status observe(const LayerView& view, int32_t seq, const float* probs, size_t stride, int32_t query_heads,
                const TrackerSpec& tracker, float* probs_out);
 
-// Drops count tokens of every KV head of seq among slots [sinks, length - recent), lowest (score, slot)
-// first, and compacts the rest to the front in order.
-Status evict(Context& ctx, const LayerView& view, int32_t seq, int32_t count, int32_t sinks, int32_t recent,
+// Drops counts[h] tokens of KV head h of seq among slots [sinks, length - recent), lowest (score, slot)
+// first, and compacts the rest to the front in order. Scope Layer needs equal lengths and counts.
+Status evict(Context& ctx, const LayerView& view, int32_t seq, const int32_t* counts, int32_t sinks, int32_t recent,
              EvictScope scope);
 
 }  // namespace sh::cpu

@@ -1,6 +1,7 @@
 // A non-owning view of one layer's storage (LayerStore in src/backend/backend.ts). Element [s][h][t] of
-// the per-token arrays is at (s * kvHeads + h) * capacity + t; keys and values hold headDim elements
-// per token, aux holds auxWords words per token.
+// the per-token arrays is at head_base(s, h) + t: (s * kvHeads + h) * capacity + t for a dense layout,
+// bases[s * kvHeads + h] + t when heads own different numbers of slots (per-head budgets); keys and
+// values hold headDim elements per token, aux holds auxWords words per token.
 #pragma once
 
 #include <cstddef>
@@ -29,11 +30,24 @@ struct LayerView {
   uint32_t* aux = nullptr;
   int32_t* lengths = nullptr;
   double* steps = nullptr;
+  // Per-head layout ([seq][kvHead] first slot and slots owned; each capacity at most `capacity`), or
+  // null for the dense layout. The napi layer has checked that the heads of a sequence do not overlap
+  // and stay inside that sequence's slots.
+  const int32_t* bases = nullptr;
+  const int32_t* capacities = nullptr;
+  // Token slots of one sequence in the per-token arrays (kvHeads * capacity when dense).
+  uint64_t sequence_slots = 0;
 
   // Index of token slot 0 of (seq, head) in the per-token arrays.
   size_t head_base(int32_t seq, int32_t head) const {
-    return (static_cast<size_t>(seq) * static_cast<size_t>(kv_heads) + static_cast<size_t>(head)) *
-           static_cast<size_t>(capacity);
+    const size_t i = static_cast<size_t>(seq) * static_cast<size_t>(kv_heads) + static_cast<size_t>(head);
+    return bases != nullptr ? static_cast<size_t>(bases[i]) : i * static_cast<size_t>(capacity);
+  }
+  // Token slots (seq, head) owns.
+  int32_t head_capacity(int32_t seq, int32_t head) const {
+    return capacities != nullptr
+               ? capacities[static_cast<size_t>(seq) * static_cast<size_t>(kv_heads) + static_cast<size_t>(head)]
+               : capacity;
   }
   size_t row_bytes() const { return static_cast<size_t>(head_dim) * bytes_per_element(dtype); }
 };
