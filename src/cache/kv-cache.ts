@@ -12,6 +12,7 @@ import { DeviceTensor } from '../backend/device-tensor.js';
 import { BackendError, BudgetError, CapacityError, DTypeError, SequenceError, ShapeError } from '../core/errors.js';
 import { type Geometry, checkInt } from '../core/geometry.js';
 import { checkPackable, packedKvBytesUsed } from '../backend/packed-store.js';
+import { evictionCandidates } from '../policies/budget.js';
 import type { BudgetPolicy } from '../policies/policy.js';
 import { type StorageFormat, isPacked } from '../quant/storage.js';
 import type { ImportanceTracker } from '../trackers/tracker.js';
@@ -22,13 +23,33 @@ import type { CacheStats, LayerStats } from './stats.js';
 /** What the cache's calls take: host arrays, or (on the cuda backend) device tensors. */
 export type CacheArray = HostArray | DeviceTensor;
 
-/** One planned piece of an append: evict `count` (with these protections), then append `rows`. */
+/**
+ * One planned piece of an append: evict `counts[h]` tokens from each KV head (one entry: the same count
+ * from every head), with these protections, then append `rows`.
+ */
 interface Step {
   readonly rows: number;
-  readonly count: number;
+  readonly counts: Int32Array;
   readonly sinks: number;
   readonly recent: number;
 }
+
+/** The arrays of one prefill call. */
+interface Block {
+  readonly q: CacheArray;
+  readonly k: CacheArray;
+  readonly v: CacheArray;
+  readonly out: CacheArray;
+}
+
+/** A step that only appends. */
+function appendOnly(rows: number): Step {
+  return { rows, counts: new Int32Array(1), sinks: 0, recent: 0 };
+}
+
+/** Which method's tracker holds the state of a (layer, sequence) in a composed cache. */
+const PROMPT = 0;
+const DECODE = 1;
 
 /**
  * A KV cache with a fixed memory budget. Memory for every sequence slot is reserved at creation from
@@ -77,6 +98,15 @@ export class KVCache implements Disposable {
   readonly #life = new Lifetime('KVCache');
   readonly #group: number;
   readonly #attention: { queryHeads: number; scale: number };
+  /** The tracker and policy prefill runs with (the prompt method's in a composed cache). */
+  readonly #promptTracker: ImportanceTracker;
+  readonly #promptPolicy: BudgetPolicy;
+  /** `[layer]` tokens a head keeps after a prompt compression, on average (with a prompt rule). */
+  readonly #layerTokens: readonly number[];
+  /** `[layer][seq][kvHead]` the tokens each head may keep (with a prompt rule; per-head with `split`). */
+  readonly #budgets: Int32Array | undefined;
+  /** `[layer][seq]` {@link PROMPT} or {@link DECODE}: whose tracker state the tokens hold (composed caches). */
+  readonly #phase: Uint8Array | undefined;
 
   private constructor(options: ResolvedOptions, backend: Backend) {
     this.#options = options;
@@ -92,7 +122,14 @@ export class KVCache implements Disposable {
       backend.allocate({
         layer, dtype: options.dtype, maxSequences: options.maxSequences, kvHeads, headDim, capacity,
         auxWords: options.tracker.auxWords, queryHeads, ...(isPacked(options.storage) ? { storage: options.storage } : {}),
+        ...(options.slots === undefined ? {} : { slots: options.slots[layer]! }),
       }));
+    this.#promptTracker = options.prompt?.tracker ?? options.tracker;
+    this.#promptPolicy = options.prompt?.policy ?? options.policy;
+    const rule = options.rule;
+    this.#layerTokens = rule === undefined ? [] : this.#stores.map((_, layer) => rule.tokens(layer, options.geometry));
+    this.#budgets = rule === undefined ? undefined : new Int32Array(layers * options.maxSequences * kvHeads);
+    this.#phase = options.prompt === undefined ? undefined : new Uint8Array(layers * options.maxSequences);
     this.#kvBytes = new Float64Array(layers * options.maxSequences);
     this.#open = new Uint8Array(options.maxSequences);
     this.#seen = new Float64Array(layers * options.maxSequences);
@@ -112,7 +149,17 @@ export class KVCache implements Disposable {
    */
   static create(options: KVCacheOptions): KVCache {
     const resolved = resolveOptions(options, () => scissorhands());
-    return new KVCache(resolved, selectBackend(resolved.backend));
+    const backend = selectBackend(resolved.backend);
+    if (resolved.rule !== undefined) {
+      const needs = ['restartState', ...(resolved.rule.split === undefined ? [] : ['evictHeads', 'relayout'])];
+      if (resolved.prompt?.tracker.pooling !== undefined || resolved.tracker.pooling !== undefined) needs.push('poolScores');
+      const missing = needs.filter((name) => typeof backend[name as keyof Backend] !== 'function');
+      if (missing.length > 0) {
+        backend.dispose();
+        throw new BackendError(`prompt compression needs ${missing.join(', ')}, which the ${backend.name} backend does not have yet`, 'policy');
+      }
+    }
+    return new KVCache(resolved, backend);
   }
 
   /**
@@ -216,15 +263,21 @@ export class KVCache implements Disposable {
     this.#checkArray(v, 'v', kvHeads * headDim, q);
     const output = this.#output(out, q, queryHeads * headDim);
     this.#checkValues(k, v);
+    this.#enter(store, seq, layer, DECODE);
     const [step] = this.#plan(store, seq, layer, 1, false);
-    this.#apply(store, seq, layer, step!, k, v);
+    this.#apply(store, seq, layer, step!, k, v, this.tracker);
     this.#backend.decode(store, seq, q as HostArray, output as HostArray, this.#attention, this.tracker);
     return output;
   }
 
   /**
    * Causal attention for a block of prompt tokens. When the block does not fit the budget it goes in
-   * chunks, evicting between them, so the cache never holds more than its capacity.
+   * chunks, evicting between them, so the cache never holds more than its capacity. With a prompt
+   * policy (`snapKV`, `pyramidKV`, `adaKV`, or the `prompt` option) the block always goes in chunks of
+   * at most `prefillChunk` rows, and each chunk that leaves the layer over its budget is followed by a
+   * compression scored by its observation window (`docs/semantics.md`, prompt compression): the cache
+   * never holds more than the budget plus one chunk, and with a budget at least the prompt's length
+   * the result is exactly that of one unchunked prefill.
    * @param q `[rows][queryHeads][headDim]`.
    * @param k `[rows][kvHeads][headDim]`.
    * @param v `[rows][kvHeads][headDim]`.
@@ -243,19 +296,143 @@ export class KVCache implements Disposable {
     this.#checkArray(v, 'v', rows * kvHeads * headDim, q);
     const output = this.#output(out, q, rows * queryHeads * headDim);
     this.#checkValues(k, v);
-    const qRow = queryHeads * headDim;
-    const kvRow = kvHeads * headDim;
+    this.#enter(store, seq, layer, PROMPT);
+    const block = { q, k, v, out: output };
+    if (this.#options.rule !== undefined) {
+      this.#prefillPrompt(store, seq, layer, block, rows);
+      return output;
+    }
     let done = 0;
     for (const step of this.#plan(store, seq, layer, rows, true)) {
-      const end = done + step.rows;
-      this.#apply(store, seq, layer, step, k.subarray(done * kvRow, end * kvRow), v.subarray(done * kvRow, end * kvRow));
-      this.#backend.prefill(
-        store, seq, q.subarray(done * qRow, end * qRow) as HostArray, step.rows, output.subarray(done * qRow, end * qRow) as HostArray,
-        this.#attention, this.tracker,
-      );
-      done = end;
+      this.#prefillRows(store, seq, layer, block, done, step);
+      done += step.rows;
     }
     return output;
+  }
+
+  /** Runs `step` on the block's rows from `from`: its evictions, then append and attention (the prompt tracker). */
+  #prefillRows(store: LayerStore, seq: number, layer: number, block: Block, from: number, step: Step): void {
+    const qRow = this.geometry.queryHeads * this.geometry.headDim;
+    const kvRow = this.geometry.kvHeads * this.geometry.headDim;
+    const to = from + step.rows;
+    this.#apply(store, seq, layer, step, block.k.subarray(from * kvRow, to * kvRow), block.v.subarray(from * kvRow, to * kvRow), this.#promptTracker);
+    this.#backend.prefill(
+      store, seq, block.q.subarray(from * qRow, to * qRow) as HostArray, to - from, block.out.subarray(from * qRow, to * qRow) as HostArray,
+      this.#attention, this.#promptTracker,
+    );
+  }
+
+  /**
+   * Prefill under a prompt rule: chunks of at most `prefillChunk` rows; before a chunk that will leave the
+   * layer over its budget the prompt tracker's state restarts, so that its last `window` rows alone score
+   * the compression that follows the chunk.
+   */
+  #prefillPrompt(store: LayerStore, seq: number, layer: number, block: Block, rows: number): void {
+    const rule = this.#options.rule!;
+    const chunk = this.#options.prefillChunks[layer]!;
+    for (let done = 0; done < rows;) {
+      const c = Math.min(chunk, rows - done);
+      this.#makeRoom(store, seq, layer, c);
+      const compress = this.#overBudget(store, seq, layer, c);
+      // Rows before the observation window; a chunk shorter than the window is all window.
+      const before = compress ? Math.max(0, c - rule.window) : c;
+      if (before > 0) this.#prefillRows(store, seq, layer, block, done, appendOnly(before));
+      if (compress) {
+        this.#backend.restartState!(store, seq, this.#promptTracker);
+        this.#prefillRows(store, seq, layer, block, done + before, appendOnly(c - before));
+        this.#compress(store, seq, layer);
+      }
+      done += c;
+    }
+  }
+
+  /** Whether appending `incoming` tokens leaves the layer over its prompt budget. */
+  #overBudget(store: LayerStore, seq: number, layer: number, incoming: number): boolean {
+    const { kvHeads } = this.geometry;
+    const tokens = this.#layerTokens[layer]!;
+    let total = 0;
+    let longest = 0;
+    for (let h = 0; h < kvHeads; h++) {
+      const length = store.lengths[seq * kvHeads + h]! + incoming;
+      total += length;
+      longest = Math.max(longest, length);
+    }
+    return this.#options.rule!.split === undefined ? longest > tokens : total > tokens * kvHeads;
+  }
+
+  /**
+   * Per-head layouts: when a head lacks room for `incoming` more tokens, the free slots of the sequence
+   * are shared out again evenly (heads keep their tokens).
+   */
+  #makeRoom(store: LayerStore, seq: number, layer: number, incoming: number): void {
+    const layout = store.heads;
+    if (layout === undefined) return;
+    const { kvHeads } = this.geometry;
+    const first = seq * kvHeads;
+    let short = false;
+    for (let h = 0; h < kvHeads; h++) short ||= store.lengths[first + h]! + incoming > layout.capacities[first + h]!;
+    if (!short) return;
+    this.#share(store, seq, Int32Array.from(store.lengths.subarray(first, first + kvHeads)));
+    for (let h = 0; h < kvHeads; h++) {
+      if (store.lengths[first + h]! + incoming > layout.capacities[first + h]!) {
+        throw new BudgetError(`KV head ${h} of layer ${layer} has no room for ${incoming} more prompt tokens`, 'policy');
+      }
+    }
+  }
+
+  /** Gives each head `needs[h]` slots plus an even share of the rest of the sequence's slots (at most the capacity). */
+  #share(store: LayerStore, seq: number, needs: Int32Array): void {
+    const layout = store.heads!;
+    const spare = Math.floor((layout.slots - needs.reduce((a, b) => a + b, 0)) / needs.length);
+    this.#backend.relayout!(store, seq, needs.map((n) => Math.min(store.capacity, n + spare)));
+  }
+
+  /**
+   * A prompt compression (`docs/semantics.md`): pools the scores before the observation window, chooses
+   * per head how many candidates stay (the rule's split, else down to the layer's budget), evicts them
+   * and, with per-head budgets, records each head's budget and lays the heads out for it.
+   */
+  #compress(store: LayerStore, seq: number, layer: number): void {
+    const rule = this.#options.rule!;
+    const { kvHeads } = this.geometry;
+    const first = seq * kvHeads;
+    const sinks = this.#promptPolicy.sinks;
+    const tokens = this.#layerTokens[layer]!;
+    const lengths = Int32Array.from(store.lengths.subarray(first, first + kvHeads));
+    const ends = lengths.map((length) => Math.max(0, length - rule.window));
+    const pooling = this.#promptTracker.pooling;
+    if (pooling !== undefined) this.#backend.poolScores!(store, seq, pooling.kernel, pooling.mode, ends);
+    const candidates = ends.map((end) => Math.max(0, end - sinks));
+    let counts: Int32Array;
+    if (rule.split === undefined) {
+      counts = lengths.map((length, h) => Math.min(candidates[h]!, Math.max(0, length - tokens)));
+    } else {
+      const scores = Array.from(candidates, (n, h) => (n === 0 ? new Float32Array(0) : this.#backend.inspect(store, seq, h).scores.subarray(sinks, sinks + n)));
+      const keep = Math.max(0, tokens * kvHeads - lengths.reduce((a, b, h) => a + b - candidates[h]!, 0));
+      const kept = rule.split({ layer, keep, scores });
+      if (!(kept instanceof Int32Array) || kept.length !== kvHeads || kept.some((x, h) => x < 0 || x > candidates[h]!)
+        || kept.reduce((a, b) => a + b, 0) > keep) {
+        throw new BudgetError(`policy ${this.#promptPolicy.name}: split must give each head 0..its candidates, ${keep} in all`, 'policy');
+      }
+      counts = candidates.map((n, h) => n - kept[h]!);
+    }
+    this.#evict(store, seq, layer, counts, sinks, rule.window, this.#promptTracker);
+    if (rule.split !== undefined) {
+      const budgets = lengths.map((length, h) => length - counts[h]!);
+      this.#budgets!.set(budgets, (layer * this.maxSequences + seq) * kvHeads);
+      this.#share(store, seq, budgets);
+    }
+  }
+
+  /**
+   * Switches a (layer, sequence) of a composed cache to the tracker of `phase`, restarting its state on
+   * the kept tokens (the other tracker's scores mean nothing to it).
+   */
+  #enter(store: LayerStore, seq: number, layer: number, phase: number): void {
+    const at = layer * this.maxSequences + seq;
+    if (this.#phase === undefined || this.#phase[at] === phase) return;
+    this.#phase[at] = phase;
+    this.#backend.restartState!(store, seq, phase === PROMPT ? this.#promptTracker : this.tracker);
   }
 
   /**
@@ -278,14 +455,15 @@ export class KVCache implements Disposable {
     if (rows > room) throw new BudgetError(`cannot append ${rows} tokens at once; at most ${room} fit beside the sinks`, 'k');
     this.#checkValues(k, v);
     const [step] = this.#plan(store, seq, layer, rows, false);
-    this.#apply(store, seq, layer, step!, k, v);
+    this.#enter(store, seq, layer, DECODE);
+    this.#apply(store, seq, layer, step!, k, v, this.tracker);
   }
 
   /**
    * Feeds attention probabilities computed by the engine for the latest query row (one observation).
    * @param probs `[queryHeads][stride]`: row `h` holds the probabilities over the kept tokens of KV head
    * `h / (queryHeads / kvHeads)`, in slot order (as {@link KVCache.view} lists them).
-   * @param stride Elements per row; default the current length.
+   * @param stride Elements per row; default the current length (the longest head's).
    * @example
    * ```ts
    * cache.observe(seq, layer, probs);
@@ -293,7 +471,8 @@ export class KVCache implements Disposable {
    */
   observe(seq: number, layer: number, probs: Float32Array | DeviceTensor, stride?: number): void {
     const store = this.#store(seq, layer);
-    const length = store.lengths[seq * this.geometry.kvHeads]!;
+    const { kvHeads } = this.geometry;
+    const length = Math.max(...store.lengths.subarray(seq * kvHeads, (seq + 1) * kvHeads));
     const rowStride = stride === undefined ? length : checkInt(stride, 'stride', Math.max(1, length));
     if (!(probs instanceof Float32Array) && !(this.#onDevice(probs) && probs.dtype === 'f32')) {
       throw new DTypeError('expected a Float32Array (or an f32 DeviceTensor on the cuda backend)', 'probs');
@@ -435,6 +614,9 @@ export class KVCache implements Disposable {
     this.#stores.forEach((store, layer) => {
       for (let h = 0; h < kvHeads; h++) this.#kept -= store.lengths[seq * kvHeads + h]!;
       this.#backend.clear(store, seq);
+      const at = layer * this.maxSequences + seq;
+      this.#budgets?.fill(this.#layerTokens[layer]!, at * kvHeads, (at + 1) * kvHeads);
+      if (this.#phase !== undefined) this.#phase[at] = PROMPT;
       this.#seen[layer * this.maxSequences + seq] = 0;
       this.#kvTotal -= this.#kvBytes[layer * this.maxSequences + seq]!;
       this.#kvBytes[layer * this.maxSequences + seq] = 0;
@@ -464,43 +646,68 @@ export class KVCache implements Disposable {
    */
   #plan(store: LayerStore, seq: number, layer: number, rows: number, chunked: boolean): Step[] {
     const { policy } = this;
-    let length = store.lengths[seq * this.geometry.kvHeads]!;
+    const { kvHeads } = this.geometry;
+    // With per-head budgets (a prompt rule) each head is planned on its own; else head 0 speaks for all.
+    const budgets = this.#budgets?.subarray((layer * this.maxSequences + seq) * kvHeads, (layer * this.maxSequences + seq + 1) * kvHeads);
+    const lengths = Array.from(store.lengths.subarray(seq * kvHeads, seq * kvHeads + (budgets === undefined ? 1 : kvHeads)));
+    const capacities = lengths.map((_, h) => store.heads?.capacities[seq * kvHeads + h] ?? store.capacity);
     let seen = this.#seenOf(seq, layer);
     const steps: Step[] = [];
     for (let done = 0; done < rows;) {
       const left = rows - done;
-      const fits = !chunked || (length + left <= store.capacity && policy.evictions({ layer, length, incoming: left, seen, capacity: store.capacity }) === 0);
+      const fits = !chunked || (lengths[0]! + left <= store.capacity
+        && policy.evictions({ layer, length: lengths[0]!, incoming: left, seen, capacity: store.capacity }) === 0);
       const incoming = fits ? left : Math.min(left, this.#options.prefillChunks[layer]!);
-      const count = policy.evictions({ layer, length, incoming, seen, capacity: store.capacity });
-      const sinks = Math.min(policy.sinks, length);
-      const recent = Math.min(length - sinks, Math.max(0, policy.recent - incoming));
-      const candidates = length - sinks - recent;
-      if (!Number.isInteger(count) || count < 0 || count > candidates) {
-        throw new BudgetError(`policy ${policy.name} asked to evict ${String(count)} tokens; ${candidates} are not protected`, 'policy');
-      }
-      if (length - count + incoming > store.capacity) {
-        throw new BudgetError(
-          `policy ${policy.name} leaves ${length - count} tokens; ${incoming} more do not fit in ${store.capacity}`, 'policy');
-      }
-      steps.push({ rows: incoming, count, sinks, recent });
-      length += incoming - count;
+      const counts = Int32Array.from(lengths, (length, h) => {
+        const capacity = capacities[h]!;
+        const count = policy.evictions({ layer, length, incoming, seen, capacity, ...(budgets === undefined ? {} : { budget: budgets[h]! }) });
+        const candidates = evictionCandidates(policy, { length, incoming });
+        if (!Number.isInteger(count) || count < 0 || count > candidates) {
+          throw new BudgetError(`policy ${policy.name} asked to evict ${String(count)} tokens; ${candidates} are not protected`, 'policy');
+        }
+        if (length - count + incoming > capacity) {
+          throw new BudgetError(`policy ${policy.name} leaves ${length - count} tokens; ${incoming} more do not fit in ${capacity}`, 'policy');
+        }
+        return count;
+      });
+      steps.push({ rows: incoming, counts, sinks: policy.sinks, recent: Math.max(0, policy.recent - incoming) });
+      lengths.forEach((length, h) => (lengths[h] = length + incoming - counts[h]!));
       seen += incoming;
       done += incoming;
     }
     return steps;
   }
 
-  /** Evicts what the step says, then appends its tokens. */
-  #apply(store: LayerStore, seq: number, layer: number, step: Step, k: CacheArray, v: CacheArray): void {
-    if (step.count > 0) {
-      this.#backend.evict(store, seq, step.count, step.sinks, step.recent, this.tracker.scope);
-      this.#evictions[layer]! += step.count * this.geometry.kvHeads;
-    }
+  /** Evicts what the step says, then appends its tokens with `tracker`'s append rule. */
+  #apply(store: LayerStore, seq: number, layer: number, step: Step, k: CacheArray, v: CacheArray, tracker: ImportanceTracker): void {
+    this.#evict(store, seq, layer, step.counts, step.sinks, step.recent, tracker);
     const at = layer * this.maxSequences + seq;
     // Device tensors reach only the cuda backend (#checkArray), whose kernels take either kind of array.
-    this.#backend.append(store, seq, k as HostArray, v as HostArray, step.rows, this.#seen[at]!, this.tracker);
+    this.#backend.append(store, seq, k as HostArray, v as HostArray, step.rows, this.#seen[at]!, tracker);
     this.#seen[at]! += step.rows;
-    this.#kept += (step.rows - step.count) * this.geometry.kvHeads;
+    this.#kept += step.rows * this.geometry.kvHeads;
+    this.#account(store, seq, layer);
+  }
+
+  /**
+   * Drops `counts[h]` tokens from head `h` (a single count: the same from every head, in `tracker`'s
+   * scope), protecting `sinks` and `recent`.
+   */
+  #evict(store: LayerStore, seq: number, layer: number, counts: Int32Array, sinks: number, recent: number, tracker: ImportanceTracker): void {
+    const { kvHeads } = this.geometry;
+    const uniform = counts.length === 1 || counts.every((c) => c === counts[0]);
+    const dropped = counts.length === 1 ? counts[0]! * kvHeads : counts.reduce((a, b) => a + b, 0);
+    if (dropped === 0) return;
+    if (uniform) this.#backend.evict(store, seq, counts[0]!, sinks, recent, tracker.scope);
+    else this.#backend.evictHeads!(store, seq, counts, sinks, recent);
+    this.#evictions[layer]! += dropped;
+    this.#kept -= dropped;
+    this.#account(store, seq, layer);
+  }
+
+  /** Brings the byte counts of (layer, seq) and the peaks up to date. */
+  #account(store: LayerStore, seq: number, layer: number): void {
+    const at = layer * this.maxSequences + seq;
     this.#peakKept = Math.max(this.#peakKept, this.#kept);
     const kv = this.#kvBytesOf(store, seq);
     this.#kvTotal += kv - this.#kvBytes[at]!;

@@ -73,7 +73,8 @@ export function dropOption(o: OptionBag, capacity: number, protection: Protectio
 }
 
 /**
- * The eviction count of a budget policy: nothing while `length + incoming` fits `budget`, else at least
+ * The eviction count of a budget policy: nothing while `length + incoming` fits `budget` (or the head's
+ * own `context.budget` when a prompt policy set one), else at least
  * the overflow and at least `drop` (so eviction work is amortised over `drop` steps), never more than
  * the candidates. When even the overflow exceeds the candidates (a chunk too large for a budget that is
  * still growing) the cache holds more than the budget until later steps catch up; the cache's
@@ -84,7 +85,7 @@ export function dropOption(o: OptionBag, capacity: number, protection: Protectio
  * ```
  */
 export function evictionCount(budget: number, drop: number, policy: Pick<BudgetPolicy, 'sinks' | 'recent'>, context: EvictionContext): number {
-  const overflow = context.length + context.incoming - budget;
+  const overflow = context.length + context.incoming - (context.budget ?? budget);
   if (overflow <= 0) return 0;
   return Math.min(Math.max(drop, overflow), evictionCandidates(policy, context));
 }

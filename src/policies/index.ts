@@ -12,4 +12,7 @@ export {
   type LayerBudgetOptions, type LayerBudgetPolicy, type LayerLossPoint, type AllocationOptions,
 } from './layer-budget.js';
 export { byteBudget, type ByteBudgetOptions, type ByteBudgetPolicy } from './byte-budget.js';
+export {
+  snapKV, pyramidKV, adaKV, adaSplit, type PromptPolicyOptions, type PyramidKVOptions, type AdaKVOptions, type PromptPolicy,
+} from './prompt.js';
 export { policies, type PolicyFactories } from './registry.js';

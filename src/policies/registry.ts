@@ -7,6 +7,7 @@ import { byteBudget } from './byte-budget.js';
 import { fixedBudget } from './fixed-budget.js';
 import { fullCache } from './full-cache.js';
 import { layerBudget } from './layer-budget.js';
+import { adaKV, pyramidKV, snapKV } from './prompt.js';
 import type { BudgetPolicy } from './policy.js';
 import { ratioBudget } from './ratio-budget.js';
 
@@ -23,15 +24,20 @@ export interface PolicyFactories {
   readonly fullCache: typeof fullCache;
   readonly byteBudget: typeof byteBudget;
   readonly layerBudget: typeof layerBudget;
+  readonly snapKV: typeof snapKV;
+  readonly pyramidKV: typeof pyramidKV;
+  readonly adaKV: typeof adaKV;
 }
 
 /**
  * Budget-policy factories by name: the built-ins (`fixedBudget`, `ratioBudget`, `fullCache`, `byteBudget`,
- * `layerBudget`) and
+ * `layerBudget`, `snapKV`, `pyramidKV`, `adaKV`) and
  * whatever is registered. Registered factories must validate their options.
  * @example
  * ```ts
  * const policy = policies.create('fixedBudget', { tokens: 512, recent: 10 });
  * ```
  */
-export const policies: Registry<BudgetPolicy, PolicyFactories> = new Registry('policy', { fixedBudget, ratioBudget, fullCache, byteBudget, layerBudget });
+export const policies: Registry<BudgetPolicy, PolicyFactories> = new Registry('policy', {
+  fixedBudget, ratioBudget, fullCache, byteBudget, layerBudget, snapKV, pyramidKV, adaKV,
+});

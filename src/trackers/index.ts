@@ -10,4 +10,5 @@ export { tova, type TovaOptions } from './tova.js';
 export { streamingLLM } from './streaming-llm.js';
 export { keyNorm } from './key-norm.js';
 export { random, randomScore, type RandomOptions } from './random.js';
+export { snapKVScores, type SnapKVScoresOptions } from './snap-kv.js';
 export { trackers, type TrackerFactories } from './registry.js';

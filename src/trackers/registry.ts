@@ -7,6 +7,7 @@ import { h2o } from './h2o.js';
 import { keyNorm } from './key-norm.js';
 import { random } from './random.js';
 import { scissorhands } from './scissorhands.js';
+import { snapKVScores } from './snap-kv.js';
 import { streamingLLM } from './streaming-llm.js';
 import { tova } from './tova.js';
 import type { ImportanceTracker } from './tracker.js';
@@ -25,11 +26,12 @@ export interface TrackerFactories {
   readonly streamingLLM: typeof streamingLLM;
   readonly keyNorm: typeof keyNorm;
   readonly random: typeof random;
+  readonly snapKVScores: typeof snapKVScores;
 }
 
 /**
  * Tracker factories by name: the built-ins (`scissorhands`, `h2o`, `tova`, `streamingLLM`, `keyNorm`,
- * `random`) and whatever is registered. Registered factories must validate their options.
+ * `random`, `snapKVScores`) and whatever is registered. Registered factories must validate their options.
  * @example
  * ```ts
  * const tracker = trackers.create(config.tracker, config.trackerOptions);
@@ -37,4 +39,4 @@ export interface TrackerFactories {
  * trackers.register('lastSeen', () => lastSeen);
  * ```
  */
-export const trackers: Registry<ImportanceTracker, TrackerFactories> = new Registry('tracker', { scissorhands, h2o, tova, streamingLLM, keyNorm, random });
+export const trackers: Registry<ImportanceTracker, TrackerFactories> = new Registry('tracker', { scissorhands, h2o, tova, streamingLLM, keyNorm, random, snapKVScores });

@@ -43,6 +43,20 @@ export interface TrackerKernel {
 }
 
 /**
+ * 1-D pooling of scores along slot order: slot `j` takes the `mode` of slots `j - floor(kernel / 2) ..
+ * j + floor(kernel / 2)` of the prompt before the observation window (`avg`: their sum divided by
+ * `kernel`, missing slots counting 0, as `avg_pool1d` with zero padding; `max`: the largest present).
+ * @example
+ * ```ts
+ * const pooling: ScorePooling = { kernel: 5, mode: 'avg' };
+ * ```
+ */
+export interface ScorePooling {
+  readonly kernel: number;
+  readonly mode: 'avg' | 'max';
+}
+
+/**
  * A token just written to a head's slot `index`; `scores` and `aux` are that head's whole state rows.
  * @example
  * ```ts
@@ -113,6 +127,11 @@ export interface ImportanceTracker {
   readonly gqa: GqaReduce;
   /** Present on built-ins: lets a native backend run this tracker without calling the hooks. */
   readonly kernel?: TrackerKernel;
+  /**
+   * Smoothing of the scores over neighbouring slots before a prompt compression chooses what to keep
+   * (SnapKV's 1-D pooling); absent: scores are used as they are.
+   */
+  readonly pooling?: ScorePooling;
   /** Initialises the state of a newly appended token. */
   onAppend(token: AppendedToken): void;
   /** Updates the state after one attention step (only called when `input === 'attention'`). */

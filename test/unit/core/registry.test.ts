@@ -36,9 +36,10 @@ describe('Registry', () => {
 
 describe('tracker and policy registries', () => {
   it('list the built-ins under the names of what they make', () => {
-    expect(trackers.names()).toEqual(['scissorhands', 'h2o', 'tova', 'streamingLLM', 'keyNorm', 'random']);
+    expect(trackers.names()).toEqual(['scissorhands', 'h2o', 'tova', 'streamingLLM', 'keyNorm', 'random', 'snapKVScores']);
     for (const name of trackers.names()) expect(trackers.create(name).name).toBe(name);
-    expect(policies.names()).toEqual(['fixedBudget', 'ratioBudget', 'fullCache', 'byteBudget', 'layerBudget']);
+    expect(policies.names()).toEqual(['fixedBudget', 'ratioBudget', 'fullCache', 'byteBudget', 'layerBudget', 'snapKV', 'pyramidKV', 'adaKV']);
+    expect(policies.create('adaKV', { tokens: 64 }).name).toBe('adaKV');
     expect(policies.create('fixedBudget', { tokens: 64 }).name).toBe('fixedBudget');
     expect(policies.create('ratioBudget', { ratio: 0.5, maxTokens: 64 }).name).toBe('ratioBudget');
     expect(policies.create('fullCache', { maxTokens: 64 }).name).toBe('fullCache');
