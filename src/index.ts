@@ -13,7 +13,7 @@
  * @module
  */
 export { KVCache } from './cache/kv-cache.js';
-export type { KVCacheOptions } from './cache/options.js';
+export type { KVCacheOptions, PromptMethod } from './cache/options.js';
 export type { CacheStats, LayerStats } from './cache/stats.js';
 export * from './trackers/index.js';
 export * from './policies/index.js';
@@ -24,7 +24,7 @@ export {
 } from './core/dtype.js';
 export { type Geometry, MAX_HEAD_DIM } from './core/geometry.js';
 export { Registry, type Factory } from './core/registry.js';
-export type { Backend, LayerStore, LayerStoreSpec, AttentionSpec, HeadView, HeadInspection, PackedStore } from './backend/backend.js';
+export type { Backend, LayerStore, LayerStoreSpec, AttentionSpec, HeadView, HeadInspection, HeadLayout, PackedStore } from './backend/backend.js';
 export { backendInfo, type BackendInfo, type BackendName } from './backend/select.js';
 export { createReferenceBackend } from './backend/reference.js';
 export { createCpuBackend } from './backend/cpu.js';
