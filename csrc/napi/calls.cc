@@ -25,10 +25,11 @@ Napi::Value Addon::Append(const Napi::CallbackInfo& info) {
   args.check_state(view, seq, 0);
   const int32_t* lengths = view.lengths + static_cast<size_t>(seq) * static_cast<size_t>(view.kv_heads);
   for (int32_t h = 0; h < view.kv_heads; ++h) {
-    if (count > view.capacity - lengths[h]) {
+    const int32_t capacity = view.head_capacity(seq, h);
+    if (count > capacity - lengths[h]) {
       fail(info.Env(), kBudget, "count",
            "head " + std::to_string(h) + " of sequence " + std::to_string(seq) + " keeps " + std::to_string(lengths[h]) +
-               " of " + std::to_string(view.capacity) + " tokens: no room for " + std::to_string(count) + " more");
+               " of " + std::to_string(capacity) + " tokens: no room for " + std::to_string(count) + " more");
     }
   }
   const uint64_t elements = u64(count) * u64(view.kv_heads) * u64(view.head_dim);
