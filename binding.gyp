@@ -71,6 +71,8 @@
             "csrc/cuda/decode.cu",
             "csrc/cuda/evict.cu",
             "csrc/cuda/observe.cu",
+            "csrc/cuda/pack.cu",
+            "csrc/cuda/packed.cu",
             "csrc/cuda/prefill.cu",
             "csrc/cuda/runtime.cu",
             "csrc/cuda/store.cu"
@@ -80,7 +82,7 @@
             {
               "rule_name": "nvcc",
               "extension": "cu",
-              "inputs": ["csrc/cuda/api.h", "csrc/cuda/common.cuh", "csrc/cuda/internal.cuh"],
+              "inputs": ["csrc/cuda/api.h", "csrc/cuda/common.cuh", "csrc/cuda/internal.cuh", "csrc/cuda/packing.cuh"],
               "outputs": ["<(INTERMEDIATE_DIR)/cuda/<(RULE_INPUT_ROOT).o"],
               "message": "nvcc <(RULE_INPUT_PATH)",
               "process_outputs_as_sources": 1,

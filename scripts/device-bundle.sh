@@ -32,7 +32,7 @@ banner="import { createRequire as __shCreateRequire } from 'node:module'; const 
 esbuild=node_modules/.bin/esbuild
 "$esbuild" test/gpu/*.test.ts --bundle --platform=node --format=esm --target=node20 --log-level=warning \
   --outdir="$out/tests" --out-extension:.js=.mjs "--banner:js=$banner"
-"$esbuild" bench/gpu/decode.ts --bundle --platform=node --format=esm --target=node20 --log-level=warning \
+"$esbuild" bench/gpu/*.ts --bundle --platform=node --format=esm --target=node20 --log-level=warning \
   --outdir="$out/bench" --out-extension:.js=.mjs "--banner:js=$banner"
 
 # 3. Node for a machine without it.

@@ -98,5 +98,21 @@ for name, batch, n in [("compact.b1.n4096", 1, 4096), ("compact.b32.n2048", 32, 
     out[name + ".ms"] = timed(compact)
     del k, v, scores
 
+# Group quantisation to int4 written as PyTorch ops (what bench/gpu/packed.ts compares its packer with):
+# 1 GiB of f16, groups of 32 along rows, min/max, scale, round, two codes a byte.
+x = torch.randn(1 << 29, device=dev, dtype=torch.float16).view(-1, 32)
+
+
+def quant(i):
+    mn = x.amin(-1, keepdim=True)
+    mx = x.amax(-1, keepdim=True)
+    scale = ((mx - mn) / 15).clamp_min(1e-8)
+    q = ((x - mn) / scale).round().clamp(0, 15).to(torch.uint8)
+    return q[:, 0::2] | (q[:, 1::2] << 4), scale, mn
+
+
+out["pack.int4.axis1.gbps"] = (1 << 30) / (timed(quant, samples=10) * 1e6)
+del x
+
 json.dump(out, sys.stdout, indent=1)
 print()

@@ -65,6 +65,35 @@ struct StoreSpec {
   int32_t aux_words = 0;
   // Query heads the scratch is sized for (decode/prefill/observe accept at most this many).
   int32_t query_heads = 1;
+  // Packed storage (docs/packing.md): bits per code (2, 4 or 8; 0 for dense rows), group size (a multiple
+  // of 8 dividing head_dim) and residual window.
+  int32_t bits = 0;
+  int32_t group_size = 0;
+  int32_t residual = 0;
+};
+
+// The arrays of a packed store, in the LayerStore.packed layout (src/backend/backend.ts), plus device-only
+// derived state: slot_run (each packed slot's key run, so decode finds its scales without walking the run
+// table) and eviction scratch.
+struct PackedStoreArrays {
+  int32_t packed_slots = 0;
+  int32_t residual_slots = 0;
+  int32_t max_runs = 0;
+  uint8_t* key_codes = nullptr;
+  uint8_t* value_codes = nullptr;
+  uint16_t* value_scales = nullptr;
+  uint16_t* value_zeros = nullptr;
+  uint16_t* key_scales = nullptr;
+  uint16_t* key_zeros = nullptr;
+  int32_t* run_lengths = nullptr;
+  uint8_t* run_generations = nullptr;
+  int32_t* runs = nullptr;
+  int32_t* packed = nullptr;
+  uint8_t* residual_keys = nullptr;
+  uint8_t* residual_values = nullptr;
+  int32_t* slot_run = nullptr;
+  uint8_t* dropped = nullptr;
+  int32_t* run_scratch = nullptr;
 };
 
 struct Store {
@@ -91,12 +120,21 @@ struct Store {
   int32_t* evict_state = nullptr;
   int32_t evict_chunk = 1;
   int32_t evict_chunks = 1;
+  // Packed storage (spec.bits != 0); keys and values are then empty.
+  PackedStoreArrays packed;
 };
 
 // Error flags of Store::error.
 constexpr int32_t kErrorNoRoom = 1;
 constexpr int32_t kErrorBadLength = 2;
 constexpr int32_t kErrorCandidates = 4;
+// A packed append met a key or value that is NaN, infinite or outside [-65504, 65504] as stored.
+constexpr int32_t kErrorUnpackable = 8;
+
+// Whether a packed storage spec is one the kernels take: bits 2/4/8, group a multiple of 8 dividing headDim.
+bool packed_spec_supported(const StoreSpec& spec);
+// Recomputes the device-only slot_run of every head from the run tables (after the arrays were uploaded).
+Result rebuild_packed_index(const Store& store, void* stream);
 
 size_t store_bytes(const StoreSpec& spec, int32_t* max_splits);
 // Allocates (cudaMalloc, zeroed) on the current device. Status::Argument for an unsupported head size.
@@ -130,6 +168,25 @@ Result evict(const Store& store, const int32_t* seqs, int32_t batch, int32_t len
              int32_t recent, EvictScope scope, void* stream);
 Result clear(const Store& store, int32_t seq, void* stream);
 
+// The standalone packer (docs/packing.md) over a device matrix [rows][cols] of f32, or f16/bf16 bits:
+// codes, scales and zeros in the PackedTensor layout, bit for bit those of the CPU packer. The kernels
+// need each group to own whole code bytes: axis 1 with groupSize * bits a multiple of 8, axis 0 with
+// cols * bits a multiple of 8 (pack_shape_supported). An element that is not packable (NaN, infinite,
+// beyond +-65504) sets *bad to 1 (bad may be null) and leaves its group's bits unspecified.
+struct PackShape {
+  int64_t rows = 0;
+  int64_t cols = 0;
+  int32_t bits = 4;
+  int32_t axis = 1;
+  int64_t group_size = 32;
+};
+bool pack_shape_supported(const PackShape& shape);
+Result pack(const void* input, DType dtype, const PackShape& shape, uint8_t* codes, uint16_t* scales, uint16_t* zeros,
+            int32_t* bad, void* stream);
+// Dequantises into out ([rows][cols] of out_dtype: f32, or f16/bf16 bits rounded to nearest even).
+Result unpack(const uint8_t* codes, const uint16_t* scales, const uint16_t* zeros, const PackShape& shape, DType out_dtype,
+              void* out, void* stream);
+
 // Thin wrappers of the CUDA runtime for csrc/napi (which includes no CUDA header). Each returns 0 or a
 // cudaError_t code. copy_to_device / copy_to_host return when the copy is done (pageable host memory).
 int device_malloc(void** ptr, size_t bytes);
@@ -145,6 +202,12 @@ int event_create(void** event);
 int event_record(void* event, void* stream);
 int event_elapsed(float* ms, void* start, void* end);
 int event_destroy(void* event);
+// CUDA graphs of a stream's work (for engines and the graph test): capture in global mode, instantiate,
+// replay, free.
+int graph_capture_begin(void* stream);
+int graph_capture_end(void* stream, void** exec);
+int graph_launch(void* exec, void* stream);
+int graph_destroy(void* exec);
 
 // Reads `bytes` (a multiple of 16) at `data` once, for a read-bandwidth reference; writes one float per
 // block to `sink` (at least 4096 floats).

@@ -1,6 +1,7 @@
 // append (docs/semantics.md) from strided device inputs: one block per KV head writes the tokens at the
 // head's end, initialises their tracker state and advances the head's length.
 #include "common.cuh"
+#include "internal.cuh"
 
 namespace sh::cuda {
 namespace {
@@ -99,6 +100,7 @@ Result append(const Store& store, int32_t seq, Tensor k, Tensor v, int32_t count
   const StoreSpec& s = store.spec;
   if (seq < 0 || seq >= s.max_sequences || count < 0 || count > s.capacity) return Result{Status::Argument, 0, "append"};
   if (count == 0) return Result{};
+  if (s.bits != 0) return append_packed(store, seq, k, v, count, first_position, tracker, stream);
   AppendParams p{};
   p.keys = store.keys;
   p.values = store.values;

@@ -283,4 +283,7 @@ inline size_t head_base(const StoreSpec& s, int32_t seq, int32_t head) {
 
 inline size_t row_bytes(const StoreSpec& s) { return static_cast<size_t>(s.head_dim) * bytes_per_element(s.dtype); }
 
+// Bytes of a token's key (or value) row in the keys/values arrays: none for a packed store.
+inline size_t dense_row_bytes(const StoreSpec& s) { return s.bits == 0 ? row_bytes(s) : 0; }
+
 }  // namespace sh::cuda

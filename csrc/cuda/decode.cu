@@ -13,8 +13,10 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 
-#include "common.cuh"
+#include "internal.cuh"
+#include "packing.cuh"
 
 namespace sh::cuda {
 namespace {
@@ -44,7 +46,75 @@ struct DecodeParams {
   int32_t chunk;
   float scale;
   SeqList seqs;
+  // Packed stores: the packed arrays (decode_packed); unused by the dense kernels.
+  PackedArgs pk;
+  // Slots attended: min(length, limit) (a prefill row of a packed store sees a prefix).
+  int32_t limit;
 };
+
+// The end of a streaming split block: each key group's softmax state (m, l) and its output (already in
+// red[(grp * GT + i) * D + channel]) are rescaled to the block's max and summed into the split's partial.
+template <int D, int GT, int GROUPS>
+__device__ __forceinline__ void merge_key_groups(const DecodeParams& p, float* red, const float (&m)[GT], const float (&l)[GT],
+                                                 int grp, bool leader, int split, int hk, int gb, int seq) {
+  __shared__ float mred[GROUPS][GT];
+  __shared__ float lred[GROUPS][GT];
+  __shared__ float factor[GROUPS][GT];
+  __shared__ float total[GT][2];
+  const int tid = threadIdx.x;
+#pragma unroll
+  for (int i = 0; i < GT; ++i) {
+    if (leader) {
+      mred[grp][i] = m[i];
+      lred[grp][i] = l[i];
+    }
+  }
+  __syncthreads();
+  if (tid < GT) {
+    float mx = -INFINITY;
+    for (int r = 0; r < GROUPS; ++r) mx = fmaxf(mx, mred[r][tid]);
+    float sum = 0.0f;
+    for (int r = 0; r < GROUPS; ++r) {
+      const float f = mred[r][tid] == -INFINITY ? 0.0f : __expf(mred[r][tid] - mx);
+      factor[r][tid] = f;
+      sum += lred[r][tid] * f;
+    }
+    total[tid][0] = mx;
+    total[tid][1] = sum;
+  }
+  __syncthreads();
+  for (int idx = tid; idx < GT * D; idx += kThreads) {
+    const int i = idx / D;
+    const int c = idx - i * D;
+    const int g = gb * GT + i;
+    if (g >= p.group) continue;
+    float o = 0.0f;
+#pragma unroll 4
+    for (int r = 0; r < GROUPS; ++r) o += red[(r * GT + i) * D + c] * factor[r][i];
+    float* out = p.partial + ((static_cast<size_t>(seq) * p.scratch_heads + hk * p.group + g) * p.max_splits + split) * (D + 2);
+    out[c] = o;
+    if (c == 0) {
+      out[D] = total[i][0];
+      out[D + 1] = total[i][1];
+    }
+  }
+}
+
+// One key of a streaming block: its score s for query i enters the group's online softmax (m, l, acc
+// rescaled when the max grows); returns the key's weight exp(s - m).
+template <int PER>
+__device__ __forceinline__ float online_softmax(float s, float& m, float& l, float (&acc)[PER]) {
+  if (s > m) {
+    const float alpha = m == -INFINITY ? 0.0f : __expf(m - s);
+    l *= alpha;
+#pragma unroll
+    for (int e = 0; e < PER; ++e) acc[e] *= alpha;
+    m = s;
+  }
+  const float w = __expf(s - m);
+  l += w;
+  return w;
+}
 
 template <typename T, int D, int GT>
 __global__ void __launch_bounds__(kThreads) decode_split(const DecodeParams p) {
@@ -71,7 +141,7 @@ __global__ void __launch_bounds__(kThreads) decode_split(const DecodeParams p) {
   if (split == 0 && blockIdx.y == 0 && tid == 0) p.steps[seq] += 1.0;
 
   int n = p.lengths[static_cast<size_t>(seq) * p.kv_heads + hk];
-  n = n < 0 ? 0 : (n > p.capacity ? p.capacity : n);
+  n = n < 0 ? 0 : min(n, min(p.capacity, p.limit));
   const int t0 = split * p.chunk;
   const int t1 = split == p.splits - 1 ? n : min(n, t0 + p.chunk);
   const size_t head = (static_cast<size_t>(seq) * p.kv_heads + hk) * p.capacity;
@@ -244,10 +314,6 @@ __global__ void __launch_bounds__(kThreads) decode_stream(const DecodeParams p) 
   constexpr int GROUPS = kThreads / LANES;
   constexpr int UNROLL = GT <= 2 ? 4 : 2;
   __shared__ float red[GROUPS * GT * D];
-  __shared__ float mred[GROUPS][GT];
-  __shared__ float lred[GROUPS][GT];
-  __shared__ float factor[GROUPS][GT];
-  __shared__ float total[GT][2];
 
   const int split = blockIdx.x;
   const int hk = blockIdx.y / p.gbatches;
@@ -260,7 +326,7 @@ __global__ void __launch_bounds__(kThreads) decode_stream(const DecodeParams p) 
   if (split == 0 && blockIdx.y == 0 && tid == 0) p.steps[seq] += 1.0;
 
   int n = p.lengths[static_cast<size_t>(seq) * p.kv_heads + hk];
-  n = n < 0 ? 0 : (n > p.capacity ? p.capacity : n);
+  n = n < 0 ? 0 : min(n, min(p.capacity, p.limit));
   const int t0 = split * p.chunk;
   const int t1 = split == p.splits - 1 ? n : min(n, t0 + p.chunk);
   const size_t head = (static_cast<size_t>(seq) * p.kv_heads + hk) * p.capacity;
@@ -327,15 +393,7 @@ __global__ void __launch_bounds__(kThreads) decode_stream(const DecodeParams p) 
         w[i] = 0.0f;
         if (valid) {
           if (lid == 0 && gb * GT + i < p.group) raw_scores[static_cast<size_t>(i) * p.capacity + k] = s;
-          if (s > m[i]) {
-            const float alpha = m[i] == -INFINITY ? 0.0f : __expf(m[i] - s);
-            l[i] *= alpha;
-#pragma unroll
-            for (int e = 0; e < PER; ++e) acc[i][e] *= alpha;
-            m[i] = s;
-          }
-          w[i] = __expf(s - m[i]);
-          l[i] += w[i];
+          w[i] = online_softmax<PER>(s, m[i], l[i], acc[i]);
         }
       }
 #pragma unroll
@@ -348,48 +406,193 @@ __global__ void __launch_bounds__(kThreads) decode_stream(const DecodeParams p) 
     }
   }
 
-  // Merge the key groups: rescale each to the block's max.
 #pragma unroll
   for (int i = 0; i < GT; ++i) {
-    if (lid == 0) {
-      mred[grp][i] = m[i];
-      lred[grp][i] = l[i];
-    }
 #pragma unroll
     for (int v = 0; v < NV; ++v) {
 #pragma unroll
       for (int e = 0; e < VEC; ++e) red[(grp * GT + i) * D + (v * LANES + lid) * VEC + e] = acc[i][v * VEC + e];
     }
   }
-  __syncthreads();
-  if (tid < GT) {
-    float mx = -INFINITY;
-    for (int r = 0; r < GROUPS; ++r) mx = fmaxf(mx, mred[r][tid]);
-    float sum = 0.0f;
-    for (int r = 0; r < GROUPS; ++r) {
-      const float f = mred[r][tid] == -INFINITY ? 0.0f : __expf(mred[r][tid] - mx);
-      factor[r][tid] = f;
-      sum += lred[r][tid] * f;
+  // Merge the key groups: rescale each to the block's max.
+  merge_key_groups<D, GT, GROUPS>(p, red, m, l, grp, lid == 0, split, hk, gb, seq);
+}
+
+// The packed variant (docs/packing.md): the streaming kernel's loop over codes. A lane owns 8 channels
+// (BITS bytes of a token's codes: 4 for int4), so a key group of D / 8 lanes reads a token's key and value
+// codes as one coalesced row. A packed key is dequantised with its run's per-channel scales (loaded again
+// only when the run changes from the lane's previous key), a value with its token's group scale; both
+// f32(zero + code * scale) exactly, as the CPU kernels. The residual window's rows follow in the element
+// type. The raw scores and the partials are written as by the dense kernels, so decode_combine (and the
+// tracker in it) is shared.
+template <int BITS>
+__device__ __forceinline__ uint64_t load_codes(const uint8_t* p) {
+  if constexpr (BITS == 2) return __ldg(reinterpret_cast<const uint16_t*>(p));
+  if constexpr (BITS == 4) return __ldg(reinterpret_cast<const uint32_t*>(p));
+  const uint2 w = __ldg(reinterpret_cast<const uint2*>(p));
+  return static_cast<uint64_t>(w.x) | (static_cast<uint64_t>(w.y) << 32);
+}
+
+// 8 consecutive f16 values (16 aligned bytes) as floats.
+__device__ __forceinline__ void load8_f16(const uint16_t* p, float* out) { decode16<__half>(raw16(p), out); }
+
+// 8 consecutive elements of T as floats.
+template <typename T>
+__device__ __forceinline__ void load8(const T* p, float* out) {
+  decode16<T>(raw16(p), out);
+  if constexpr (sizeof(T) == 4) decode16<T>(raw16(p + 4), out + 4);
+}
+
+template <typename T, int D, int BITS, int GT>
+__global__ void __launch_bounds__(kThreads) decode_packed(const DecodeParams p) {
+  constexpr int LANES = D / 8;
+  constexpr int GROUPS = kThreads / LANES;
+  constexpr int UNROLL = GT <= 2 ? 4 : 2;
+  constexpr uint32_t kMask = (1u << BITS) - 1u;
+  __shared__ float red[GROUPS * GT * D];
+
+  const int split = blockIdx.x;
+  const int hk = blockIdx.y / p.gbatches;
+  const int gb = blockIdx.y - hk * p.gbatches;
+  const int b = blockIdx.z;
+  const int seq = p.seqs.ids[b];
+  const int tid = threadIdx.x;
+  const int grp = tid / LANES;
+  const int lid = tid % LANES;
+  const int c0 = lid * 8;
+  if (split == 0 && blockIdx.y == 0 && tid == 0) p.steps[seq] += 1.0;
+
+  const PackedArgs& pk = p.pk;
+  const size_t i = static_cast<size_t>(seq) * p.kv_heads + hk;
+  int n = p.lengths[i];
+  n = n < 0 ? 0 : min(n, min(p.capacity, p.limit));
+  const int packed = min(max(pk.packed[i], 0), min(n, pk.packed_slots));
+  const int t0 = split * p.chunk;
+  const int t1 = split == p.splits - 1 ? n : min(n, t0 + p.chunk);
+  float* raw_scores = p.scratch + (static_cast<size_t>(seq) * p.scratch_heads + hk * p.group + gb * GT) * p.capacity;
+  const int groups = D / pk.group;
+  const uint8_t* key_codes = pk.key_codes + i * pk.packed_slots * (D * BITS / 8) + lid * BITS;
+  const uint8_t* value_codes = pk.value_codes + i * pk.packed_slots * (D * BITS / 8) + lid * BITS;
+  const uint16_t* value_scales = pk.value_scales + i * pk.packed_slots * groups + c0 / pk.group;
+  const uint16_t* value_zeros = pk.value_zeros + i * pk.packed_slots * groups + c0 / pk.group;
+  const uint16_t* key_scales = pk.key_scales + i * pk.max_runs * D + c0;
+  const uint16_t* key_zeros = pk.key_zeros + i * pk.max_runs * D + c0;
+  const int32_t* slot_run = pk.slot_run + i * pk.packed_slots;
+  const T* residual_keys = reinterpret_cast<const T*>(pk.residual_keys) + i * pk.residual_slots * D + c0;
+  const T* residual_values = reinterpret_cast<const T*>(pk.residual_values) + i * pk.residual_slots * D + c0;
+
+  float q[GT][8];
+#pragma unroll
+  for (int g = 0; g < GT; ++g) {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const int qh = gb * GT + g;
+      q[g][e] = qh < p.group ? load_input(p.q.data, p.q.dtype, b * p.q.row_stride + static_cast<int64_t>(hk * p.group + qh) * D + c0 + e)
+                             : 0.0f;
     }
-    total[tid][0] = mx;
-    total[tid][1] = sum;
   }
-  __syncthreads();
-  for (int idx = tid; idx < GT * D; idx += kThreads) {
-    const int i = idx / D;
-    const int c = idx - i * D;
-    const int g = gb * GT + i;
-    if (g >= p.group) continue;
-    float o = 0.0f;
-#pragma unroll 4
-    for (int r = 0; r < GROUPS; ++r) o += red[(r * GT + i) * D + c] * factor[r][i];
-    float* out = p.partial + ((static_cast<size_t>(seq) * p.scratch_heads + hk * p.group + g) * p.max_splits + split) * (D + 2);
-    out[c] = o;
-    if (c == 0) {
-      out[D] = total[i][0];
-      out[D + 1] = total[i][1];
+  float acc[GT][8];
+  float m[GT];
+  float l[GT];
+#pragma unroll
+  for (int g = 0; g < GT; ++g) {
+    m[g] = -INFINITY;
+    l[g] = 0.0f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc[g][e] = 0.0f;
+  }
+  // One key's dot products, its raw scores and its weights, then its value row into the outputs.
+  auto attend = [&](int k, const float (&key)[8], const float (&value)[8], bool valid) {
+    float w[GT];
+#pragma unroll
+    for (int g = 0; g < GT; ++g) {
+      float dot = 0.0f;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) dot = fmaf(q[g][e], key[e], dot);
+#pragma unroll
+      for (int o = LANES / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+      const float s = p.scale * dot;
+      w[g] = 0.0f;
+      if (valid) {
+        if (lid == 0 && gb * GT + g < p.group) raw_scores[static_cast<size_t>(g) * p.capacity + k] = s;
+        w[g] = online_softmax<8>(s, m[g], l[g], acc[g]);
+      }
+    }
+#pragma unroll
+    for (int g = 0; g < GT; ++g) {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc[g][e] = fmaf(w[g], value[e], acc[g][e]);
+    }
+  };
+
+  // Packed slots [t0, min(t1, packed)). Loop bounds are uniform over the block (shuffles inside).
+  int run = -1;
+  float ks[8];
+  float kz[8];
+  const int packed_end = min(t1, packed);
+  for (int k0 = t0; k0 < packed_end; k0 += GROUPS * UNROLL) {
+    uint64_t kc[UNROLL];
+    uint64_t vc[UNROLL];
+    uint16_t vs[UNROLL];
+    uint16_t vz[UNROLL];
+    int kr[UNROLL];
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) {
+      const int k = k0 + u * GROUPS + grp;
+      const bool valid = k < packed_end;
+      const size_t at = static_cast<size_t>(valid ? k : 0);
+      kc[u] = valid ? load_codes<BITS>(key_codes + at * (D * BITS / 8)) : 0;
+      vc[u] = valid ? load_codes<BITS>(value_codes + at * (D * BITS / 8)) : 0;
+      vs[u] = valid ? __ldg(value_scales + at * groups) : 0;
+      vz[u] = valid ? __ldg(value_zeros + at * groups) : 0;
+      kr[u] = valid ? __ldg(slot_run + at) : run;
+    }
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) {
+      const int k = k0 + u * GROUPS + grp;
+      if (kr[u] != run) {
+        run = kr[u];
+        load8_f16(key_scales + static_cast<size_t>(run) * D, ks);
+        load8_f16(key_zeros + static_cast<size_t>(run) * D, kz);
+      }
+      float key[8];
+      float value[8];
+      const float s = f16_bits_to_f32(vs[u]);
+      const float z = f16_bits_to_f32(vz[u]);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        key[e] = dequantise_d(static_cast<uint32_t>(kc[u] >> (e * BITS)) & kMask, ks[e], kz[e]);
+        value[e] = dequantise_d(static_cast<uint32_t>(vc[u] >> (e * BITS)) & kMask, s, z);
+      }
+      attend(k, key, value, k < packed_end);
     }
   }
+  // Residual slots [max(t0, packed), t1), rows of T at k - packed.
+  const int residual_start = max(t0, packed);
+  for (int k0 = residual_start; k0 < t1; k0 += GROUPS * UNROLL) {
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) {
+      const int k = k0 + u * GROUPS + grp;
+      const bool valid = k < t1;
+      float key[8];
+      float value[8];
+      if (valid) {
+        load8<T>(residual_keys + static_cast<size_t>(k - packed) * D, key);
+        load8<T>(residual_values + static_cast<size_t>(k - packed) * D, value);
+      } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) key[e] = value[e] = 0.0f;
+      }
+      attend(k, key, value, valid);
+    }
+  }
+
+#pragma unroll
+  for (int g = 0; g < GT; ++g) {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) red[(grp * GT + g) * D + c0 + e] = acc[g][e];
+  }
+  merge_key_groups<D, GT, GROUPS>(p, red, m, l, grp, lid == 0, split, hk, gb, seq);
 }
 
 struct CombineParams {
@@ -410,6 +613,7 @@ struct CombineParams {
   int32_t max_splits;
   int32_t splits;
   int32_t head_dim;
+  int32_t limit;
   TrackerArgs tracker;
   SeqList seqs;
 };
@@ -464,7 +668,7 @@ __global__ void __launch_bounds__(kCombineThreads) decode_combine(const CombineP
 
   if (!tracker_observes(p.tracker)) return;
   int n = p.lengths[static_cast<size_t>(seq) * p.kv_heads + hk];
-  n = n < 0 ? 0 : (n > p.capacity ? p.capacity : n);
+  n = n < 0 ? 0 : min(n, min(p.capacity, p.limit));
   const uint64_t step = static_cast<uint64_t>(p.steps[seq]) - 1;
   const size_t head = (static_cast<size_t>(seq) * p.kv_heads + hk) * p.capacity;
   const float* raw = p.scratch + (static_cast<size_t>(seq) * p.scratch_heads + static_cast<size_t>(hk) * p.group) * p.capacity;
@@ -493,15 +697,13 @@ bool tiled_decode(int gt) {
   return forced >= 0 ? forced == 1 : gt >= 4;
 }
 
-// Blocks of one split kernel variant resident per multiprocessor (asked once per variant and process).
-template <typename T, int D, int GT>
-int resident_blocks() {
-  static int cached = 0;
+// Blocks of a split kernel resident per multiprocessor (asked once per kernel and process: `cached` is
+// the kernel's own static).
+template <typename Kernel>
+int resident_blocks(Kernel kernel, int& cached) {
   if (cached == 0) {
     int blocks = 0;
-    const cudaError_t e = tiled_decode(GT)
-                              ? cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, decode_split<T, D, GT>, kThreads, 0)
-                              : cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, decode_stream<T, D, GT>, kThreads, 0);
+    const cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kThreads, 0);
     if (e != cudaSuccess || blocks < 1) {
       cudaGetLastError();
       blocks = 2;
@@ -522,11 +724,12 @@ double target_waves() {
   return waves;
 }
 
-template <typename T, int D, int GT>
-Result launch_split(DecodeParams& p, int64_t per_split, int64_t longest, int32_t max_splits, int32_t multiprocessors,
-                    int32_t batch, cudaStream_t stream) {
-  // Split the key length so the grid fills the card about `target_waves()` times, at least 64 keys a block.
-  const double slots = target_waves() * multiprocessors * resident_blocks<T, D, GT>();
+// Launches a split kernel with the key length split so the grid fills the card about `target_waves()`
+// times, at least 64 keys a block; sets p.splits and p.chunk for the combine.
+template <typename Kernel>
+Result launch_splits(Kernel kernel, int resident, DecodeParams& p, int64_t per_split, int64_t longest, int32_t max_splits,
+                     int32_t multiprocessors, int32_t batch, cudaStream_t stream) {
+  const double slots = target_waves() * multiprocessors * resident;
   const int64_t want = std::max<int64_t>(1, static_cast<int64_t>(slots / static_cast<double>(per_split) + 0.5));
   int32_t splits = static_cast<int32_t>(std::max<int64_t>(1, std::min<int64_t>({want, max_splits, (longest + 63) / 64})));
   int32_t chunk = static_cast<int32_t>((longest + splits - 1) / splits);
@@ -535,18 +738,38 @@ Result launch_split(DecodeParams& p, int64_t per_split, int64_t longest, int32_t
   p.splits = splits;
   p.chunk = chunk;
   const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(p.kv_heads * p.gbatches), static_cast<unsigned>(batch));
-  if (tiled_decode(GT)) {
-    decode_split<T, D, GT><<<grid, kThreads, 0, stream>>>(p);
-  } else {
-    decode_stream<T, D, GT><<<grid, kThreads, 0, stream>>>(p);
-  }
+  kernel<<<grid, kThreads, 0, stream>>>(p);
   return launched("decode_split");
+}
+
+template <typename T, int D, int GT>
+Result launch_split(DecodeParams& p, int64_t per_split, int64_t longest, int32_t max_splits, int32_t multiprocessors,
+                    int32_t batch, cudaStream_t stream) {
+  static int tiled_resident = 0;
+  static int stream_resident = 0;
+  if (tiled_decode(GT)) {
+    return launch_splits(decode_split<T, D, GT>, resident_blocks(decode_split<T, D, GT>, tiled_resident), p, per_split, longest,
+                         max_splits, multiprocessors, batch, stream);
+  }
+  return launch_splits(decode_stream<T, D, GT>, resident_blocks(decode_stream<T, D, GT>, stream_resident), p, per_split, longest,
+                       max_splits, multiprocessors, batch, stream);
+}
+
+template <typename T, int D, int BITS, int GT>
+Result launch_packed(DecodeParams& p, int64_t per_split, int64_t longest, int32_t max_splits, int32_t multiprocessors,
+                     int32_t batch, cudaStream_t stream) {
+  static int resident = 0;
+  return launch_splits(decode_packed<T, D, BITS, GT>, resident_blocks(decode_packed<T, D, BITS, GT>, resident), p, per_split,
+                       longest, max_splits, multiprocessors, batch, stream);
 }
 
 }  // namespace
 
-Result decode(const Store& store, const int32_t* seqs, int32_t batch, int32_t max_length, Tensor q, Tensor out,
-              int32_t query_heads, float scale, const TrackerSpec& tracker, void* stream) {
+namespace {
+
+// decode over at most `limit` slots of each head (INT32_MAX: all of them).
+Result decode_rows(const Store& store, const int32_t* seqs, int32_t batch, int32_t max_length, Tensor q, Tensor out,
+                   int32_t query_heads, float scale, const TrackerSpec& tracker, int32_t limit, void* stream) {
   const StoreSpec& s = store.spec;
   if (batch < 1 || batch > kMaxBatch || query_heads < 1 || query_heads % s.kv_heads != 0 || query_heads > s.query_heads) {
     return Result{Status::Argument, 0, "decode"};
@@ -554,7 +777,9 @@ Result decode(const Store& store, const int32_t* seqs, int32_t batch, int32_t ma
   const int32_t group = query_heads / s.kv_heads;
   if (group > kMaxGroup) return Result{Status::Argument, 0, "queryHeads"};
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
-  const int32_t gt = group >= 8 ? 8 : group >= 3 ? 4 : group;
+  // Query heads per split block: the packed kernels are built for 1 and 4 only (fewer variants to compile;
+  // a group of 2 runs as two blocks of 1).
+  const int32_t gt = s.bits != 0 ? (group >= 3 ? 4 : 1) : group >= 8 ? 8 : group >= 3 ? 4 : group;
   const int32_t gbatches = (group + gt - 1) / gt;
 
   DecodeParams p{};
@@ -571,6 +796,7 @@ Result decode(const Store& store, const int32_t* seqs, int32_t batch, int32_t ma
   p.gbatches = gbatches;
   p.scratch_heads = s.query_heads;
   p.max_splits = store.max_splits;
+  p.limit = limit;
   for (int32_t b = 0; b < batch; ++b) {
     if (seqs[b] < 0 || seqs[b] >= s.max_sequences) return Result{Status::Argument, 0, "seq"};
     p.seqs.ids[b] = seqs[b];
@@ -579,7 +805,24 @@ Result decode(const Store& store, const int32_t* seqs, int32_t batch, int32_t ma
   const int64_t longest = std::max<int64_t>(1, std::min<int64_t>(max_length, s.capacity));
   p.scale = scale;
   const int32_t sms = store.multiprocessors;
-  Result r = SH_DISPATCH_DTYPE(s.dtype, T, [&] {
+  if (s.bits != 0) p.pk = packed_args(store);
+  Result r = s.bits != 0 ? SH_DISPATCH_DTYPE(s.dtype, T, [&] {
+    return SH_DISPATCH_HEAD_DIM(s.head_dim, D, [&] {
+      auto by_group = [&](auto bits_tag) -> Result {
+        constexpr int BITS = decltype(bits_tag)::value;
+        return gt == 1 ? launch_packed<T, D, BITS, 1>(p, per_split, longest, store.max_splits, sms, batch, st)
+                       : launch_packed<T, D, BITS, 4>(p, per_split, longest, store.max_splits, sms, batch, st);
+      };
+      switch (s.bits) {
+        case 2:
+          return by_group(std::integral_constant<int, 2>{});
+        case 4:
+          return by_group(std::integral_constant<int, 4>{});
+        default:
+          return by_group(std::integral_constant<int, 8>{});
+      }
+    });
+  }) : SH_DISPATCH_DTYPE(s.dtype, T, [&] {
     return SH_DISPATCH_HEAD_DIM(s.head_dim, D, [&] {
       switch (gt) {
         case 1:
@@ -614,12 +857,35 @@ Result decode(const Store& store, const int32_t* seqs, int32_t batch, int32_t ma
   c.max_splits = store.max_splits;
   c.splits = splits;
   c.head_dim = s.head_dim;
+  c.limit = limit;
   c.tracker = tracker_args(tracker);
   c.seqs = p.seqs;
   const int64_t blocks_x = tracker_observes(c.tracker) ? std::min<int64_t>(256, (longest + kCombineThreads - 1) / kCombineThreads) : 1;
   decode_combine<<<dim3(static_cast<unsigned>(blocks_x), static_cast<unsigned>(s.kv_heads), static_cast<unsigned>(batch)),
                    kCombineThreads, 0, st>>>(c);
   return launched("decode_combine");
+}
+
+}  // namespace
+
+Result decode(const Store& store, const int32_t* seqs, int32_t batch, int32_t max_length, Tensor q, Tensor out,
+              int32_t query_heads, float scale, const TrackerSpec& tracker, void* stream) {
+  return decode_rows(store, seqs, batch, max_length, q, out, query_heads, scale, tracker, INT32_MAX, stream);
+}
+
+Result prefill_packed(const Store& store, int32_t seq, int32_t length, Tensor q, int32_t rows, Tensor out,
+                      int32_t query_heads, float scale, const TrackerSpec& tracker, void* stream) {
+  // Row i is a decode over the first length - rows + i + 1 slots, in row order (one observation each).
+  for (int32_t r = 0; r < rows; ++r) {
+    Tensor qr = q;
+    Tensor outr = out;
+    qr.data = static_cast<const uint8_t*>(q.data) + static_cast<int64_t>(r) * q.row_stride * bytes_per_element(q.dtype);
+    outr.data = static_cast<const uint8_t*>(out.data) + static_cast<int64_t>(r) * out.row_stride * bytes_per_element(out.dtype);
+    const int32_t limit = length - rows + r + 1;
+    const Result res = decode_rows(store, &seq, 1, limit, qr, outr, query_heads, scale, tracker, limit, stream);
+    if (!ok(res)) return res;
+  }
+  return Result{};
 }
 
 }  // namespace sh::cuda

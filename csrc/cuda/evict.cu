@@ -12,7 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "common.cuh"
+#include "packing.cuh"
 #include "internal.cuh"
 
 namespace sh::cuda {
@@ -252,6 +252,8 @@ struct OrderedParams {
   int32_t* lengths;
   int32_t* error;
   int32_t* state;
+  // Packed stores: each slot's drop flag goes here ([head][capacity]) for packed_compact; else null.
+  uint8_t* dropped;
   const float* mean;
   size_t mean_stride;
   SeqList seqs;
@@ -418,6 +420,7 @@ __global__ void __launch_bounds__(kMoveThreads) evict_move(const OrderedParams p
   const bool drop = (cand && u < threshold) || (equal && rank < need_equal);
   const int before = drops_before + move_scan(drop ? 1 : 0, warp_sums, &total);
   const bool moving = in && !drop && before > 0;
+  if (in && p.dropped != nullptr) p.dropped[head + j] = drop ? 1 : 0;
   int32_t position = 0;
   float score = 0.0f;
   if (moving) {
@@ -477,6 +480,137 @@ __global__ void __launch_bounds__(kMoveThreads) evict_move(const OrderedParams p
   }
 }
 
+
+// Packed stores: after evict_select/evict_move compacted the per-slot state (with no key or value rows),
+// one block per head compacts what the drop flags say in the packed arrays, as compactPacked in
+// src/backend/packed-store.ts: kept codes move with their tokens (never re-quantised), a run keeps its
+// scales and zero points with its survivors' count, an emptied run leaves the table, residual rows move
+// within the window. Moves go to lower slots; each step's reads finish (barrier) before its writes.
+constexpr int kCompactThreads = 256;
+
+template <typename T>
+__global__ void __launch_bounds__(kCompactThreads) packed_compact(const OrderedParams o, const PackedArgs p) {
+  __shared__ uint32_t stage_codes[32 * 2 * 64];
+  __shared__ uint16_t stage_groups[32 * 2 * 32];
+  __shared__ int dest[32];
+  __shared__ int s_count;
+  const int tid = threadIdx.x;
+  const size_t slot = static_cast<size_t>(o.seqs.ids[blockIdx.y]) * o.kv_heads + blockIdx.x;
+  const int n = head_state(o, slot)[kLengthBefore];
+  if (n < 0) return;
+  const int packed = p.packed[slot];
+  const int runs = p.runs[slot];
+  const uint8_t* dropped = p.dropped + slot * o.capacity;
+  int32_t* survivors = p.run_scratch + slot * p.max_runs;
+  const int32_t* slot_run = p.slot_run + slot * p.packed_slots;
+  for (int r = tid; r < runs; r += kCompactThreads) survivors[r] = 0;
+  __syncthreads();
+  for (int j = tid; j < packed; j += kCompactThreads) {
+    if (dropped[j] == 0) atomicAdd(&survivors[slot_run[j]], 1);
+  }
+  __syncthreads();
+
+  // Packed tokens, 32 slots a step.
+  const int words = p.code_bytes / 4;
+  const int d = p.code_bytes * 8 / p.bits;
+  const int groups = d / p.group;
+  uint32_t* key_words = reinterpret_cast<uint32_t*>(p.key_codes) + slot * p.packed_slots * words;
+  uint32_t* value_words = reinterpret_cast<uint32_t*>(p.value_codes) + slot * p.packed_slots * words;
+  uint16_t* scales = p.value_scales + slot * p.packed_slots * groups;
+  uint16_t* zeros = p.value_zeros + slot * p.packed_slots * groups;
+  int kept = 0;
+  for (int c0 = 0; c0 < packed; c0 += 32) {
+    if (tid < 32) {
+      const int j = c0 + tid;
+      const bool keep = j < packed && dropped[j] == 0;
+      const uint32_t mask = __ballot_sync(0xffffffffu, keep);
+      const int to = kept + __popc(mask & ((1u << tid) - 1u));
+      dest[tid] = keep && to != j ? to : -1;
+      if (tid == 0) s_count = __popc(mask);
+    }
+    __syncthreads();
+    for (int idx = tid; idx < 32 * 2 * words; idx += kCompactThreads) {
+      const int t = idx / (2 * words);
+      const int w = idx - t * 2 * words;
+      if (dest[t] >= 0) stage_codes[idx] = w < words ? key_words[(c0 + t) * words + w] : value_words[(c0 + t) * words + w - words];
+    }
+    for (int idx = tid; idx < 32 * 2 * groups; idx += kCompactThreads) {
+      const int t = idx / (2 * groups);
+      const int q = idx - t * 2 * groups;
+      if (dest[t] >= 0) stage_groups[idx] = q < groups ? scales[(c0 + t) * groups + q] : zeros[(c0 + t) * groups + q - groups];
+    }
+    __syncthreads();
+    for (int idx = tid; idx < 32 * 2 * words; idx += kCompactThreads) {
+      const int t = idx / (2 * words);
+      const int w = idx - t * 2 * words;
+      const int to = dest[t];
+      if (to < 0) continue;
+      if (w < words) {
+        key_words[to * words + w] = stage_codes[idx];
+      } else {
+        value_words[to * words + w - words] = stage_codes[idx];
+      }
+    }
+    for (int idx = tid; idx < 32 * 2 * groups; idx += kCompactThreads) {
+      const int t = idx / (2 * groups);
+      const int q = idx - t * 2 * groups;
+      const int to = dest[t];
+      if (to < 0) continue;
+      if (q < groups) {
+        scales[to * groups + q] = stage_groups[idx];
+      } else {
+        zeros[to * groups + q - groups] = stage_groups[idx];
+      }
+    }
+    kept += s_count;
+    __syncthreads();
+  }
+
+  // The run table: runs with survivors move down in order, one entry at a time.
+  int kept_runs = 0;
+  uint16_t* key_scales = p.key_scales + slot * p.max_runs * d;
+  uint16_t* key_zeros = p.key_zeros + slot * p.max_runs * d;
+  int32_t* lengths = p.run_lengths + slot * p.max_runs;
+  uint8_t* generations = p.run_generations + slot * p.max_runs;
+  for (int r = 0; r < runs; ++r) {
+    const int count = survivors[r];
+    if (count == 0) continue;
+    if (kept_runs != r) {
+      for (int c = tid; c < d; c += kCompactThreads) {
+        key_scales[kept_runs * d + c] = key_scales[r * d + c];
+        key_zeros[kept_runs * d + c] = key_zeros[r * d + c];
+      }
+      if (tid == 0) generations[kept_runs] = generations[r];
+    }
+    if (tid == 0) lengths[kept_runs] = count;
+    ++kept_runs;
+    __syncthreads();
+  }
+
+  // Residual rows, one at a time.
+  T* rk = reinterpret_cast<T*>(p.residual_keys) + slot * p.residual_slots * d;
+  T* rv = reinterpret_cast<T*>(p.residual_values) + slot * p.residual_slots * d;
+  int kept_residual = 0;
+  for (int j = packed; j < n; ++j) {
+    if (dropped[j] != 0) continue;
+    const int from = j - packed;
+    if (kept_residual != from) {
+      for (int c = tid; c < d; c += kCompactThreads) {
+        rk[kept_residual * d + c] = rk[from * d + c];
+        rv[kept_residual * d + c] = rv[from * d + c];
+      }
+      __syncthreads();
+    }
+    ++kept_residual;
+  }
+  if (tid == 0) {
+    p.packed[slot] = kept;
+    p.runs[slot] = kept_runs;
+  }
+  __syncthreads();
+  rebuild_slot_runs(p, slot);
+}
+
 std::atomic<uint64_t> prepared_devices{0};
 
 }  // namespace
@@ -513,7 +647,8 @@ int evict_staging_bytes() {
 int32_t evict_chunk_for(const StoreSpec& spec) {
   // Up to 128 slots a move block, fewer when rows are large, so a block's staging stays modest and
   // several blocks share a multiprocessor.
-  const int token_bytes = 2 * static_cast<int>(row_bytes(spec)) + 4 * spec.aux_words;
+  // A packed store without tracker words moves nothing per slot but positions and scores (not staged).
+  const int token_bytes = std::max(1, 2 * static_cast<int>(dense_row_bytes(spec)) + 4 * spec.aux_words);
   const int staging = std::min(evict_staging_bytes(), 72 * 1024);
   return std::max(1, std::min(128, staging / token_bytes));
 }
@@ -551,11 +686,11 @@ Result evict(const Store& store, const int32_t* seqs, int32_t batch, int32_t len
   p.kv_heads = s.kv_heads;
   p.capacity = s.capacity;
   p.aux_words = s.aux_words;
-  p.row_bytes = static_cast<int32_t>(row_bytes(s));
+  p.row_bytes = static_cast<int32_t>(dense_row_bytes(s));
   p.count = count;
   p.sinks = sinks;
   p.recent = recent;
-  const int token_bytes = 2 * p.row_bytes + 4 * s.aux_words;
+  const int token_bytes = std::max(1, 2 * p.row_bytes + 4 * s.aux_words);
   p.chunk = std::max(1, std::min(kThreads, staging / token_bytes));
   if (scope == EvictScope::Layer) {
     // Each sequence's means go to the start of its own scratch.
@@ -568,7 +703,8 @@ Result evict(const Store& store, const int32_t* seqs, int32_t batch, int32_t len
     p.mean = store.scratch;
     p.mean_stride = stride;
   }
-  if (!block_evict()) {
+  // Packed stores always take the ordered path, whose move kernel leaves the drop flags for packed_compact.
+  if (!block_evict() || s.bits != 0) {
     OrderedParams o{};
     o.keys = p.keys;
     o.values = p.values;
@@ -590,12 +726,20 @@ Result evict(const Store& store, const int32_t* seqs, int32_t batch, int32_t len
     o.recent = p.recent;
     o.chunk = store.evict_chunk;
     o.chunks = store.evict_chunks;
+    o.dropped = s.bits != 0 ? store.packed.dropped : nullptr;
     evict_select<<<dim3(s.kv_heads, batch), kThreads, 0, st>>>(o);
     const Result r = launched("evict_select");
     if (!ok(r)) return r;
     const size_t move_smem = static_cast<size_t>(o.chunk) * token_bytes;
     evict_move<<<dim3(o.chunks, s.kv_heads, batch), kMoveThreads, move_smem, st>>>(o);
-    return launched("evict_move");
+    if (s.bits == 0) return launched("evict_move");
+    const Result moved = launched("evict_move");
+    if (!ok(moved)) return moved;
+    const PackedArgs pk = packed_args(store);
+    return SH_DISPATCH_DTYPE(s.dtype, T, [&] {
+      packed_compact<T><<<dim3(s.kv_heads, batch), kCompactThreads, 0, st>>>(o, pk);
+      return launched("packed_compact");
+    });
   }
   const size_t smem = static_cast<size_t>(p.chunk) * token_bytes;
   evict_kernel<<<dim3(s.kv_heads, batch), kThreads, smem, st>>>(p);

@@ -15,4 +15,12 @@ int evict_staging_bytes();
 int32_t evict_chunk_for(const StoreSpec& spec);
 inline size_t evict_state_ints(int32_t chunks) { return 8 + 3 * static_cast<size_t>(chunks); }
 
+// append for a packed store (packed.cu); append() dispatches to it.
+Result append_packed(const Store& store, int32_t seq, Tensor k, Tensor v, int32_t count, int32_t first_position,
+                     const TrackerSpec& tracker, void* stream);
+
+// prefill for a packed store (decode.cu): each row a decode over its causal prefix; prefill() dispatches to it.
+Result prefill_packed(const Store& store, int32_t seq, int32_t length, Tensor q, int32_t rows, Tensor out,
+                      int32_t query_heads, float scale, const TrackerSpec& tracker, void* stream);
+
 }  // namespace sh::cuda

@@ -15,6 +15,7 @@
 #include <algorithm>
 
 #include "common.cuh"
+#include "internal.cuh"
 
 namespace sh::cuda {
 namespace {
@@ -211,6 +212,7 @@ Result prefill(const Store& store, int32_t seq, int32_t length, Tensor q, int32_
       query_heads % s.kv_heads != 0 || query_heads > s.query_heads) {
     return Result{Status::Argument, 0, "prefill"};
   }
+  if (s.bits != 0) return prefill_packed(store, seq, length, q, rows, out, query_heads, scale, tracker, stream);
   PrefillParams p{};
   p.keys = store.keys;
   p.values = store.values;

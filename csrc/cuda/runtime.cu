@@ -66,4 +66,26 @@ int event_elapsed(float* ms, void* start, void* end) {
 
 int event_destroy(void* event) { return code(cudaEventDestroy(static_cast<cudaEvent_t>(event))); }
 
+// Global mode: any call that may synchronise or allocate, from any thread, fails the capture, which is what
+// the graph test wants to prove about the decode path.
+int graph_capture_begin(void* stream) {
+  return code(cudaStreamBeginCapture(static_cast<cudaStream_t>(stream), cudaStreamCaptureModeGlobal));
+}
+
+int graph_capture_end(void* stream, void** exec) {
+  cudaGraph_t graph = nullptr;
+  cudaError_t e = cudaStreamEndCapture(static_cast<cudaStream_t>(stream), &graph);
+  cudaGraphExec_t instance = nullptr;
+  if (e == cudaSuccess) e = cudaGraphInstantiate(&instance, graph, 0);
+  if (graph != nullptr) cudaGraphDestroy(graph);
+  *exec = instance;
+  return code(e);
+}
+
+int graph_launch(void* exec, void* stream) {
+  return code(cudaGraphLaunch(static_cast<cudaGraphExec_t>(exec), static_cast<cudaStream_t>(stream)));
+}
+
+int graph_destroy(void* exec) { return code(cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec))); }
+
 }  // namespace sh::cuda

@@ -12,7 +12,17 @@ size_t align256(size_t n) { return (n + 255) & ~static_cast<size_t>(255); }
 
 struct Layout {
   size_t keys, values, positions, scores, aux, lengths, steps, scratch, partial, evict_state, error, total;
+  // Packed storage.
+  size_t key_codes, value_codes, value_scales, value_zeros, key_scales, key_zeros, run_lengths, run_generations, runs,
+      packed, residual_keys, residual_values, slot_run, dropped, run_scratch;
 };
+
+// Packed slots, residual slots and run-table entries per head (src/quant/storage.ts packedSizes).
+void packed_sizes(const StoreSpec& s, int32_t* packed_slots, int32_t* residual_slots, int32_t* max_runs) {
+  *packed_slots = s.capacity >= s.residual + s.group_size ? s.capacity - s.residual : 0;
+  *residual_slots = std::min(s.capacity, s.residual + s.group_size);
+  *max_runs = 2 * ((*packed_slots + s.group_size - 1) / s.group_size);
+}
 
 Layout layout(const StoreSpec& s, int32_t max_splits, int32_t evict_chunks) {
   const size_t heads = static_cast<size_t>(s.max_sequences) * static_cast<size_t>(s.kv_heads);
@@ -24,8 +34,31 @@ Layout layout(const StoreSpec& s, int32_t max_splits, int32_t evict_chunks) {
     at += align256(bytes);
     return here;
   };
-  l.keys = take(tokens * row_bytes(s));
-  l.values = take(tokens * row_bytes(s));
+  const size_t dense_row = s.bits == 0 ? row_bytes(s) : 0;
+  l.keys = take(tokens * dense_row);
+  l.values = take(tokens * dense_row);
+  if (s.bits != 0) {
+    int32_t ps = 0, rs = 0, mr = 0;
+    packed_sizes(s, &ps, &rs, &mr);
+    const size_t d = static_cast<size_t>(s.head_dim);
+    const size_t code_bytes = d * static_cast<size_t>(s.bits) / 8;
+    const size_t groups = d / static_cast<size_t>(s.group_size);
+    l.key_codes = take(heads * ps * code_bytes);
+    l.value_codes = take(heads * ps * code_bytes);
+    l.value_scales = take(heads * ps * groups * 2);
+    l.value_zeros = take(heads * ps * groups * 2);
+    l.key_scales = take(heads * mr * d * 2);
+    l.key_zeros = take(heads * mr * d * 2);
+    l.run_lengths = take(heads * mr * 4);
+    l.run_generations = take(heads * mr);
+    l.runs = take(heads * 4);
+    l.packed = take(heads * 4);
+    l.residual_keys = take(heads * rs * row_bytes(s));
+    l.residual_values = take(heads * rs * row_bytes(s));
+    l.slot_run = take(heads * ps * 4);
+    l.dropped = take(heads * static_cast<size_t>(s.capacity));
+    l.run_scratch = take(heads * mr * 4);
+  }
   l.positions = take(tokens * 4);
   l.scores = take(tokens * 4);
   l.aux = take(tokens * 4 * static_cast<size_t>(s.aux_words));
@@ -60,6 +93,12 @@ __global__ void read_kernel(const uint4* data, size_t n, float* sink) {
 }  // namespace
 
 bool head_dim_supported(int32_t head_dim) { return head_dim == 64 || head_dim == 128 || head_dim == 256; }
+
+bool packed_spec_supported(const StoreSpec& spec) {
+  if (spec.bits == 0) return true;
+  return (spec.bits == 2 || spec.bits == 4 || spec.bits == 8) && spec.group_size >= 8 && spec.group_size % 8 == 0 &&
+         spec.head_dim % spec.group_size == 0 && spec.residual >= 0;
+}
 
 #define SH_STRINGIFY_(x) #x
 #define SH_STRINGIFY(x) SH_STRINGIFY_(x)
@@ -108,6 +147,7 @@ size_t store_bytes(const StoreSpec& spec, int32_t* max_splits) {
 
 Result store_create(const StoreSpec& spec, Store* out) {
   if (!head_dim_supported(spec.head_dim)) return Result{Status::Argument, 0, "headDim"};
+  if (!packed_spec_supported(spec)) return Result{Status::Argument, 0, "storage"};
   if (spec.max_sequences < 1 || spec.kv_heads < 1 || spec.capacity < 1 || spec.aux_words < 0 || spec.query_heads < 1 ||
       spec.query_heads % spec.kv_heads != 0 || spec.query_heads / spec.kv_heads > kMaxGroup) {
     return Result{Status::Argument, 0, "spec"};
@@ -147,6 +187,25 @@ Result store_create(const StoreSpec& spec, Store* out) {
   s.partial = reinterpret_cast<float*>(b + l.partial);
   s.evict_state = reinterpret_cast<int32_t*>(b + l.evict_state);
   s.error = reinterpret_cast<int32_t*>(b + l.error);
+  if (spec.bits != 0) {
+    PackedStoreArrays& a = s.packed;
+    packed_sizes(spec, &a.packed_slots, &a.residual_slots, &a.max_runs);
+    a.key_codes = b + l.key_codes;
+    a.value_codes = b + l.value_codes;
+    a.value_scales = reinterpret_cast<uint16_t*>(b + l.value_scales);
+    a.value_zeros = reinterpret_cast<uint16_t*>(b + l.value_zeros);
+    a.key_scales = reinterpret_cast<uint16_t*>(b + l.key_scales);
+    a.key_zeros = reinterpret_cast<uint16_t*>(b + l.key_zeros);
+    a.run_lengths = reinterpret_cast<int32_t*>(b + l.run_lengths);
+    a.run_generations = b + l.run_generations;
+    a.runs = reinterpret_cast<int32_t*>(b + l.runs);
+    a.packed = reinterpret_cast<int32_t*>(b + l.packed);
+    a.residual_keys = b + l.residual_keys;
+    a.residual_values = b + l.residual_values;
+    a.slot_run = reinterpret_cast<int32_t*>(b + l.slot_run);
+    a.dropped = b + l.dropped;
+    a.run_scratch = reinterpret_cast<int32_t*>(b + l.run_scratch);
+  }
   *out = s;
   return Result{};
 }
@@ -161,6 +220,9 @@ Result clear(const Store& store, int32_t seq, void* stream) {
   const size_t heads = static_cast<size_t>(store.spec.kv_heads);
   cudaError_t e = cudaMemsetAsync(store.lengths + static_cast<size_t>(seq) * heads, 0, heads * 4, s);
   if (e == cudaSuccess) e = cudaMemsetAsync(store.steps + seq, 0, 8, s);
+  // A packed store's sequence also drops its codes and runs (the rest is overwritten before it is read).
+  if (e == cudaSuccess && store.spec.bits != 0) e = cudaMemsetAsync(store.packed.packed + static_cast<size_t>(seq) * heads, 0, heads * 4, s);
+  if (e == cudaSuccess && store.spec.bits != 0) e = cudaMemsetAsync(store.packed.runs + static_cast<size_t>(seq) * heads, 0, heads * 4, s);
   return e == cudaSuccess ? Result{} : Result{Status::Ok, static_cast<int>(e), "clear"};
 }
 

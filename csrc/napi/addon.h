@@ -83,6 +83,13 @@ class Addon : public Napi::Addon<Addon> {
   Napi::Value CudaEvict(const Napi::CallbackInfo& info);
   Napi::Value CudaClear(const Napi::CallbackInfo& info);
   Napi::Value CudaReadBench(const Napi::CallbackInfo& info);
+  Napi::Value CudaRebuildPackedIndex(const Napi::CallbackInfo& info);
+  Napi::Value CudaPack(const Napi::CallbackInfo& info);
+  Napi::Value CudaUnpack(const Napi::CallbackInfo& info);
+  Napi::Value CudaGraphCaptureBegin(const Napi::CallbackInfo& info);
+  Napi::Value CudaGraphCaptureEnd(const Napi::CallbackInfo& info);
+  Napi::Value CudaGraphLaunch(const Napi::CallbackInfo& info);
+  Napi::Value CudaGraphDestroy(const Napi::CallbackInfo& info);
 #endif
 
   cpu::Context context_;

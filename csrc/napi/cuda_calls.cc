@@ -184,6 +184,13 @@ void Addon::DefineCuda(Napi::Object exports) {
                                 InstanceMethod("cudaEvict", &Addon::CudaEvict, napi_enumerable),
                                 InstanceMethod("cudaClear", &Addon::CudaClear, napi_enumerable),
                                 InstanceMethod("cudaReadBench", &Addon::CudaReadBench, napi_enumerable),
+                                InstanceMethod("cudaRebuildPackedIndex", &Addon::CudaRebuildPackedIndex, napi_enumerable),
+                                InstanceMethod("cudaPack", &Addon::CudaPack, napi_enumerable),
+                                InstanceMethod("cudaUnpack", &Addon::CudaUnpack, napi_enumerable),
+                                InstanceMethod("cudaGraphCaptureBegin", &Addon::CudaGraphCaptureBegin, napi_enumerable),
+                                InstanceMethod("cudaGraphCaptureEnd", &Addon::CudaGraphCaptureEnd, napi_enumerable),
+                                InstanceMethod("cudaGraphLaunch", &Addon::CudaGraphLaunch, napi_enumerable),
+                                InstanceMethod("cudaGraphDestroy", &Addon::CudaGraphDestroy, napi_enumerable),
                             });
 }
 
@@ -326,7 +333,8 @@ Napi::Value Addon::CudaEventDestroy(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// cudaStoreCreate(layer, dtype, maxSequences, kvHeads, headDim, capacity, auxWords, queryHeads) -> external
+// cudaStoreCreate(layer, dtype, maxSequences, kvHeads, headDim, capacity, auxWords, queryHeads[, bits, groupSize,
+// residual]) -> external (bits 0 or absent: dense rows)
 Napi::Value Addon::CudaStoreCreate(const Napi::CallbackInfo& info) {
   const Args args(*this, info);
   cuda::StoreSpec spec;
@@ -338,6 +346,14 @@ Napi::Value Addon::CudaStoreCreate(const Napi::CallbackInfo& info) {
   spec.capacity = static_cast<int32_t>(args.integer(5, "capacity", 1, 1 << 24));
   spec.aux_words = static_cast<int32_t>(args.integer(6, "auxWords", 0, 1 << 16));
   spec.query_heads = static_cast<int32_t>(args.integer(7, "queryHeads", 1, 4096));
+  if (info.Length() > 8 && !info[8].IsUndefined()) {
+    spec.bits = static_cast<int32_t>(args.integer(8, "storage.bits", 0, 8));
+    spec.group_size = static_cast<int32_t>(args.integer(9, "storage.groupSize", 0, kMaxHeadDim));
+    spec.residual = static_cast<int32_t>(args.integer(10, "storage.residual", 0, 1 << 24));
+    if (!cuda::packed_spec_supported(spec)) {
+      args.fail(kArgument, "storage", "packed storage needs 2, 4 or 8 bits and a group size that is a multiple of 8 dividing headDim");
+    }
+  }
   if (!cuda::head_dim_supported(spec.head_dim)) {
     args.fail(kArgument, "headDim", "the cuda backend has kernels for head sizes 64, 128 and 256 only, got " + std::to_string(spec.head_dim));
   }
@@ -387,6 +403,26 @@ Napi::Value Addon::CudaStoreInfo(const Napi::CallbackInfo& info) {
   o.Set("error", Napi::Value(env, bigint(env, s.error)));
   o.Set("bytes", static_cast<double>(s.bytes));
   o.Set("maxSplits", s.max_splits);
+  if (s.spec.bits != 0) {
+    const cuda::PackedStoreArrays& a = s.packed;
+    Napi::Object p = Napi::Object::New(env);
+    p.Set("packedSlots", a.packed_slots);
+    p.Set("residualSlots", a.residual_slots);
+    p.Set("maxRuns", a.max_runs);
+    p.Set("keyCodes", Napi::Value(env, bigint(env, a.key_codes)));
+    p.Set("valueCodes", Napi::Value(env, bigint(env, a.value_codes)));
+    p.Set("valueScales", Napi::Value(env, bigint(env, a.value_scales)));
+    p.Set("valueZeros", Napi::Value(env, bigint(env, a.value_zeros)));
+    p.Set("keyScales", Napi::Value(env, bigint(env, a.key_scales)));
+    p.Set("keyZeros", Napi::Value(env, bigint(env, a.key_zeros)));
+    p.Set("runLengths", Napi::Value(env, bigint(env, a.run_lengths)));
+    p.Set("runGenerations", Napi::Value(env, bigint(env, a.run_generations)));
+    p.Set("runs", Napi::Value(env, bigint(env, a.runs)));
+    p.Set("packed", Napi::Value(env, bigint(env, a.packed)));
+    p.Set("residualKeys", Napi::Value(env, bigint(env, a.residual_keys)));
+    p.Set("residualValues", Napi::Value(env, bigint(env, a.residual_values)));
+    o.Set("packed", p);
+  }
   return o;
 }
 
@@ -498,6 +534,85 @@ Napi::Value Addon::CudaReadBench(const Napi::CallbackInfo& info) {
   const int64_t bytes = args.integer(1, "bytes", 16, INT64_C(1) << 50);
   float* sink = static_cast<float*>(as_ptr(args.pointer(2, "sink", false)));
   check_result(args, cuda::read_bench(data, static_cast<size_t>(bytes) & ~static_cast<size_t>(15), sink, stream_arg(args, 3)));
+  return info.Env().Undefined();
+}
+
+// cudaRebuildPackedIndex(store, stream)
+Napi::Value Addon::CudaRebuildPackedIndex(const Napi::CallbackInfo& info) {
+  const Args args(*this, info);
+  const cuda::Store& store = store_arg(args, 0);
+  check_result(args, cuda::rebuild_packed_index(store, stream_arg(args, 1)));
+  return info.Env().Undefined();
+}
+
+static cuda::PackShape pack_shape_arg(const Args& args, size_t i) {
+  cuda::PackShape shape;
+  shape.rows = args.integer(i, "rows", 1, INT64_C(1) << 40);
+  shape.cols = args.integer(i + 1, "cols", 1, INT64_C(1) << 40);
+  shape.bits = static_cast<int32_t>(args.integer(i + 2, "bits", 2, 8));
+  shape.axis = static_cast<int32_t>(args.integer(i + 3, "axis", 0, 1));
+  shape.group_size = args.integer(i + 4, "groupSize", 1, INT64_C(1) << 30);
+  if (!cuda::pack_shape_supported(shape)) {
+    args.fail(kArgument, "groupSize",
+              "the cuda packer needs 2, 4 or 8 bits, a group size dividing the grouped axis, and whole code bytes per thread "
+              "(axis 1: groupSize * bits a multiple of 8; axis 0: cols * bits a multiple of 8)");
+  }
+  return shape;
+}
+
+// cudaPack(input, dtype, rows, cols, bits, axis, groupSize, codes, scales, zeros, bad, stream)
+Napi::Value Addon::CudaPack(const Napi::CallbackInfo& info) {
+  const Args args(*this, info);
+  const void* input = as_ptr(args.pointer(0, "input", false));
+  const DType dtype = dtype_arg(args, 1, "dtype");
+  const cuda::PackShape shape = pack_shape_arg(args, 2);
+  uint8_t* codes = static_cast<uint8_t*>(as_ptr(args.pointer(7, "codes", false)));
+  uint16_t* scales = static_cast<uint16_t*>(as_ptr(args.pointer(8, "scales", false)));
+  uint16_t* zeros = static_cast<uint16_t*>(as_ptr(args.pointer(9, "zeros", false)));
+  int32_t* bad = static_cast<int32_t*>(as_ptr(args.pointer(10, "bad", true)));
+  check_result(args, cuda::pack(input, dtype, shape, codes, scales, zeros, bad, stream_arg(args, 11)));
+  return info.Env().Undefined();
+}
+
+// cudaUnpack(codes, scales, zeros, rows, cols, bits, axis, groupSize, outType, out, stream)
+Napi::Value Addon::CudaUnpack(const Napi::CallbackInfo& info) {
+  const Args args(*this, info);
+  const uint8_t* codes = static_cast<const uint8_t*>(as_ptr(args.pointer(0, "codes", false)));
+  const uint16_t* scales = static_cast<const uint16_t*>(as_ptr(args.pointer(1, "scales", false)));
+  const uint16_t* zeros = static_cast<const uint16_t*>(as_ptr(args.pointer(2, "zeros", false)));
+  const cuda::PackShape shape = pack_shape_arg(args, 3);
+  const DType out_dtype = dtype_arg(args, 8, "outType");
+  void* out = as_ptr(args.pointer(9, "out", false));
+  check_result(args, cuda::unpack(codes, scales, zeros, shape, out_dtype, out, stream_arg(args, 10)));
+  return info.Env().Undefined();
+}
+
+// cudaGraphCaptureBegin(stream): global capture mode (a synchronising or allocating call fails the capture).
+Napi::Value Addon::CudaGraphCaptureBegin(const Napi::CallbackInfo& info) {
+  const Args args(*this, info);
+  check_cuda(args, cuda::graph_capture_begin(as_ptr(args.pointer(0, "stream", false))), "cudaStreamBeginCapture");
+  return info.Env().Undefined();
+}
+
+// cudaGraphCaptureEnd(stream) -> bigint (an instantiated cudaGraphExec_t)
+Napi::Value Addon::CudaGraphCaptureEnd(const Napi::CallbackInfo& info) {
+  const Args args(*this, info);
+  void* exec = nullptr;
+  check_cuda(args, cuda::graph_capture_end(as_ptr(args.pointer(0, "stream", false)), &exec), "cudaStreamEndCapture");
+  return Napi::Value(info.Env(), bigint(info.Env(), exec));
+}
+
+// cudaGraphLaunch(exec, stream)
+Napi::Value Addon::CudaGraphLaunch(const Napi::CallbackInfo& info) {
+  const Args args(*this, info);
+  check_cuda(args, cuda::graph_launch(as_ptr(args.pointer(0, "exec", false)), stream_arg(args, 1)), "cudaGraphLaunch");
+  return info.Env().Undefined();
+}
+
+// cudaGraphDestroy(exec)
+Napi::Value Addon::CudaGraphDestroy(const Napi::CallbackInfo& info) {
+  const Args args(*this, info);
+  check_cuda(args, cuda::graph_destroy(as_ptr(args.pointer(0, "exec", false))), "cudaGraphExecDestroy");
   return info.Env().Undefined();
 }
 

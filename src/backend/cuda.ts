@@ -3,7 +3,8 @@
  * device memory. Inputs and outputs are {@link DeviceTensor}s (SDK-owned, or views of the engine's own
  * memory) used in place on the backend's stream, or host arrays, which are copied (and wait for the
  * device) so that code written for the CPU backends runs unchanged. Built-in trackers run inside the
- * kernels; TypeScript (custom) trackers and packed storage are not supported on this backend yet.
+ * kernels; TypeScript (custom) trackers are not supported on this backend yet. Packed storage
+ * (`docs/packing.md`) is: the store's packed arrays live on the device in the `PackedStore` layout.
  *
  * Each store keeps a host mirror of its lengths and clocks (the cache plans evictions from it without
  * reading the device); the kernels keep the device copies, so launches can be captured in a CUDA graph.
@@ -14,9 +15,13 @@ import { ArgumentError, BackendError, BudgetError, DTypeError, DisposedError, Sh
 import { checkInt } from '../core/geometry.js';
 import type { DeviceStoreInfo, NativeDeviceStore, RawCudaBinding } from '../native/binding.js';
 import { loadCuda } from '../native/loader.js';
+import { formatBits, parsePackFormat } from '../quant/format.js';
+import type { PackOptions, PackedTensor } from '../quant/packer.js';
+import { type PackedStorage, isPacked, kvBytesPerHead } from '../quant/storage.js';
 import { TrackerKind, type ImportanceTracker } from '../trackers/tracker.js';
-import type { AttentionSpec, Backend, HeadInspection, HeadView, LayerStore, LayerStoreSpec } from './backend.js';
+import type { AttentionSpec, Backend, HeadInspection, HeadView, LayerStore, LayerStoreSpec, PackedStore } from './backend.js';
 import { DeviceTensor } from './device-tensor.js';
+import { allocatePacked, checkPackable, viewPacked } from './packed-store.js';
 
 /** An input or output the cuda backend accepts: a device tensor, or a host array (copied). */
 export type CudaArray = HostArray | DeviceTensor;
@@ -28,12 +33,15 @@ export interface DeviceStore {
   readonly info: DeviceStoreInfo;
   /** Query heads the store's scratch is sized for. */
   readonly queryHeads: number;
+  /** Packed storage of the store (its arrays are `info.packed`); absent for dense rows. */
+  readonly storage?: PackedStorage;
 }
 
 /**
  * A layer store whose data lives on the GPU. `keys`, `values`, `positions`, `scores` and `aux` are empty
  * host arrays; `lengths` and `steps` are the host mirror. Read the data with `inspect`/`view` (copies),
- * or {@link copyStoreToHost}.
+ * or {@link copyStoreToHost}. A packed store has no host `packed` arrays: its format is
+ * `device.storage` and {@link copyStoreToHost} returns them.
  */
 export interface CudaLayerStore extends LayerStore {
   readonly device: DeviceStore;
@@ -43,6 +51,13 @@ export interface CudaLayerStore extends LayerStore {
 export interface CudaBackendOptions {
   /** The CUDA stream (a `cudaStream_t` as bigint) kernels are launched on; default `0n`, the legacy default stream. */
   readonly stream?: bigint;
+}
+
+/** Device addresses of a packed tensor's arrays (the {@link PackedTensor} layout). */
+export interface DevicePacked {
+  readonly codes: bigint;
+  readonly scales: bigint;
+  readonly zeros: bigint;
 }
 
 /** The CUDA backend: the {@link Backend} table plus stream control and batched decode. */
@@ -68,8 +83,40 @@ export interface CudaBackend extends Backend {
    * `stats()` count the arrays only, as on the host backends.
    */
   deviceBytes(store: LayerStore): number;
-  /** Reads and clears the store's device error flags (waits for the stream): 0 when every kernel found its preconditions. */
+  /**
+   * Reads and clears the store's device error flags (waits for the stream): 0 when every kernel found its
+   * preconditions (1 no room, 2 bad length, 4 too few candidates, 8 an unpackable key or value).
+   */
   errors(store: LayerStore): number;
+  /**
+   * The standalone packer on the GPU, asynchronous on the stream: quantises the device matrix `input`
+   * (`options.shape`, its dtype) into `out` (device arrays of the {@link PackedTensor} sizes), bit for bit
+   * as the CPU packer. Needs whole code bytes per group: axis 1 with `groupSize * bits` a multiple of 8,
+   * axis 0 with `cols * bits` a multiple of 8 (else `KV_ARGUMENT`, argument `groupSize`). `bad`, an int32
+   * device flag, is set to 1 when an element is NaN, infinite or beyond +-65504 (its group's bits are then
+   * unspecified).
+   */
+  packDevice(input: DeviceTensor, options: PackOptions, out: DevicePacked, bad?: bigint): void;
+  /** Dequantises device arrays of a packed tensor into `out` (f32, or f16/bf16 rounded to nearest even). */
+  unpackDevice(packed: DevicePacked, options: PackOptions, out: DeviceTensor): void;
+  /**
+   * Packs on the GPU and returns the host {@link PackedTensor} (waits); host inputs are uploaded. Throws
+   * `ArgumentError` (argument `input`) for an unpackable element.
+   */
+  pack(input: CudaArray, options: PackOptions): PackedTensor;
+}
+
+/** Validated packer options as the addon takes them. */
+function packShape(options: PackOptions, length: number): { rows: number; cols: number; bits: 2 | 4 | 8; axis: 0 | 1; groupSize: number } {
+  const format = parsePackFormat(options.format, 'format');
+  if (!Array.isArray(options.shape) || options.shape.length !== 2) throw new ArgumentError('expected [rows, cols]', 'shape');
+  const rows = checkInt(options.shape[0], 'shape', 1);
+  const cols = checkInt(options.shape[1], 'shape', 1);
+  const axis = options.axis ?? 1;
+  if (axis !== 0 && axis !== 1) throw new ArgumentError('expected 0 or 1', 'axis');
+  const groupSize = checkInt(options.groupSize ?? 32, 'groupSize', 1, axis === 1 ? cols : rows);
+  if (rows * cols !== length) throw new ShapeError(`expected ${rows * cols} elements, got ${length}`, 'input');
+  return { rows, cols, bits: formatBits(format), axis, groupSize };
 }
 
 const EMPTY_U8 = new Uint8Array(0);
@@ -212,8 +259,9 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
 
     allocate(spec: LayerStoreSpec): LayerStore {
       const binding = live();
-      if (spec.storage !== undefined && spec.storage.format !== 'dense') {
-        throw new BackendError('packed storage is not supported by the cuda backend yet; use a dense dtype', 'storage');
+      const storage = isPacked(spec.storage) ? spec.storage : undefined;
+      if (spec.slots !== undefined) {
+        throw new BackendError('per-head store layouts (per-head budgets) are not supported by the cuda backend yet', 'slots');
       }
       const dtype: DType = parseDType(spec.dtype, 'dtype');
       const maxSequences = checkInt(spec.maxSequences, 'maxSequences', 1, 1 << 16);
@@ -223,14 +271,22 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
       const auxWords = checkInt(spec.auxWords, 'auxWords', 0, 1 << 16);
       const layer = checkInt(spec.layer, 'layer', 0);
       const queryHeads = checkInt(spec.queryHeads ?? Math.min(4096, kvHeads * 8), 'queryHeads', kvHeads, 4096);
-      const handle = binding.cudaStoreCreate(layer, dtypeCode(dtype), maxSequences, kvHeads, headDim, capacity, auxWords, queryHeads);
+      if (storage !== undefined && (storage.groupSize % 8 !== 0 || headDim % storage.groupSize !== 0)) {
+        throw new ArgumentError('must be a multiple of 8 that divides headDim', 'storage.groupSize');
+      }
+      const handle = storage === undefined
+        ? binding.cudaStoreCreate(layer, dtypeCode(dtype), maxSequences, kvHeads, headDim, capacity, auxWords, queryHeads)
+        : binding.cudaStoreCreate(
+          layer, dtypeCode(dtype), maxSequences, kvHeads, headDim, capacity, auxWords, queryHeads, storage.bits, storage.groupSize,
+          storage.residual,
+        );
       stores.add(handle);
       const store: CudaLayerStore = {
         layer, dtype, maxSequences, kvHeads, headDim, capacity, auxWords,
         keys: EMPTY_U8, values: EMPTY_U8, positions: EMPTY_I32, scores: EMPTY_F32, aux: EMPTY_U32,
         lengths: new Int32Array(maxSequences * kvHeads),
         steps: new Float64Array(maxSequences),
-        device: { native: handle, info: binding.cudaStoreInfo(handle), queryHeads },
+        device: { native: handle, info: binding.cudaStoreInfo(handle), queryHeads, ...(storage === undefined ? {} : { storage }) },
       };
       return store;
     },
@@ -238,10 +294,12 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
     bytes(store: LayerStore): number {
       // The store's arrays in the LayerStore layout (what stats() counts on every backend); the device
       // scratch beside them is deviceBytes().
-      deviceOf(store);
-      const tokens = store.maxSequences * store.kvHeads * store.capacity;
-      return tokens * (2 * store.headDim * bytesPerElement(store.dtype) + 8 + 4 * store.auxWords)
-        + store.lengths.byteLength + store.steps.byteLength;
+      const device = deviceOf(store);
+      const heads = store.maxSequences * store.kvHeads;
+      const kv = device.storage === undefined
+        ? heads * store.capacity * 2 * store.headDim * bytesPerElement(store.dtype)
+        : heads * kvBytesPerHead(device.storage, store.dtype, store.headDim, store.capacity);
+      return kv + heads * store.capacity * (8 + 4 * store.auxWords) + store.lengths.byteLength + store.steps.byteLength;
     },
 
     deviceBytes(store: LayerStore): number {
@@ -275,6 +333,10 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
       const device = deviceOf(store);
       checkSeq(store, seq);
       checkInt(kvHead, 'kvHead', 0, store.kvHeads - 1);
+      if (device.storage !== undefined) {
+        // Copies the store and decodes the head as the packed reference does (a test and debugging aid).
+        return viewPacked(copyStoreToHost(backend, store), seq, kvHead);
+      }
       const n = store.lengths[seq * store.kvHeads + kvHead]!;
       const slot = (seq * store.kvHeads + kvHead) * store.capacity;
       const d = store.headDim;
@@ -307,6 +369,11 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
         }
       }
       if (count === 0) return;
+      if (device.storage !== undefined) {
+        // Host inputs are refused here as on the CPU backends; device inputs by the kernel (errors()).
+        if (!((k as CudaArray) instanceof DeviceTensor)) checkPackable(store.dtype, k, 'k');
+        if (!((v as CudaArray) instanceof DeviceTensor)) checkPackable(store.dtype, v, 'v');
+      }
       const kernel = tracker.kernel!;
       const [kp, kt, ks] = input(store, k as CudaArray, 'k', count, kvHeads * headDim);
       const [vp, vt, vs] = input(store, v as CudaArray, 'v', count, kvHeads * headDim);
@@ -444,6 +511,42 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
       return flags[0]!;
     },
 
+    packDevice(input, options, out, bad = 0n): void {
+      if (!(input instanceof DeviceTensor)) throw new DTypeError('expected a DeviceTensor', 'input');
+      const { rows, cols, bits, axis, groupSize } = packShape(options, input.length);
+      live().cudaPack(input.ptr, dtypeCode(input.dtype), rows, cols, bits, axis, groupSize, out.codes, out.scales, out.zeros, bad, stream);
+    },
+
+    unpackDevice(packed, options, out): void {
+      if (!(out instanceof DeviceTensor)) throw new DTypeError('expected a DeviceTensor', 'out');
+      const { rows, cols, bits, axis, groupSize } = packShape(options, out.length);
+      live().cudaUnpack(packed.codes, packed.scales, packed.zeros, rows, cols, bits, axis, groupSize, dtypeCode(out.dtype), out.ptr, stream);
+    },
+
+    pack(input, options): PackedTensor {
+      const binding = live();
+      const dtype: DType = input instanceof DeviceTensor ? input.dtype : input instanceof Float32Array ? 'f32' : parseDType(options.dtype ?? 'f16', 'dtype');
+      const { rows, cols, bits, axis, groupSize } = packShape(options, input.length);
+      const codes = new Uint8Array(Math.ceil((rows * cols * bits) / 8));
+      const scales = new Uint16Array((rows * cols) / groupSize);
+      const zeros = new Uint16Array(scales.length);
+      const source = input instanceof DeviceTensor ? input.ptr : stage('packInput', input.byteLength);
+      if (!(input instanceof DeviceTensor)) binding.cudaUpload(source, input, stream);
+      const codesAt = stage('packCodes', codes.byteLength);
+      const scalesAt = stage('packScales', scales.byteLength * 2 + 16);
+      const zerosAt = scalesAt + BigInt(scales.byteLength);
+      const bad = stage('packBad', 4);
+      binding.cudaMemset(bad, 0, 4, stream);
+      binding.cudaPack(source, dtypeCode(dtype), rows, cols, bits, axis, groupSize, codesAt, scalesAt, zerosAt, bad, stream);
+      const flag = new Int32Array(1);
+      binding.cudaDownload(flag, bad, stream);
+      if (flag[0] !== 0) throw new ArgumentError('an element is NaN, infinite or outside [-65504, 65504]: packed groups hold finite f16-range values', 'input');
+      binding.cudaDownload(codes, codesAt, stream);
+      binding.cudaDownload(scales, scalesAt, stream);
+      binding.cudaDownload(zeros, zerosAt, stream);
+      return { format: parsePackFormat(options.format, 'format'), bits, rows, cols, axis, groupSize, codes, scales, zeros };
+    },
+
     dispose(): void {
       if (native === undefined) return;
       const binding = native;
@@ -495,13 +598,17 @@ export function copyStoreToHost(backend: CudaBackend, store: LayerStore): LayerS
   const device = deviceOf(store);
   const binding = loadCuda();
   const tokens = store.maxSequences * store.kvHeads * store.capacity;
-  const bytes = tokens * store.headDim * bytesPerElement(store.dtype);
+  const bytes = device.storage === undefined ? tokens * store.headDim * bytesPerElement(store.dtype) : 0;
+  const packed = device.storage === undefined
+    ? undefined
+    : allocatePacked(device.storage, store.maxSequences, store.kvHeads, store.headDim, store.capacity, store.dtype);
   const host = {
     layer: store.layer, dtype: store.dtype, maxSequences: store.maxSequences, kvHeads: store.kvHeads, headDim: store.headDim,
     capacity: store.capacity, auxWords: store.auxWords,
     keys: new Uint8Array(bytes), values: new Uint8Array(bytes), positions: new Int32Array(tokens),
     scores: new Float32Array(tokens), aux: new Uint32Array(tokens * store.auxWords),
     lengths: new Int32Array(store.maxSequences * store.kvHeads), steps: new Float64Array(store.maxSequences),
+    ...(packed === undefined ? {} : { packed }),
   };
   const s = backend.stream;
   binding.cudaDownload(host.keys, device.info.keys, s);
@@ -515,7 +622,20 @@ export function copyStoreToHost(backend: CudaBackend, store: LayerStore): LayerS
   }
   binding.cudaDownload(host.lengths, device.info.lengths, s);
   binding.cudaDownload(host.steps, device.info.steps, s);
+  if (packed !== undefined) forEachPackedArray(packed, device, (array, ptr) => binding.cudaDownload(array, ptr, s));
   return host;
+}
+
+/** Each array of a packed store with its device address (`DeviceStoreInfo.packed`). */
+function forEachPackedArray(packed: PackedStore, device: DeviceStore, visit: (array: ArrayBufferView, ptr: bigint) => void): void {
+  const at = device.info.packed!;
+  const pairs: [ArrayBufferView, bigint][] = [
+    [packed.keyCodes, at.keyCodes], [packed.valueCodes, at.valueCodes], [packed.valueScales, at.valueScales],
+    [packed.valueZeros, at.valueZeros], [packed.keyScales, at.keyScales], [packed.keyZeros, at.keyZeros],
+    [packed.runLengths, at.runLengths], [packed.runGenerations, at.runGenerations], [packed.runs, at.runs],
+    [packed.packed, at.packed], [packed.residualKeys, at.residualKeys], [packed.residualValues, at.residualValues],
+  ];
+  for (const [array, ptr] of pairs) if (array.byteLength > 0) visit(array, ptr);
 }
 
 /**
@@ -529,7 +649,9 @@ export function copyStoreToDevice(backend: CudaBackend, from: LayerStore, to: La
   const device = deviceOf(to);
   const binding = loadCuda();
   const s = backend.stream;
-  if (from.keys.byteLength !== to.maxSequences * to.kvHeads * to.capacity * to.headDim * bytesPerElement(to.dtype)) {
+  const dense = device.storage === undefined;
+  if (from.keys.byteLength !== (dense ? to.maxSequences * to.kvHeads * to.capacity * to.headDim * bytesPerElement(to.dtype) : 0)
+    || (from.packed === undefined) !== dense || (!dense && from.packed!.bits !== device.storage!.bits)) {
     throw new ShapeError('the stores have different specs', 'from');
   }
   binding.cudaUpload(device.info.keys, from.keys, s);
@@ -543,6 +665,10 @@ export function copyStoreToDevice(backend: CudaBackend, from: LayerStore, to: La
   }
   binding.cudaUpload(device.info.lengths, from.lengths, s);
   binding.cudaUpload(device.info.steps, from.steps, s);
+  if (from.packed !== undefined) {
+    forEachPackedArray(from.packed, device, (array, ptr) => binding.cudaUpload(ptr, array, s));
+    binding.cudaRebuildPackedIndex(device.native, s);
+  }
   to.lengths.set(from.lengths);
   to.steps.set(from.steps);
 }

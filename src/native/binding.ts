@@ -176,6 +176,27 @@ export interface DeviceStoreInfo {
   readonly error: bigint;
   readonly bytes: number;
   readonly maxSplits: number;
+  /** Packed stores: the device addresses of the `PackedStore` arrays (same layout), and the sizes. */
+  readonly packed?: DevicePackedInfo;
+}
+
+/** Device addresses of a packed device store's arrays (the layout of `PackedStore`). */
+export interface DevicePackedInfo {
+  readonly packedSlots: number;
+  readonly residualSlots: number;
+  readonly maxRuns: number;
+  readonly keyCodes: bigint;
+  readonly valueCodes: bigint;
+  readonly valueScales: bigint;
+  readonly valueZeros: bigint;
+  readonly keyScales: bigint;
+  readonly keyZeros: bigint;
+  readonly runLengths: bigint;
+  readonly runGenerations: bigint;
+  readonly runs: bigint;
+  readonly packed: bigint;
+  readonly residualKeys: bigint;
+  readonly residualValues: bigint;
 }
 
 /**
@@ -203,8 +224,28 @@ export interface RawCudaBinding extends RawBinding {
   cudaEventDestroy(event: bigint): void;
   cudaStoreCreate(
     layer: number, dtype: number, maxSequences: number, kvHeads: number, headDim: number, capacity: number, auxWords: number,
-    queryHeads: number,
+    queryHeads: number, bits?: number, groupSize?: number, residual?: number,
   ): NativeDeviceStore;
+  /** Recomputes a packed store's device-only run index after its arrays were uploaded. */
+  cudaRebuildPackedIndex(store: NativeDeviceStore, stream: bigint): void;
+  /**
+   * The standalone packer on the device: input `[rows][cols]` (type code), codes/scales/zeros in the
+   * `PackedTensor` layout; `bad` (nullable) is an int32 set to 1 when an element is not packable.
+   */
+  cudaPack(
+    input: bigint, dtype: number, rows: number, cols: number, bits: number, axis: number, groupSize: number, codes: bigint,
+    scales: bigint, zeros: bigint, bad: bigint, stream: bigint,
+  ): void;
+  /** Starts capturing the stream's work into a CUDA graph (global mode: a synchronising or allocating call fails it). */
+  cudaGraphCaptureBegin(stream: bigint): void;
+  /** Ends the capture and returns the instantiated graph (a `cudaGraphExec_t`). */
+  cudaGraphCaptureEnd(stream: bigint): bigint;
+  cudaGraphLaunch(exec: bigint, stream: bigint): void;
+  cudaGraphDestroy(exec: bigint): void;
+  cudaUnpack(
+    codes: bigint, scales: bigint, zeros: bigint, rows: number, cols: number, bits: number, axis: number, groupSize: number,
+    outType: number, out: bigint, stream: bigint,
+  ): void;
   cudaStoreDestroy(store: NativeDeviceStore): void;
   cudaStoreInfo(store: NativeDeviceStore): DeviceStoreInfo;
   cudaAppend(

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Runs the GPU suite and benchmarks on the device machine from the .device/ bundle that
+# scripts/device-bundle.sh builds (repo root; logs and results under $OUT, or ./device-out):
+#   bash bench/gpu/device-run.sh [tests] [sanitize] [bench] [decode]
+# tests: every test/gpu file (kernels and KVCache model tests against the CPU oracle, packed storage,
+# CUDA graph capture); sanitize: compute-sanitizer memcheck and racecheck on the quick subset
+# (SH_GPU_QUICK=1); bench: the PyTorch baseline then the packed-storage benchmark; decode: the dense
+# decode/compaction/overhead benchmark. Each step has its own time limit, so one hang loses one step.
+set -uo pipefail
+out=${OUT:-device-out}
+mkdir -p "$out" build/Release
+xz -dc .device/node.xz > /tmp/node && chmod +x /tmp/node
+cp .device/build/Release/*.node build/Release/
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv > "$out/gpu.txt" 2>&1
+steps=("$@")
+[ ${#steps[@]} -eq 0 ] && steps=(tests sanitize bench decode)
+for step in "${steps[@]}"; do
+  start=$(date +%s)
+  case "$step" in
+    tests)
+      timeout 300 /tmp/node --test --test-concurrency=1 .device/tests/ > "$out/tests.log" 2>&1
+      echo "tests: rc $? in $(( $(date +%s) - start )) s"; grep -E "^# (tests|pass|fail)" "$out/tests.log" ;;
+    sanitize)
+      for tool in memcheck racecheck; do
+        SH_GPU_QUICK=1 timeout 240 compute-sanitizer --tool "$tool" --error-exitcode 9 /tmp/node --test --test-concurrency=1 \
+          .device/tests/packed.test.mjs .device/tests/kernels.test.mjs > "$out/sanitizer-$tool.log" 2>&1
+        echo "$tool: rc $?"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|^# (pass|fail)" "$out/sanitizer-$tool.log"
+      done ;;
+    bench)
+      PYTHONUNBUFFERED=1 timeout 200 python3 bench/gpu/torch_baseline.py > "$out/torch.json" 2> "$out/torch.err"
+      echo "torch: rc $?"
+      timeout 200 /tmp/node .device/bench/packed.mjs --torch "$out/torch.json" --out "$out" > "$out/packed-bench.log" 2>&1
+      echo "packed bench: rc $?"; tail -n 15 "$out/packed-bench.log" ;;
+    decode)
+      timeout 200 /tmp/node .device/bench/decode.mjs --torch "$out/torch.json" --out "$out" > "$out/decode-bench.log" 2>&1
+      echo "decode bench: rc $?"; tail -n 25 "$out/decode-bench.log" ;;
+  esac
+done
