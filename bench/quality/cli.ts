@@ -53,6 +53,8 @@ const { values: args } = parseArgs({
     backend: { type: 'string', default: 'auto' },
     // Storage of every cache: dense (default) or int2/int4/int8 (groups of 32, residual window 32).
     storage: { type: 'string', default: 'dense' },
+    // Tokens at the start of every window fed as a prompt through prefill (prompt methods compress it).
+    prefix: { type: 'string', default: '0' },
     'line-endings': { type: 'string', default: 'lf' },
     gates: { type: 'boolean', default: true },
     'no-gates': { type: 'boolean', default: false },
@@ -145,6 +147,8 @@ const shard = args.shard === undefined ? undefined : (/^(\d+)\/(\d+)$/.exec(args
 if (args.shard !== undefined && (!shard || Number(shard[1]) >= Number(shard[2]))) throw new Error('--shard is i/n with 0 <= i < n');
 if (!['dense', 'int2', 'int4', 'int8'].includes(args.storage)) throw new Error(`--storage is dense, int2, int4 or int8, got ${args.storage}`);
 const storage: StorageOptions = args.storage === 'dense' ? { format: 'dense' } : { format: args.storage as 'int4' };
+const prefix = Number(args.prefix);
+if (!Number.isInteger(prefix) || prefix < 0) throw new Error(`--prefix is a whole number of tokens, got ${args.prefix}`);
 const stem = `${args.name ?? `quality-${modelName}${args.storage === 'dense' ? '' : `-${args.storage}`}`}${shard ? `.shard-${shard[1]}-of-${shard[2]}` : ''}`;
 mkdirSync(outDir, { recursive: true });
 const jsonPath = join(outDir, `${stem}.json`);
@@ -254,6 +258,7 @@ try {
     batch,
     parallel,
     backend: args.backend as BackendName,
+    prefix,
     storage,
     onProgress: (n) => bar.update(n),
     onResult: (res) => {

@@ -3,7 +3,7 @@
  * with options that may depend on the budget `B`.
  * @module
  */
-import { policies, trackers, type BudgetPolicy, type ImportanceTracker } from '../../src/index.js';
+import { policies, trackers, type BudgetPolicy, type ImportanceTracker, type PromptMethod } from '../../src/index.js';
 
 /**
  * An option value: a number, or a string that depends on the budget `B` (tokens kept per head):
@@ -25,6 +25,16 @@ export interface MethodSpec {
   readonly policyOptions: Readonly<Record<string, OptionValue>>;
   /** Policy options that depend on the budget in ways a string cannot say (e.g. calibrated per-layer budgets). */
   readonly policyOptionsAt?: (budget: number) => Record<string, OptionValue>;
+  /**
+   * A different method for prompts (the cache's `prompt` option): its tracker and prompt-compression
+   * policy run `prefill`, so they act only on a run's prompt prefix (`--prefix`).
+   */
+  readonly prompt?: {
+    readonly tracker: string;
+    readonly trackerOptions: Readonly<Record<string, OptionValue>>;
+    readonly policy: string;
+    readonly policyOptions: Readonly<Record<string, OptionValue>>;
+  };
 }
 
 /**
@@ -64,6 +74,25 @@ export const BUILTIN_METHODS: readonly MethodSpec[] = [
   {
     name: 'random', description: 'seeded uniform (seed 0)',
     tracker: 'random', trackerOptions: { seed: 0 }, policy: 'fixedBudget', policyOptions: { tokens: 'B', recent: 1 },
+  },
+  // Prompt methods compress a prompt after it is prefilled: give the run a prompt (`--prefix`), else
+  // they only decode (evicting by the attention summed since the tokens entered, the 32 newest kept).
+  {
+    name: 'snapkv', description: 'SnapKV on the prompt (window 32, avg pool 5), then H2O-like decoding to B',
+    tracker: 'snapKVScores', trackerOptions: {}, policy: 'snapKV', policyOptions: { tokens: 'B' },
+  },
+  {
+    name: 'pyramidkv', description: 'PyramidKV on the prompt (SnapKV scores, beta 20), then per-layer budgets while decoding',
+    tracker: 'snapKVScores', trackerOptions: {}, policy: 'pyramidKV', policyOptions: { tokens: 'B' },
+  },
+  {
+    name: 'adakv', description: 'Ada-KV on the prompt (SnapKV scores, B x heads per layer, floor 20%), then per-head budgets while decoding',
+    tracker: 'snapKVScores', trackerOptions: {}, policy: 'adaKV', policyOptions: { tokens: 'B' },
+  },
+  {
+    name: 'snapkv-scissorhands', description: 'SnapKV on the prompt, then Scissorhands (w 400, r 10, m 1) while decoding',
+    tracker: 'scissorhands', trackerOptions: { window: 400 }, policy: 'fixedBudget', policyOptions: { tokens: 'B', sinks: 0, recent: 10, drop: 1 },
+    prompt: { tracker: 'snapKVScores', trackerOptions: {}, policy: 'snapKV', policyOptions: { tokens: 'B' } },
   },
 ];
 
@@ -123,7 +152,8 @@ export interface Configuration {
   readonly compression: number;
   readonly trackerOptions: Record<string, unknown>;
   readonly policyOptions: Record<string, unknown>;
-  make(): { tracker: ImportanceTracker; policy: BudgetPolicy };
+  /** The cache's tracker and policy, and its `prompt` method for composed methods. */
+  make(): { tracker: ImportanceTracker; policy: BudgetPolicy; prompt?: PromptMethod };
 }
 
 /**
@@ -149,6 +179,12 @@ export function configure(method: MethodSpec, budget: number, window: number): C
     make: () => ({
       tracker: trackers.create(method.tracker, trackerOptions),
       policy: policies.create(method.policy, policyOptions),
+      ...(method.prompt === undefined ? {} : {
+        prompt: {
+          tracker: trackers.create(method.prompt.tracker, resolveAll(method.prompt.trackerOptions, b, window)),
+          policy: policies.create(method.prompt.policy, resolveAll(method.prompt.policyOptions, b, window)),
+        },
+      }),
     }),
   };
 }
@@ -181,5 +217,6 @@ export function derive(methods: readonly MethodSpec[], text: string): MethodSpec
     policy: change.policyName ?? base.policy,
     policyOptions: { ...(change.policyName ? { tokens: 'B' } : base.policyOptions), ...change.policy },
     ...(base.policyOptionsAt && !change.policyName ? { policyOptionsAt: base.policyOptionsAt } : {}),
+    ...(base.prompt === undefined ? {} : { prompt: base.prompt }),
   };
 }

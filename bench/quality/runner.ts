@@ -32,6 +32,8 @@ export interface RunnerOptions {
   readonly backend: BackendName;
   /** Storage of every cache (default dense): `{ format: 'int4' }` scores 4-bit storage (docs/packing.md). */
   readonly storage?: StorageOptions;
+  /** Tokens at the start of each window fed as a prompt through `cache.prefill` (`ScoreOptions.prefix`); default 0. */
+  readonly prefix?: number;
   /** Tokens scored so far, after each step. */
   readonly onProgress?: (tokens: number) => void;
   /** Each configuration's result as soon as its group finishes. */
@@ -60,10 +62,11 @@ export function runConfigurations(
     const group = configurations.slice(first, first + options.parallel);
     const start = performance.now();
     const caches = group.map((c) => {
-      const { tracker, policy } = c.make();
+      const { tracker, policy, prompt } = c.make();
       return KVCache.create({
         geometry: engine.geometry, maxSequences: batch, tracker, policy, backend: options.backend, dtype: 'f32',
         ...(storage === undefined ? {} : { storage }),
+        ...(prompt === undefined ? {} : { prompt }),
       });
     });
     try {
@@ -76,6 +79,7 @@ export function runConfigurations(
         mux.route(routes);
         const nlls = engine.score(mux, rows, {
           batch: rows.length,
+          prefix: options.prefix ?? 0,
           onProgress: (n) => options.onProgress?.(scoredBefore + n),
         });
         scoredBefore += rows.reduce((s, r) => s + r.length - 1, 0);

@@ -46,6 +46,12 @@ export interface ScoreOptions {
   batch?: number;
   /** Called after each step with the number of tokens scored so far. */
   onProgress?: (tokens: number) => void;
+  /**
+   * Tokens at the start of each window fed as a prompt through `cache.prefill` (default 0: every token
+   * one step at a time). Their NLLs come from the prefill's own rows; a prompt method (SnapKV, PyramidKV,
+   * Ada-KV) compresses them as a prompt, and the rest of the window is decoded step by step.
+   */
+  prefix?: number;
 }
 
 /** Index of the largest logit (the first one on ties, as `torch.argmax`). */
@@ -177,12 +183,17 @@ export class LlamaEngine {
   /**
    * Feeds a prompt to one sequence with `cache.prefill` (causal attention inside each chunk of
    * `maxBatch` tokens), starting at position `start`. Returns the logits of the last token (a view).
+   * With `onRows`, every row's logits are computed and handed over, chunk by chunk (`first` is the
+   * chunk's first token index in `tokens`).
    * @example
    * ```ts
    * const logits = engine.prefill(cache, seq, promptIds);
    * ```
    */
-  prefill(cache: AttentionCache, seq: number, tokens: readonly number[], start = 0): Float32Array {
+  prefill(
+    cache: AttentionCache, seq: number, tokens: readonly number[], start = 0,
+    onRows?: (logits: Float32Array, first: number, rows: number) => void,
+  ): Float32Array {
     const m = this.model;
     const c = m.config;
     if (tokens.length === 0) throw new RangeError('prefill needs at least one token');
@@ -198,7 +209,12 @@ export class LlamaEngine {
         cache.prefill(seq, layer, this.q.subarray(0, rows * qd), this.k.subarray(0, rows * kvd), this.v.subarray(0, rows * kvd), this.o.subarray(0, rows * qd));
         this.finishLayer(layer, rows);
       }
+      if (onRows !== undefined) {
+        m.head(rows);
+        onRows(m.heap.subarray(m.logits, m.logits + rows * c.vocabSize), at, rows);
+      }
     }
+    if (onRows !== undefined) return m.heap.subarray(m.logits + (rows - 1) * c.vocabSize, m.logits + rows * c.vocabSize);
     // Only the last row's logits are needed: move its hidden state to row 0.
     m.heap.copyWithin(m.x, m.x + (rows - 1) * c.hidden, m.x + rows * c.hidden);
     m.head(1);
@@ -264,8 +280,8 @@ export class LlamaEngine {
   /**
    * Teacher-forced scoring: for each window, the negative log-likelihood of every token after the
    * first given the tokens before it, decoding token by token through the cache (so eviction happens
-   * exactly as it would during generation). Windows are decoded `batch` at a time in one pass over
-   * the weights per step. Returns one array of `window.length - 1` NLLs (nats) per window.
+   * exactly as it would during generation), after an optional prompt prefix fed through prefill
+   * (`options.prefix`). Windows are decoded `batch` at a time in one pass over the weights per step. Returns one array of `window.length - 1` NLLs (nats) per window.
    * @example
    * ```ts
    * const [nlls] = engine.score(cache, [[0, ...ids]]);
@@ -284,8 +300,18 @@ export class LlamaEngine {
         g.seq = cache.open();
       }
       try {
+        const prefix = options.prefix ?? 0;
+        for (const g of group) {
+          const p = Math.min(prefix, g.w.length - 1);
+          if (p <= 0) continue;
+          this.prefill(cache, g.seq, g.w.slice(0, p), 0, (logits, first, rows) => {
+            for (let r = 0; r < rows; r++) g.out[first + r] = nll(logits, r * c.vocabSize, c.vocabSize, g.w[first + r + 1]!);
+          });
+          scored += p;
+          options.onProgress?.(scored);
+        }
         const longest = Math.max(...group.map((g) => g.w.length));
-        for (let t = 0; t + 1 < longest; t++) {
+        for (let t = Math.max(0, prefix); t + 1 < longest; t++) {
           const live = group.filter((g) => t + 1 < g.w.length);
           const logits = this.step(cache, live.map((g) => g.seq), live.map((g) => g.w[t]!), live.map(() => t));
           for (const [r, g] of live.entries()) g.out[t] = nll(logits, r * c.vocabSize, c.vocabSize, g.w[t + 1]!);

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
-import { KVCache, fixedBudget, fullCache, scissorhands } from '../../src/index.js';
+import { KVCache, fixedBudget, fullCache, scissorhands, snapKV, snapKVScores } from '../../src/index.js';
 import { LlamaEngine } from '../../examples/llama/engine.js';
 import { LlamaModel } from '../../examples/llama/model.js';
 import { loadTokenizer } from '../../examples/llama/tokenizer.js';
@@ -56,6 +56,20 @@ describe('stories260K through KVCache', () => {
     const stepwise = engine.generate(cache, [prompt], { maxNewTokens: 30 });
     const prefilled = engine.generate(cache, [prompt], { maxNewTokens: 30, prefill: true });
     expect(prefilled).toEqual(stepwise);
+  });
+
+  it('scoring with a prompt prefix fed through prefill gives the NLLs of step-by-step scoring (full cache), and SnapKV then compresses the prompt', () => {
+    const ids = [1, ...loadTokenizer(STORIES).encode('Once upon a time, there was a little girl named Lily. She loved to play outside with her dog.')];
+    using full = KVCache.create({ geometry: engine.geometry, policy: fullCache({ maxTokens: 512 }) });
+    const [stepwise] = engine.score(full, [ids]);
+    const [prefixed] = engine.score(full, [ids], { prefix: 20 });
+    expect(prefixed!.length).toBe(stepwise!.length);
+    prefixed!.forEach((x, i) => expect(Math.abs(x - stepwise![i]!)).toBeLessThan(1e-4));
+    using snap = KVCache.create({ geometry: engine.geometry, tracker: snapKVScores(), policy: snapKV({ tokens: 12, window: 4, chunk: 8 }) });
+    const seq = snap.open();
+    engine.prefill(snap, seq, ids.slice(0, 20));
+    expect(snap.length(seq, 0)).toBeLessThanOrEqual(12);
+    expect(snap.stats().peakTokensKept).toBeLessThanOrEqual(engine.geometry.layers * engine.geometry.kvHeads * (12 + 8));
   });
 
   it('a compressed cache stays within its budget and mostly agrees with the full cache', () => {
