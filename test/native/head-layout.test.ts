@@ -6,6 +6,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { KvErrorCode, type LayerStore, h2o, scissorhands } from '../../src/index.js';
+import { resolveStorage } from '../../src/quant/storage.js';
 import { DTYPES, Rng, cpu, expectClose, expectKvError, expectSameStore, floats, reference, twins } from './helpers.js';
 
 /** Random capacities for the heads of `seq` that leave room for their lengths and fit the sequence's slots. */
@@ -111,7 +112,7 @@ describe('per-head layout', () => {
     expectKvError(() => cpu.evict({ ...store, heads: { ...store.heads!, slots: 11 } }, 0, 0, 0, 0, 'head'), KvErrorCode.Shape);
     expectKvError(() => cpu.evictHeads!(store, 0, Int32Array.of(1, 0), 0, 0), KvErrorCode.Budget, 'count');
     expectKvError(() => cpu.evictHeads!(store, 0, Int32Array.of(0), 0, 0), KvErrorCode.Shape, 'count');
-    expectKvError(() => cpu.allocate({ ...spec, storage: { format: 'int4', groupSize: 8, residual: 8 } }), KvErrorCode.Argument, 'storage');
+    expectKvError(() => cpu.allocate({ ...spec, storage: resolveStorage({ format: 'int4', groupSize: 8, residual: 8 }, 8) }), KvErrorCode.Argument, 'storage');
     expectKvError(() => cpu.relayout!(store, 0, Int32Array.of(6, 6)), KvErrorCode.Budget, 'capacities');
     expectKvError(() => cpu.relayout!(store, 0, Int32Array.of(9, 1)), KvErrorCode.Budget, 'capacities');
   });

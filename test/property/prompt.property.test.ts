@@ -63,7 +63,7 @@ const caseArb = (methods: readonly Method[]): fc.Arbitrary<Case> =>
 /** Random prompt rows (and decode rows) of one case, the same for every cache built from it. */
 function rowsOf(c: Case, rows: number, rng: Rng): { q: Float32Array; k: Float32Array; v: Float32Array } {
   const { queryHeads, kvHeads, headDim } = c.geometry;
-  const f = (n: number): Float32Array => Float32Array.from({ length: n }, () => rng.float(-2, 2));
+  const f = (n: number): Float32Array => Float32Array.from({ length: n }, () => rng.range(-2, 2));
   return { q: f(rows * queryHeads * headDim), k: f(rows * kvHeads * headDim), v: f(rows * kvHeads * headDim) };
 }
 
