@@ -332,6 +332,8 @@ export class KVCache implements Disposable {
     const chunk = this.#options.prefillChunks[layer]!;
     for (let done = 0; done < rows;) {
       const c = Math.min(chunk, rows - done);
+      // Catch-up: an append of many rows may have left the layer over its budget.
+      if (this.#overBudget(store, seq, layer, 0)) this.#compress(store, seq, layer);
       this.#makeRoom(store, seq, layer, c);
       const compress = this.#overBudget(store, seq, layer, c);
       // Rows before the observation window; a chunk shorter than the window is all window.
@@ -494,6 +496,34 @@ export class KVCache implements Disposable {
   }
 
   /**
+   * The tokens one KV head may keep while decoding, under a prompt policy (`snapKV`, `pyramidKV`,
+   * `adaKV`): the layer's budget, until a compression with per-head budgets gives the head its own.
+   * `undefined` for caches without a prompt policy (their policy decides alone).
+   * @example
+   * ```ts
+   * const budgets = [0, 1].map((h) => cache.headBudget(seq, layer, h)); // e.g. [301, 211] after an Ada-KV prompt
+   * ```
+   */
+  headBudget(seq: number, layer: number, kvHead = 0): number | undefined {
+    this.#store(seq, layer);
+    const { kvHeads } = this.geometry;
+    return this.#budgets?.[(layer * this.maxSequences + seq) * kvHeads + this.#head(kvHead)];
+  }
+
+  /**
+   * Token slots one KV head owns now: the layer's capacity, or with per-head budgets (`adaKV`) the slots
+   * the last layout gave the head (its budget plus room for a prompt chunk).
+   * @example
+   * ```ts
+   * cache.headCapacity(seq, layer, 1) - cache.length(seq, layer, 1); // room left in head 1
+   * ```
+   */
+  headCapacity(seq: number, layer: number, kvHead = 0): number {
+    const store = this.#store(seq, layer);
+    return store.heads?.capacities[seq * this.geometry.kvHeads + this.#head(kvHead)] ?? store.capacity;
+  }
+
+  /**
    * Tokens a sequence has seen at a layer: the position the next token gets.
    * @example
    * ```ts
@@ -650,7 +680,7 @@ export class KVCache implements Disposable {
     // With per-head budgets (a prompt rule) each head is planned on its own; else head 0 speaks for all.
     const budgets = this.#budgets?.subarray((layer * this.maxSequences + seq) * kvHeads, (layer * this.maxSequences + seq + 1) * kvHeads);
     const lengths = Array.from(store.lengths.subarray(seq * kvHeads, seq * kvHeads + (budgets === undefined ? 1 : kvHeads)));
-    const capacities = lengths.map((_, h) => store.heads?.capacities[seq * kvHeads + h] ?? store.capacity);
+    const capacities = lengths.map((_, h) => this.headCapacity(seq, layer, h));
     let seen = this.#seenOf(seq, layer);
     const steps: Step[] = [];
     for (let done = 0; done < rows;) {

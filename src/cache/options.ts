@@ -101,11 +101,19 @@ function checkTracker(tracker: ImportanceTracker, argument: string): void {
 }
 
 /** The prompt method with its tracker adapted to the store's aux words, checked. */
-function resolvePrompt(prompt: PromptMethod, tracker: ImportanceTracker): { tracker: ImportanceTracker; policy: BudgetPolicy } {
+function resolvePrompt(prompt: PromptMethod, tracker: ImportanceTracker, policy: BudgetPolicy): { tracker: ImportanceTracker; policy: BudgetPolicy } {
   if (typeof prompt !== 'object' || prompt === null) throw new ArgumentError('expected { tracker?, policy }', 'prompt');
   checkObject(prompt.policy, 'prompt.policy', ['capacity', 'evictions']);
   if (prompt.policy.prompt === undefined) {
     throw new ArgumentError('expected a prompt-compression policy (snapKV, pyramidKV, adaKV or one with a prompt rule)', 'prompt.policy');
+  }
+  const rule = prompt.policy.prompt;
+  checkRule(rule, 'prompt.policy.prompt');
+  const least = prompt.policy.sinks + rule.window;
+  if (policy.sinks + Math.max(policy.recent, 1) > least + 1) {
+    throw new BudgetError(
+      `the decoding policy protects ${policy.sinks} sinks and ${policy.recent} recent tokens, more than a head whose prompt left it `
+      + `its ${least} sinks and window can spare while decoding`, 'policy');
   }
   const own = prompt.tracker ?? tracker;
   checkTracker(own, 'prompt.tracker');
@@ -147,7 +155,7 @@ export function resolveOptions(options: KVCacheOptions, defaultTracker: () => Im
   const policy = options.policy;
   const tracker = options.tracker ?? defaultTracker();
   checkTracker(tracker, 'tracker');
-  const prompt = options.prompt === undefined ? undefined : resolvePrompt(options.prompt, tracker);
+  const prompt = options.prompt === undefined ? undefined : resolvePrompt(options.prompt, tracker, policy);
   // The policy that lays memory out: the prompt's, whose budgets the decoding policy then keeps to.
   const layoutPolicy = prompt?.policy ?? policy;
   const rule = layoutPolicy.prompt;

@@ -262,12 +262,14 @@ export class ObserveCommand extends CacheCommandBase {
   }
   override run(m: KVCacheModel, r: KVCache): void {
     const seq = pickOpen(m, this.pick);
-    const length = m.length(seq, this.layer);
-    const stride = length + this.pad;
-    const { queryHeads } = m.geometry;
+    // Heads may keep different numbers of tokens (per-head budgets): rows are as long as the longest.
+    const { queryHeads, kvHeads } = m.geometry;
+    const group = queryHeads / kvHeads;
+    const lengths = Array.from({ length: kvHeads }, (_, h) => m.length(seq, this.layer, h));
+    const stride = Math.max(...lengths) + this.pad;
     const probs = new Float32Array(queryHeads * stride).fill(Number.NaN);
     const rng = new Rng(this.seed);
-    for (let h = 0; h < queryHeads; h++) probs.set(makeAttentionRow(rng, length, this.kind), h * stride);
+    for (let h = 0; h < queryHeads; h++) probs.set(makeAttentionRow(rng, lengths[Math.floor(h / group)]!, this.kind), h * stride);
     m.step(r, this.pad > 0 ? { op: 'observe', seq, layer: this.layer, probs, stride } : { op: 'observe', seq, layer: this.layer, probs });
   }
   override toString(): string {

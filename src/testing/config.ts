@@ -32,6 +32,8 @@ export interface CacheConfig {
   readonly prefillChunk?: number;
   /** `storage` option; absent means dense. */
   readonly storage?: StorageOptions;
+  /** `prompt` option (composition): the method prefill runs with; absent means the cache's own. */
+  readonly prompt?: { readonly tracker?: Spec<ImportanceTracker>; readonly policy: Spec<BudgetPolicy> };
 }
 
 /**
@@ -51,6 +53,9 @@ export function createCache(config: CacheConfig, backend: BackendName): KVCache 
     backend,
     ...(config.prefillChunk === undefined ? {} : { prefillChunk: config.prefillChunk }),
     ...(config.storage === undefined ? {} : { storage: config.storage }),
+    ...(config.prompt === undefined ? {} : {
+      prompt: { policy: config.prompt.policy.create(), ...(config.prompt.tracker === undefined ? {} : { tracker: config.prompt.tracker.create() }) },
+    }),
   });
 }
 

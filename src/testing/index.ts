@@ -30,6 +30,7 @@ export { INVARIANTS, InvariantError, type InvariantName, KVCacheModel, type KVCa
 export { type CacheOperation, applyOperation, cloneOperation, describeOperation } from './operation.js';
 export { DEFAULT_OPERATION_WEIGHTS, type OperationName, type OperationsConstraints, operationsArb } from './operations-arb.js';
 export { BUILTIN_POLICIES, type BuiltinPolicyName, type PolicySpecConstraints, policySpecArb } from './policy-spec-arb.js';
+export { PROMPT_POLICIES, promptConfigArb, promptPolicySpecArb } from './prompt-spec-arb.js';
 export { type ReferenceAttention, attentionTolerance, referenceAttention } from './reference-attention.js';
 export { Rng } from './rng.js';
 export { type ModelRunOptions, type ModelRunReport, checkDeterminism, runModel } from './run.js';

@@ -8,7 +8,7 @@ import type { KVCache } from '../cache/kv-cache.js';
 import type { DType, HostArray } from '../core/dtype.js';
 import { BudgetError, CapacityError, KvError, KvErrorCode } from '../core/errors.js';
 import type { Geometry } from '../core/geometry.js';
-import type { BudgetPolicy, EvictionContext } from '../policies/policy.js';
+import type { BudgetPolicy, EvictionContext, PromptRule } from '../policies/policy.js';
 import { TrackerKind, type ImportanceTracker } from '../trackers/tracker.js';
 import { createReferencePacker } from '../quant/reference.js';
 import { type StorageFormat, type StoreLayout, isPacked, resolveStorage, storeBytesPerSequence } from '../quant/storage.js';
@@ -92,7 +92,7 @@ export interface KVCacheModelOptions {
   /**
    * Whether a disagreement with the oracle is recorded in {@link KVCacheModel.divergences} (and the
    * oracle dropped for the rest of the run) instead of failing. Default: only when the cache under test
-   * runs on another backend than the oracle and the tracker reads attention, where float near-ties
+   * runs on another backend than the oracle and a tracker (the prompt's too) reads attention, where float near-ties
    * (a probability within an ulp of Scissorhands' `1/n`, two accumulated scores within an ulp) may
    * legitimately be broken differently.
    */
@@ -113,6 +113,8 @@ interface LayerState {
   kept: number[][];
   /** Every token appended since the last reset, per KV head, by position. */
   history: Map<number, Token>[];
+  /** Composed configurations: the prompt tracker holds the scores (after a prefill, until the next decode). */
+  prompting: boolean;
 }
 
 interface Captured {
@@ -131,7 +133,9 @@ interface LastOperation {
 interface Chunk {
   readonly start: number;
   readonly rows: number;
-  readonly evict: number;
+  /** Tokens each KV head drops before the chunk. */
+  readonly evict: readonly number[];
+  /** The policy's protections for this chunk (clamped to each head's length where used). */
   readonly sinks: number;
   readonly recent: number;
 }
@@ -142,6 +146,11 @@ interface Plan {
   readonly fails: boolean;
   /** Rows from this one on attended over what is kept at the end. */
   readonly settledFrom: number;
+  /**
+   * A prefill under a prompt rule: which tokens its compressions keep is the cache's call (pooled window
+   * scores); the model checks the rule's bounds instead of predicting the counts.
+   */
+  readonly opaque?: boolean;
 }
 
 type Score = (layer: number, kvHead: number, token: Token) => number;
@@ -251,6 +260,8 @@ export class KVCacheModel implements Disposable {
   readonly storage: StorageFormat;
   /** The model's own policy instance, asked the same questions as the cache's. */
   readonly policy: BudgetPolicy;
+  /** The policy prefill runs with: the configuration's `prompt` policy, else `policy`. It lays memory out. */
+  readonly promptPolicy: BudgetPolicy;
   /** The model's own tracker instance (for its scope, input and kernel). */
   readonly tracker: ImportanceTracker;
   readonly capacities: readonly number[];
@@ -267,6 +278,8 @@ export class KVCacheModel implements Disposable {
   readonly #evictions: number[];
   readonly #score: Score | undefined;
   readonly #tolerate: boolean | undefined;
+  /** The prompt rule prefill follows, if any (`docs/semantics.md`, prompt compression). */
+  readonly #rule: PromptRule | undefined;
   #oracle: KVCache | undefined;
   #bytesReserved: number | undefined;
   /** The last attend/prefill/append, for explaining a divergence from the oracle. */
@@ -278,15 +291,19 @@ export class KVCacheModel implements Disposable {
     this.geometry = config.geometry;
     this.dtype = config.dtype;
     this.policy = config.policy.create();
+    this.promptPolicy = config.prompt?.policy.create() ?? this.policy;
     this.tracker = config.tracker.create();
     this.checks = new Set(options.checks ?? INVARIANTS);
     this.#tolerate = options.tolerateDivergence;
-    const sinks = this.policy.sinks;
-    const recent = this.policy.recent;
+    this.#rule = this.promptPolicy.prompt;
+    const sinks = this.promptPolicy.sinks;
+    const recent = this.promptPolicy.recent;
     this.storage = resolveStorage(config.storage, this.geometry.headDim);
     const layout: StoreLayout = { dtype: this.dtype, storage: this.storage, auxWords: this.tracker.auxWords };
-    this.capacities = Array.from({ length: this.geometry.layers }, (_, layer) => this.policy.capacity(layer, this.geometry, layout));
+    this.capacities = Array.from({ length: this.geometry.layers }, (_, layer) => this.promptPolicy.capacity(layer, this.geometry, layout));
+    const rule = this.#rule;
     this.prefillChunks = this.capacities.map((capacity) => {
+      if (rule !== undefined) return Math.min(rule.chunk, config.prefillChunk ?? rule.chunk);
       const room = capacity - sinks;
       const chunk = config.prefillChunk ?? Math.max(1, Math.floor((room - recent) / 4));
       return Math.min(chunk, room);
@@ -322,14 +339,14 @@ export class KVCacheModel implements Disposable {
   }
 
   /**
-   * Tokens kept (per KV head) by a sequence at a layer, as the model has it.
+   * Tokens kept by one KV head of a sequence at a layer, as the model has it.
    * @example
    * ```ts
    * const n = model.length(seq, layer);
    * ```
    */
-  length(seq: number, layer: number): number {
-    return this.#layer(seq, layer).kept[0]!.length;
+  length(seq: number, layer: number, kvHead = 0): number {
+    return this.#layer(seq, layer).kept[kvHead]!.length;
   }
 
   /**
@@ -404,7 +421,9 @@ export class KVCacheModel implements Disposable {
           keptPositions.push(positions);
           this.#checkHead(real, seq, layer, h, ls, positions, scores);
         }
-        if (this.checks.has('layerScope') && this.tracker.scope === 'layer') {
+        // A composed cache whose prompt tracker chooses per head may leave the heads different.
+        const promptScope = this.config.prompt?.tracker?.create().scope ?? this.tracker.scope;
+        if (this.checks.has('layerScope') && this.tracker.scope === 'layer' && promptScope === 'layer') {
           for (let h = 1; h < kvHeads; h++) {
             if (!sameList(keptPositions[h]!, keptPositions[0]!)) {
               this.#fail('layerScope', `(seq ${seq}, layer ${layer}) head ${h} keeps ${show(keptPositions[h]!)}, head 0 keeps ${show(keptPositions[0]!)}`);
@@ -477,7 +496,9 @@ export class KVCacheModel implements Disposable {
     const { kvHeads, headDim } = this.geometry;
     const ls = this.#layer(seq, layer);
     const rows = op.k.length / (kvHeads * headDim);
-    const plan = this.#plan(ls, layer, rows, op.op);
+    // Per-head budgets, as the cache declares them before the operation (set by its prompt compressions).
+    const budgets = Array.from({ length: kvHeads }, (_, h) => ({ budget: real.headBudget(seq, layer, h), capacity: real.headCapacity(seq, layer, h) }));
+    const plan = this.#plan(ls, layer, rows, op.op, budgets);
     const before = this.#capture(real, seq, layer);
     this.#last = {
       op, plan, seenBefore: ls.seen, real: before,
@@ -504,41 +525,65 @@ export class KVCacheModel implements Disposable {
     const oracleResult = this.#oracle === undefined ? undefined : applyOperation(this.#oracle, oracleOp);
     const seenBefore = ls.seen;
     this.#apply(real, ls, seq, layer, op, plan, before);
+    ls.prompting = this.config.prompt !== undefined && op.op === 'prefill';
     if (op.op === 'append') return;
     const out = result as HostArray;
     this.lastOutput = out;
     if (op.out !== undefined && out !== op.out) this.#fail('attention', `${op.op} did not return the out array it was given`);
-    this.#checkAttention(real, op, out, plan, seenBefore);
-    if (oracleResult !== undefined) this.#compareOutputs(real, op, out, oracleResult as HostArray, plan, kept);
+    // A prompt that dropped nothing was attended over what is kept now, every row of it.
+    const keptBefore = before.positions.reduce((n, p) => n + p.length, 0);
+    const untouched = plan.opaque === true && ls.kept.reduce((n, k) => n + k.length, 0) === keptBefore + rows * kvHeads;
+    const settled = untouched ? { ...plan, settledFrom: 0 } : plan;
+    this.#checkAttention(real, op, out, settled, seenBefore);
+    if (oracleResult !== undefined) this.#compareOutputs(real, op, out, oracleResult as HostArray, settled, kept);
   }
 
-  /** The chunks the cache goes through, from the policy's answers (mirrors the documented prefill loop). */
-  #plan(ls: LayerState, layer: number, rows: number, kind: 'attend' | 'prefill' | 'append'): Plan {
+  /**
+   * The chunks the cache goes through, from the policy's answers (mirrors the documented prefill loop).
+   * With per-head budgets each head is asked on its own, with its budget in the context, and bounded by
+   * its own capacity (both as the cache declares them); without, head 0 speaks for all (their lengths are
+   * equal).
+   */
+  #plan(
+    ls: LayerState, layer: number, rows: number, kind: 'attend' | 'prefill' | 'append',
+    heads: readonly { budget: number | undefined; capacity: number }[],
+  ): Plan {
     const capacity = this.capacities[layer]!;
     const chunks: Chunk[] = [];
+    const none = ls.kept.map(() => 0);
+    if (kind === 'prefill' && this.#rule !== undefined) {
+      return { chunks: [{ start: 0, rows, evict: none, sinks: 0, recent: 0 }], fails: false, settledFrom: rows, opaque: true };
+    }
     if (kind === 'append' && rows > capacity - this.policy.sinks) return { chunks, fails: true, settledFrom: 0 };
-    let length = ls.kept[0]!.length;
+    const lengths = ls.kept.map((k) => k.length);
+    const perHead = heads.some((b) => b.budget !== undefined);
     let seen = ls.seen;
     let settledFrom = 0;
     for (let done = 0; done < rows;) {
       const left = rows - done;
       let chunk = left;
       if (kind === 'prefill') {
-        const fits = length + left <= capacity && this.#ask({ layer, length, incoming: left, seen }) === 0;
+        const fits = lengths[0]! + left <= capacity && this.#ask({ layer, length: lengths[0]!, incoming: left, seen }) === 0;
         chunk = fits ? left : Math.min(left, this.prefillChunks[layer]!);
       }
-      const count = this.#ask({ layer, length, incoming: chunk, seen });
-      const sinks = Math.min(this.policy.sinks, length);
-      const recent = Math.min(length - sinks, Math.max(0, this.policy.recent - chunk));
-      const candidates = length - sinks - recent;
-      if (!Number.isInteger(count) || count < 0 || count > candidates) {
-        this.#fail('policy', `policy ${this.policy.name} answered ${String(count)} to ${JSON.stringify({ layer, length, incoming: chunk, seen })}, `
-          + `but only ${candidates} tokens are outside the ${sinks} sinks and ${recent} recent ones`);
-      }
-      if (length - count + chunk > capacity) return { chunks, fails: true, settledFrom };
-      if (count > 0) settledFrom = done;
-      chunks.push({ start: done, rows: chunk, evict: count, sinks, recent });
-      length += chunk - count;
+      const sinks = this.policy.sinks;
+      const recent = Math.max(0, this.policy.recent - chunk);
+      const shared = perHead ? 0 : this.#ask({ layer, length: lengths[0]!, incoming: chunk, seen });
+      const counts = lengths.map((length, h) => {
+        const budget = heads[h]!.budget;
+        const context = { layer, length, incoming: chunk, seen, ...(budget === undefined ? {} : { budget }) };
+        const count = perHead ? this.#ask(context) : shared;
+        const candidates = Math.max(0, length - Math.min(sinks, length) - Math.min(length - Math.min(sinks, length), recent));
+        if (!Number.isInteger(count) || count < 0 || count > candidates) {
+          this.#fail('policy', `policy ${this.policy.name} answered ${String(count)} to ${JSON.stringify(context)}, `
+            + `but only ${candidates} tokens are outside the ${sinks} sinks and ${recent} recent ones`);
+        }
+        return count;
+      });
+      if (lengths.some((length, h) => length - counts[h]! + chunk > heads[h]!.capacity)) return { chunks, fails: true, settledFrom };
+      if (counts.some((c) => c > 0)) settledFrom = done;
+      chunks.push({ start: done, rows: chunk, evict: counts, sinks, recent });
+      counts.forEach((c, h) => (lengths[h] = lengths[h]! + chunk - c));
       seen += chunk;
       done += chunk;
     }
@@ -547,6 +592,19 @@ export class KVCacheModel implements Disposable {
 
   #ask(context: EvictionContext): number {
     return this.policy.evictions({ ...context, capacity: this.capacities[context.layer]! });
+  }
+
+  /** The slots each head drops for `chunk`, by the documented rule, each head with its own length. */
+  #choose(scores: readonly ArrayLike<number>[], lengths: readonly number[], chunk: Chunk): Set<number>[] {
+    const clamp = (length: number): [number, number] => {
+      const sinks = Math.min(chunk.sinks, length);
+      return [sinks, Math.min(length - sinks, chunk.recent)];
+    };
+    if (this.tracker.scope === 'layer') {
+      const [sinks, recent] = clamp(lengths[0]!);
+      return chooseEvicted(scores, lengths[0]!, chunk.evict[0]!, sinks, recent, 'layer');
+    }
+    return scores.map((s, h) => chooseEvicted([s], lengths[h]!, chunk.evict[h]!, ...clamp(lengths[h]!), 'head')[0]!);
   }
 
   /** Applies planned chunks to the model: evictions (predicted, or the cache's checked choice) and appends. */
@@ -559,17 +617,18 @@ export class KVCacheModel implements Disposable {
     const vBits = storedBits(this.dtype, op.v);
     const preKept = ls.kept.map((k) => k.slice());
     const firstPosition = ls.seen;
-    let predicted = true;
+    // A prompt rule's compressions keep what the pooled window scores say: positions come from the cache.
+    let predicted = plan.opaque !== true;
     for (const chunk of plan.chunks) {
-      if (chunk.evict > 0) {
-        this.#evictions[layer]! += chunk.evict * kvHeads;
+      const dropped = chunk.evict.reduce((a, b) => a + b, 0);
+      if (dropped > 0) {
+        this.#evictions[layer]! += dropped;
         if (this.#score === undefined) {
           predicted = false; // which tokens go is the tracker's call: positions come from the cache below
-        } else {
+        } else if (predicted) {
           const score = this.#score;
           const scores = ls.kept.map((kept, h) => kept.map((p) => score(layer, h, ls.history[h]!.get(p)!)));
-          const length = ls.kept[0]!.length;
-          const evicted = chooseEvicted(scores, length, chunk.evict, chunk.sinks, chunk.recent, this.tracker.scope);
+          const evicted = this.#choose(scores, ls.kept.map((k) => k.length), chunk);
           ls.kept = ls.kept.map((kept, h) => kept.filter((_, slot) => !evicted[h]!.has(slot)));
         }
       }
@@ -583,15 +642,15 @@ export class KVCacheModel implements Disposable {
         ls.seen += 1;
       }
     }
-    const length = preKept[0]!.length + plan.chunks.reduce((n, c) => n + c.rows - c.evict, 0);
+    const lengthOf = (h: number): number => preKept[h]!.length + plan.chunks.reduce((n, c) => n + c.rows - c.evict[h]!, 0);
     if (!predicted) {
       // Which tokens went is the tracker's call: take the cache's, and check what can be checked.
       const lastNew = ls.seen;
       ls.kept = [];
       for (let h = 0; h < kvHeads; h++) {
         const positions = Array.from(real.inspect(seq, layer, h).positions);
-        if (positions.length !== length && this.checks.has('policy')) {
-          this.#fail('policy', `${describeOperation(op)}: head ${h} keeps ${positions.length} tokens, the policy's answers leave ${length}`);
+        if (plan.opaque !== true && positions.length !== lengthOf(h) && this.checks.has('policy')) {
+          this.#fail('policy', `${describeOperation(op)}: head ${h} keeps ${positions.length} tokens, the policy's answers leave ${lengthOf(h)}`);
         }
         const allowed = new Set(preKept[h]);
         for (const p of positions) {
@@ -601,13 +660,16 @@ export class KVCacheModel implements Disposable {
         }
         ls.kept.push(positions);
       }
+      if (plan.opaque === true) this.#checkPrompt(real, seq, layer, ls, preKept.reduce((n, k) => n + k.length, 0) + (ls.seen - firstPosition) * kvHeads);
     }
-    // The lowest-score rule, checkable when the only eviction came first (so it used the scores seen before).
-    const evicting = plan.chunks.filter((c) => c.evict > 0);
+    // The lowest-score rule, checkable when the only eviction came first (so it used the scores seen before),
+    // unless the operation handed a composed cache from its prompt tracker to its decoding one (whose state
+    // restarts first, so the scores seen before are not the ones it chose by).
+    const evicting = plan.chunks.filter((c) => c.evict.some((n) => n > 0));
     const first = evicting[0];
-    if (this.checks.has('eviction') && evicting.length === 1 && first !== undefined && first.start === 0) {
-      const preLength = before.positions[0]!.length;
-      const expected = chooseEvicted(before.scores, preLength, first.evict, first.sinks, first.recent, this.tracker.scope);
+    const restarted = ls.prompting && op.op !== 'prefill';
+    if (this.checks.has('eviction') && !restarted && evicting.length === 1 && first !== undefined && first.start === 0) {
+      const expected = this.#choose(before.scores, before.positions.map((p) => p.length), first);
       for (let h = 0; h < kvHeads; h++) {
         const after = new Set(real.inspect(seq, layer, h).positions);
         const dropped = Array.from(before.positions[h]!).filter((p) => !after.has(p));
@@ -621,6 +683,37 @@ export class KVCacheModel implements Disposable {
   }
 
   // ---- checks --------------------------------------------------------------------------------
+
+  /**
+   * After a prefill under a prompt rule (`docs/semantics.md`): the layer is within its budget (each head
+   * within `tokens(layer)`, or with per-head budgets all heads together within `kvHeads x tokens(layer)`),
+   * and so are the budgets the cache declares, each at least what the protections keep. `entered` token
+   * entries were kept before or appended: the rest were evicted.
+   */
+  #checkPrompt(real: KVCache, seq: number, layer: number, ls: LayerState, entered: number): void {
+    const rule = this.#rule!;
+    const { kvHeads } = this.geometry;
+    const kept = ls.kept.reduce((n, k) => n + k.length, 0);
+    this.#evictions[layer]! += entered - kept;
+    if (!this.checks.has('policy')) return;
+    const tokens = rule.tokens(layer, this.geometry);
+    const where = `(seq ${seq}, layer ${layer})`;
+    const budgets = Array.from({ length: kvHeads }, (_, h) => real.headBudget(seq, layer, h) ?? NaN);
+    const protectedTokens = Math.min(ls.seen, this.promptPolicy.sinks + rule.window);
+    if (rule.split === undefined) {
+      ls.kept.forEach((k, h) => {
+        if (k.length > tokens) this.#fail('policy', `${where} head ${h} keeps ${k.length} tokens after the prompt, over the budget ${tokens}`);
+        if (budgets[h] !== tokens) this.#fail('policy', `${where} head ${h} has budget ${budgets[h]}, the rule gives ${tokens}`);
+      });
+      return;
+    }
+    if (kept > kvHeads * tokens) this.#fail('policy', `${where} keeps ${kept} tokens after the prompt, over the layer budget ${kvHeads} x ${tokens}`);
+    const total = budgets.reduce((a, b) => a + b, 0);
+    if (!(total <= kvHeads * tokens)) this.#fail('policy', `${where} head budgets ${show(budgets)} exceed the layer budget ${kvHeads} x ${tokens}`);
+    budgets.forEach((b, h) => {
+      if (!(b >= protectedTokens)) this.#fail('policy', `${where} head ${h} has budget ${b}, below the ${protectedTokens} tokens its sinks and window keep`);
+    });
+  }
 
   #checkHead(real: KVCache, seq: number, layer: number, h: number, ls: LayerState, positions: Int32Array, scores: Float32Array): void {
     const where = `(seq ${seq}, layer ${layer}, head ${h})`;
@@ -643,13 +736,16 @@ export class KVCacheModel implements Disposable {
     }
     if (this.checks.has('protected')) {
       const kept = new Set(positions);
-      const sinks = Math.min(this.policy.sinks, ls.seen);
+      // A composed cache protects what both its prompt and its decoding policy protect.
+      const sinks = Math.min(this.policy.sinks, this.promptPolicy.sinks, ls.seen);
+      const recent = Math.min(this.policy.recent, this.promptPolicy.recent);
       for (let p = 0; p < sinks; p++) if (!kept.has(p)) this.#fail('protected', `${where} dropped sink position ${p}: keeps ${show(positions)}`);
-      for (let p = Math.max(0, ls.seen - this.policy.recent); p < ls.seen; p++) {
-        if (!kept.has(p)) this.#fail('protected', `${where} dropped recent position ${p} (seen ${ls.seen}, recent ${this.policy.recent}): keeps ${show(positions)}`);
+      for (let p = Math.max(0, ls.seen - recent); p < ls.seen; p++) {
+        if (!kept.has(p)) this.#fail('protected', `${where} dropped recent position ${p} (seen ${ls.seen}, recent ${recent}): keeps ${show(positions)}`);
       }
     }
-    if (this.checks.has('eviction') && this.#score !== undefined) {
+    // While a composed cache's prompt tracker holds the scores, the decoding tracker's rule says nothing.
+    if (this.checks.has('eviction') && this.#score !== undefined && !ls.prompting) {
       if (!sameList(positions, modelKept)) {
         this.#fail('eviction', `${where} keeps ${show(positions)}, the ${this.tracker.name} rule keeps ${show(modelKept)}`);
       }
@@ -796,7 +892,11 @@ export class KVCacheModel implements Disposable {
     if (!(stats.bytesUsed <= stats.bytesReserved)) fail(`stats().bytesUsed ${stats.bytesUsed} exceeds bytesReserved ${stats.bytesReserved}`);
     if (stats.bytesUsed !== stats.bytesKV + tokensKept * meta) fail(`stats().bytesUsed ${stats.bytesUsed} is not bytesKV ${stats.bytesKV} + ${meta} per kept token`);
     const layout: StoreLayout = { dtype: this.dtype, storage: this.storage, auxWords: this.tracker.auxWords };
-    const perSequence = this.capacities.reduce((a, c) => a + storeBytesPerSequence(layout, kvHeads, headDim, c), 0);
+    // A per-head layout reserves (tokens + chunk) slots per head on average, and two words per head.
+    const rule = this.#rule;
+    const perSequence = this.capacities.reduce((a, c, layer) => a + (rule?.split === undefined
+      ? storeBytesPerSequence(layout, kvHeads, headDim, c)
+      : storeBytesPerSequence(layout, kvHeads, headDim, rule.tokens(layer, this.geometry) + rule.chunk) + 8 * kvHeads), 0);
     if (stats.bytesPerSequence !== perSequence) fail(`stats().bytesPerSequence is ${stats.bytesPerSequence}, the layout gives ${perSequence}`);
     if (!(stats.bytesReserved >= perSequence * this.config.maxSequences)) fail(`stats().bytesReserved ${stats.bytesReserved} is less than ${this.config.maxSequences} x ${perSequence}`);
     const storage = this.storage;
@@ -899,7 +999,7 @@ export class KVCacheModel implements Disposable {
     // backends can keep different tokens in between and still end up with the same ones (seen with tiny
     // data: one probability a fraction of an ulp from Scissorhands' 1/n, or TOVA scores an ulp apart). Such
     // rows are compared too, but a disagreement there is a divergence, recorded like the others.
-    const tolerate = this.#tolerate ?? (!same && this.tracker.input === 'attention');
+    const tolerate = this.#tolerate ?? (!same && this.#readsAttention);
     const unsettled = tolerate ? plan.settledFrom * queryHeads * headDim : 0;
     const a = decodeHost(out, this.dtype);
     const b = decodeHost(expected, this.dtype);
@@ -936,7 +1036,7 @@ export class KVCacheModel implements Disposable {
     const oracle = this.#oracle;
     if (oracle === undefined || !this.checks.has('oracle')) return;
     const same = real.backend === oracle.backend;
-    const tolerate = this.#tolerate ?? (!same && this.tracker.input === 'attention');
+    const tolerate = this.#tolerate ?? (!same && this.#readsAttention);
     for (const seq of this.openSequences()) {
       for (let layer = 0; layer < this.geometry.layers; layer++) {
         if (real.seen(seq, layer) !== oracle.seen(seq, layer)) {
@@ -998,13 +1098,14 @@ export class KVCacheModel implements Disposable {
   #explain(real: KVCache, oracle: KVCache, seq: number, layer: number, h: number, positionsDiffer: boolean): string | undefined {
     const last = this.#last;
     if (last === undefined || last.op.seq !== seq || last.op.layer !== layer || last.oracle === undefined) return undefined;
-    const evicting = last.plan.chunks.filter((c) => c.evict > 0);
+    const evicting = last.plan.chunks.filter((c) => c.evict.some((n) => n > 0));
     const first = evicting[0];
+    if (last.plan.opaque === true) return 'prompt compression: not analysed';
     if (positionsDiffer) {
       if (evicting.length === 1 && first !== undefined && first.start === 0) {
-        const length = last.real.positions[0]!.length;
-        const mine = chooseEvicted(last.real.scores, length, first.evict, first.sinks, first.recent, this.tracker.scope)[h]!;
-        const theirs = chooseEvicted(last.oracle.scores, length, first.evict, first.sinks, first.recent, this.tracker.scope)[h]!;
+        const lengths = last.real.positions.map((p) => p.length);
+        const mine = this.#choose(last.real.scores, lengths, first)[h]!;
+        const theirs = this.#choose(last.oracle.scores, lengths, first)[h]!;
         const differ = mine.size !== theirs.size || [...mine].some((slot) => !theirs.has(slot));
         return differ ? 'near-tie between eviction candidates\' scores' : undefined;
       }
@@ -1062,6 +1163,11 @@ export class KVCacheModel implements Disposable {
 
   // ---- helpers -------------------------------------------------------------------------------
 
+  /** Whether a tracker of the cache (the prompt's too) reads attention: backends may then break near-ties differently. */
+  get #readsAttention(): boolean {
+    return this.tracker.input === 'attention' || this.config.prompt?.tracker?.create().input === 'attention';
+  }
+
   #capture(real: KVCache, seq: number, layer: number): Captured {
     const positions: Int32Array[] = [];
     const scores: Float32Array[] = [];
@@ -1089,6 +1195,7 @@ export class KVCacheModel implements Disposable {
       seen: 0,
       kept: Array.from({ length: kvHeads }, () => []),
       history: Array.from({ length: kvHeads }, () => new Map<number, Token>()),
+      prompting: false,
     }));
   }
 

@@ -9,7 +9,7 @@
  */
 import * as fc from 'fast-check';
 import { describe, it } from 'vitest';
-import { BUILTIN_TRACKERS, cacheConfigArb, operationsArb, runModel, trackerSpecArb } from '../../src/testing/index.js';
+import { BUILTIN_TRACKERS, cacheConfigArb, operationsArb, promptConfigArb, runModel, trackerSpecArb } from '../../src/testing/index.js';
 import { BACKENDS, runs, seed } from './helpers.js';
 
 describe.each(BACKENDS)('KVCache against its model on the %s backend', (backend) => {
@@ -24,6 +24,16 @@ describe.each(BACKENDS)('KVCache against its model on the %s backend', (backend)
       );
     });
   }
+
+  it('prompt compression (SnapKV, PyramidKV, Ada-KV, alone or composed): every invariant, heads of different lengths', () => {
+    const configs = cacheConfigArb().chain(promptConfigArb);
+    fc.assert(
+      fc.property(configs.chain((config) => fc.tuple(fc.constant(config), operationsArb(config, { maxCommands: 40 }))), ([config, commands]) => {
+        runModel(config, commands, { backend, oracle: backend === 'reference' ? false : 'reference' });
+      }),
+      { numRuns: runs(60), ...seed },
+    );
+  });
 
   it('long sequences: a few hundred decode steps through one small cache', () => {
     const configs = cacheConfigArb({ geometry: fc.constant({ layers: 1, queryHeads: 2, kvHeads: 1, headDim: 5 }), maxSequences: 1 });
