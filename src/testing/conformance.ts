@@ -20,7 +20,7 @@ import { type OperationsConstraints, operationsArb } from './operations-arb.js';
 import { policySpecArb } from './policy-spec-arb.js';
 import { checkDeterminism, runModel } from './run.js';
 import { type Spec, policySpec, trackerSpec } from './spec.js';
-import { trackerSpecArb } from './tracker-spec-arb.js';
+import { BUILTIN_TRACKERS, trackerSpecArb } from './tracker-spec-arb.js';
 
 /**
  * One named check of the suite; `run()` throws (with fast-check's counterexample and seed) on failure.
@@ -205,7 +205,9 @@ export function trackerConformance(factory: () => ImportanceTracker, options: Co
 
 /**
  * The conformance checks of a budget policy: the same invariants as {@link trackerConformance}, with
- * the policy paired with every built-in tracker, plus checks of what it declares. Configure the policy
+ * the policy paired with every built-in tracker (those of scope `head` for a prompt policy with per-head
+ * budgets), plus checks of what it declares. Prompt policies (`snapKV`, `pyramidKV`, `adaKV` or yours
+ * with a `prompt` rule) also go through the bounds of prompt compression (`docs/semantics.md`). Configure the policy
  * with a small budget (say 4 to 32 tokens) so that short runs overflow it.
  *
  * @example
@@ -220,8 +222,10 @@ export function policyConformance(policy: BudgetPolicy | (() => BudgetPolicy), o
   const probe = factory();
   const spec = policySpec(typeof probe.name === 'string' ? probe.name : 'policy', factory);
   const geometries = options.geometry ?? geometryArb();
+  // Per-head budgets (a prompt rule that splits) need trackers that choose per head.
+  const perHead = probe.prompt?.split !== undefined;
   const configs = cacheConfigArb({
-    tracker: options.trackers ?? trackerSpecArb(),
+    tracker: options.trackers ?? trackerSpecArb(perHead ? { names: BUILTIN_TRACKERS.filter((name) => name !== 'tova') } : {}),
     policy: fc.constant(spec),
     geometry: geometries,
     ...(options.dtypes === undefined ? {} : { dtypes: options.dtypes }),

@@ -4,8 +4,8 @@
  */
 import { describe, it } from 'vitest';
 import {
-  type BudgetPolicy, fixedBudget, fullCache, h2o, keyNorm, random, ratioBudget, scissorhands, streamingLLM, tova,
-  type ImportanceTracker,
+  type BudgetPolicy, adaKV, fixedBudget, fullCache, h2o, keyNorm, pyramidKV, random, ratioBudget, scissorhands, snapKV, snapKVScores,
+  streamingLLM, tova, type ImportanceTracker,
 } from '../../src/index.js';
 import { policyConformance, runConformance, trackerConformance } from '../../src/testing/index.js';
 import { BACKENDS, runs, seed } from './helpers.js';
@@ -20,6 +20,7 @@ const TRACKERS: readonly [string, () => ImportanceTracker][] = [
   ['streamingLLM()', () => streamingLLM()],
   ['keyNorm()', () => keyNorm()],
   ['random({ seed: 7 })', () => random({ seed: 7 })],
+  ['snapKVScores({ kernel: 3 })', () => snapKVScores({ kernel: 3 })],
 ];
 
 /** Users' trackers, written in TypeScript against the documented interface (the backends call their hooks). */
@@ -54,6 +55,9 @@ const POLICIES: readonly [string, () => BudgetPolicy][] = [
   ['fixedBudget({ tokens: 6, recent: 0 })', () => fixedBudget({ tokens: 6, recent: 0 })],
   ['ratioBudget({ ratio: 0.5, maxTokens: 24, sinks: 1, recent: 2 })', () => ratioBudget({ ratio: 0.5, maxTokens: 24, sinks: 1, recent: 2 })],
   ['fullCache({ maxTokens: 12 })', () => fullCache({ maxTokens: 12 })],
+  ['snapKV({ tokens: 8, window: 3, sinks: 1, chunk: 4 })', () => snapKV({ tokens: 8, window: 3, sinks: 1, chunk: 4 })],
+  ['pyramidKV({ tokens: 9, window: 2, chunk: 3, beta: 4 })', () => pyramidKV({ tokens: 9, window: 2, chunk: 3, beta: 4 })],
+  ['adaKV({ tokens: 7, window: 2, chunk: 5, floor: 0.5 })', () => adaKV({ tokens: 7, window: 2, chunk: 5, floor: 0.5 })],
 ];
 
 for (const [title, factory] of [...TRACKERS, ...CUSTOM]) runConformance(`tracker ${title}`, trackerConformance(factory, options), { describe, it });
