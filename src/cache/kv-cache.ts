@@ -277,7 +277,8 @@ export class KVCache implements Disposable {
    * at most `prefillChunk` rows, and each chunk that leaves the layer over its budget is followed by a
    * compression scored by its observation window (`docs/semantics.md`, prompt compression): the cache
    * never holds more than the budget plus one chunk, and with a budget at least the prompt's length
-   * the result is exactly that of one unchunked prefill.
+   * the result is exactly that of one unchunked prefill. (A custom prompt rule whose `split` answers out
+   * of bounds throws `KV_BUDGET` once the chunks before it have gone in.)
    * @param q `[rows][queryHeads][headDim]`.
    * @param k `[rows][kvHeads][headDim]`.
    * @param v `[rows][kvHeads][headDim]`.
@@ -480,6 +481,7 @@ export class KVCache implements Disposable {
       throw new DTypeError('expected a Float32Array (or an f32 DeviceTensor on the cuda backend)', 'probs');
     }
     this.#checkLength(probs, 'probs', this.geometry.queryHeads * rowStride);
+    this.#enter(store, seq, layer, DECODE);
     this.#backend.observe(store, seq, probs as Float32Array, rowStride, this.geometry.queryHeads, this.tracker);
   }
 

@@ -12,7 +12,10 @@
  */
 export interface LayerStats {
   readonly layer: number;
-  /** Token slots reserved per (sequence, KV head). */
+  /**
+   * Token slots reserved per (sequence, KV head); with per-head budgets (`adaKV`), the most one head
+   * may own (the heads of a sequence share `(budget + chunk) x kvHeads` slots: see `bytesPerSequence`).
+   */
   readonly capacity: number;
   /** Tokens kept per KV head, summed over open sequences. */
   readonly tokensKept: readonly number[];

@@ -487,6 +487,9 @@ export class KVCacheModel implements Disposable {
   #stepObserve(real: KVCache, op: Extract<CacheOperation, { op: 'observe' }>): void {
     const copy = cloneOperation(op);
     applyOperation(real, op);
+    // An observation belongs to decoding: a composed cache hands the scores to its decoding tracker.
+    const ls = this.#state[op.seq]?.[op.layer];
+    if (ls !== undefined) ls.prompting = false;
     this.#checkUntouched(op, copy);
     if (this.#oracle !== undefined) applyOperation(this.#oracle, copy);
   }
