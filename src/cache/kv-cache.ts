@@ -682,7 +682,7 @@ export class KVCache implements Disposable {
     // With per-head budgets (a prompt rule) each head is planned on its own; else head 0 speaks for all.
     const budgets = this.#budgets?.subarray((layer * this.maxSequences + seq) * kvHeads, (layer * this.maxSequences + seq + 1) * kvHeads);
     const lengths = Array.from(store.lengths.subarray(seq * kvHeads, seq * kvHeads + (budgets === undefined ? 1 : kvHeads)));
-    const capacities = lengths.map((_, h) => this.headCapacity(seq, layer, h));
+    const capacities = lengths.map((_, h) => store.heads?.capacities[seq * kvHeads + h] ?? store.capacity);
     let seen = this.#seenOf(seq, layer);
     const steps: Step[] = [];
     for (let done = 0; done < rows;) {

@@ -44,7 +44,9 @@ export interface KVCacheOptions {
   readonly scale?: number;
   /**
    * Rows per chunk when a prefill needs eviction on the way (a prefill that fits goes in one piece);
-   * default a quarter of the room left beside the protected windows, at least 1.
+   * default a quarter of the room left beside the protected windows, at least 1. With a prompt policy
+   * (`snapKV`, `pyramidKV`, `adaKV`) every prefill goes in chunks of at most the policy's `chunk` rows
+   * (the headroom it reserves), which is also the default.
    */
   readonly prefillChunk?: number;
   /**
