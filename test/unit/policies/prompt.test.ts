@@ -50,6 +50,17 @@ describe('prompt policies', () => {
       geometry, tracker: scissorhands({ window: 64 }), policy: fixedBudget({ tokens: 64 }),
       prompt: { tracker: scissorhands({ window: 32 }), policy: snapKV({ tokens: 64 }) },
     }), KvErrorCode.Argument, 'prompt.tracker');
+    // A head the prompt left with only its sinks and window must still take a decode step.
+    expectKvError(() => KVCache.create({
+      geometry, tracker: scissorhands(), policy: fixedBudget({ tokens: 64, recent: 10 }),
+      prompt: { tracker: snapKVScores(), policy: adaKV({ tokens: 64, window: 4 }) },
+    }), KvErrorCode.Budget, 'policy');
+    using composed = KVCache.create({
+      geometry, tracker: scissorhands(), policy: fixedBudget({ tokens: 64, recent: 5 }), backend: 'reference',
+      prompt: { tracker: snapKVScores(), policy: adaKV({ tokens: 64, window: 4 }) },
+    });
+    const seq = composed.open();
+    expect([composed.headBudget(seq, 0, 1), composed.headCapacity(seq, 0, 1)]).toEqual([64, 64 + 16]); // chunk: max(window, 64 / 4)
   });
 });
 
