@@ -7,9 +7,11 @@
  *   npm run bench:quality -- --model models/stories260K                # 30 x 512 of the TinyStories sample
  *   npm run bench:quality -- --windows 2 --methods full,streaming --budgets 4
  *   npm run bench:quality -- --define 'sh-sinks=scissorhands:{"policy":{"sinks":4}}' --methods full,sh-sinks
- *   npm run bench:quality -- --options 'scissorhands:{"tracker":{"window":200}}'
- *   npm run bench:quality -- --storage int4 --no-gates   # every row with 4-bit storage (docs/packing.md): `full` is
- *                                                         # 4-bit alone, the others 4-bit with each tracker
+  *   npm run bench:quality -- --options 'scissorhands:{"tracker":{"window":200}}'
+ *   npm run bench:quality -- --prefix 1024 --methods full,snapkv,adakv   # the first 1024 tokens of each window through prefill
+ *   npm run bench:quality -- --storage int4 --dtype f16 --no-gates --baseline bench/results/quality-ref-12m.json
+ *       # every row with 4-bit storage (docs/packing.md) and an f16 residual window: `full` is 4-bit alone, the
+ *       # others 4-bit with each tracker; differences from the dense run's full cache, memory against dense f16
  *
  * Writes `<out>/<name>.json` (after every group of configurations, so `--resume` can pick up a stopped
  * run), `<name>.md` and `<name>.svg`.
@@ -19,7 +21,7 @@ import { cpus } from 'node:os';
 import { basename, dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import type { BackendName, StorageOptions } from '../../src/index.js';
+import type { BackendName, DType, StorageOptions } from '../../src/index.js';
 import { LlamaEngine } from '../../examples/llama/engine.js';
 import { LlamaModel } from '../../examples/llama/model.js';
 import { loadCorpus, type LineEndings } from './corpus.js';
@@ -53,6 +55,9 @@ const { values: args } = parseArgs({
     backend: { type: 'string', default: 'auto' },
     // Storage of every cache: dense (default) or int2/int4/int8 (groups of 32, residual window 32).
     storage: { type: 'string', default: 'dense' },
+    dtype: { type: 'string', default: 'f32' },
+    // A dense run over the same windows whose full cache every difference is taken from.
+    baseline: { type: 'string' },
     // Tokens at the start of every window fed as a prompt through prefill (prompt methods compress it).
     prefix: { type: 'string', default: '0' },
     'line-endings': { type: 'string', default: 'lf' },
@@ -147,6 +152,8 @@ const shard = args.shard === undefined ? undefined : (/^(\d+)\/(\d+)$/.exec(args
 if (args.shard !== undefined && (!shard || Number(shard[1]) >= Number(shard[2]))) throw new Error('--shard is i/n with 0 <= i < n');
 if (!['dense', 'int2', 'int4', 'int8'].includes(args.storage)) throw new Error(`--storage is dense, int2, int4 or int8, got ${args.storage}`);
 const storage: StorageOptions = args.storage === 'dense' ? { format: 'dense' } : { format: args.storage as 'int4' };
+if (!['f32', 'f16', 'bf16'].includes(args.dtype)) throw new Error(`--dtype is f32, f16 or bf16, got ${args.dtype}`);
+const dtype = args.dtype as DType;
 const prefix = Number(args.prefix);
 if (!Number.isInteger(prefix) || prefix < 0) throw new Error(`--prefix is a whole number of tokens, got ${args.prefix}`);
 const stem = `${args.name ?? `quality-${modelName}${args.storage === 'dense' ? '' : `-${args.storage}`}`}${shard ? `.shard-${shard[1]}-of-${shard[2]}` : ''}`;
@@ -154,8 +161,10 @@ mkdirSync(outDir, { recursive: true });
 const jsonPath = join(outDir, `${stem}.json`);
 const records: Record<string, ConfigRecord> = {};
 const sources: string[] = [];
-const sameRun = (r: QualityResults): boolean =>
+const sameWindows = (r: QualityResults): boolean =>
   r.text.sha256 === corpus.sha256 && r.window === window && r.windows === windowCount && r.text.lineEndings === lineEndings && r.model.name === modelName;
+const sameRun = (r: QualityResults): boolean =>
+  sameWindows(r) && (r.storage ?? 'dense') === args.storage && (r.dtype ?? 'f32') === dtype && (r.prefix ?? 0) === prefix;
 // --resume reuses this run's own file; --from reuses other runs' files (e.g. shards run in parallel).
 for (const file of [...(args.resume && existsSync(jsonPath) ? [jsonPath] : []), ...args.from.map((f) => resolve(f))]) {
   const previous = JSON.parse(readFileSync(file, 'utf8')) as QualityResults;
@@ -174,6 +183,13 @@ for (const file of [...(args.resume && existsSync(jsonPath) ? [jsonPath] : []), 
     }
   }
   console.error(`${relative(process.cwd(), file)}: ${reused} configurations reused`);
+}
+let baseline: { file: string; command: string; ppl: number; perWindow: number[] } | undefined;
+if (args.baseline) {
+  const b = JSON.parse(readFileSync(resolve(args.baseline), 'utf8')) as QualityResults;
+  const full = b.configs['full'];
+  if (!sameWindows(b) || !full) throw new Error(`${args.baseline}: not a run of the same model, text and windows with a full cache`);
+  baseline = { file: relative(root, resolve(args.baseline)), command: b.command, ppl: full.ppl, perWindow: full.perWindowMeanNll };
 }
 let todo = wanted.filter((c) => !records[c.id]);
 if (shard) {
@@ -204,11 +220,11 @@ const peers = (args.peers?.split(',') ?? chosen.filter((m) => m !== 'full' && m 
 const command = `npm run bench:quality -- ${process.argv.slice(2).map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, `'\\''`)}'`)).join(' ')}`.trim();
 
 function results(): QualityResults {
-  const full = records['full']?.perWindowMeanNll;
+  const full = baseline?.perWindow ?? records['full']?.perWindowMeanNll;
   const configs: Record<string, ConfigRecord> = {};
   for (const c of wanted) {
     const r = records[c.id];
-    if (r) configs[c.id] = record(r, full);
+    if (r) configs[c.id] = record(r, full, baseline !== undefined);
   }
   const perWindow = new Map(Object.values(configs).map((c) => [c.id, c.perWindowMeanNll]));
   const methodsInRun = [...chosen, ...wanted.map((c) => c.method.name).filter((m) => !chosen.includes(m))].filter((m, i, a) => a.indexOf(m) === i);
@@ -229,6 +245,10 @@ function results(): QualityResults {
     },
     window,
     windows: windowCount,
+    ...(prefix > 0 ? { prefix } : {}),
+    storage: args.storage,
+    dtype,
+    ...(baseline ? { baseline: { file: baseline.file, command: baseline.command, ppl: baseline.ppl } } : {}),
     compressions,
     methods: methodsInRun,
     ...(challenger ? { challenger } : {}),
@@ -260,6 +280,7 @@ try {
     backend: args.backend as BackendName,
     prefix,
     storage,
+    dtype,
     onProgress: (n) => bar.update(n),
     onResult: (res) => {
       const c = res.configuration;
@@ -267,7 +288,7 @@ try {
         id: c.id, method: c.method.name, description: c.method.description, tracker: c.method.tracker, trackerOptions: c.trackerOptions,
         policy: c.method.policy, policyOptions: c.policyOptions, budget: c.budget, compression: c.compression,
         perWindowMeanNll: res.perWindowMeanNll, meanNll: 0, ppl: 0, seconds: res.seconds, backend: res.backend,
-        capacity: res.capacity, evictions: res.evictions,
+        capacity: res.capacity, evictions: res.evictions, bytesKV: res.bytesKV, compressionVsF16: res.compressionVsF16,
       };
       const r = save(false).configs[c.id]!;
       const d = r.vsFull;

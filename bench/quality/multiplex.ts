@@ -4,7 +4,7 @@
  * configuration's `KVCache`.
  * @module
  */
-import type { KVCache } from '../../src/index.js';
+import type { CacheStats, KVCache } from '../../src/index.js';
 import type { AttentionCache } from '../../examples/llama/engine.js';
 
 /**
@@ -21,15 +21,28 @@ import type { AttentionCache } from '../../examples/llama/engine.js';
 export class Multiplexer implements AttentionCache {
   #queue: number[] = [];
   #opened = 0;
+  #closing = new Set<KVCache>();
   readonly #map = new Map<number, { cache: KVCache; seq: number }>();
   #next = 0;
+  readonly #full: (CacheStats | undefined)[];
 
-  constructor(readonly caches: readonly KVCache[]) {}
+  constructor(readonly caches: readonly KVCache[]) {
+    this.#full = caches.map(() => undefined);
+  }
+
+  /**
+   * Each cache's stats just before its first sequence of the last `score` call closed: every window of
+   * the call then holds what it kept at its end, so `compressionVsF16` is the memory of a whole window.
+   */
+  get statsAtEnd(): readonly (CacheStats | undefined)[] {
+    return this.#full;
+  }
 
   /** The caches, one per window of the next `score` call, in window order. */
   route(cacheIndexes: readonly number[]): void {
     this.#queue = [...cacheIndexes];
     this.#opened = 0;
+    this.#closing = new Set();
   }
 
   open(): number {
@@ -43,6 +56,10 @@ export class Multiplexer implements AttentionCache {
 
   close(id: number): void {
     const entry = this.#entry(id);
+    if (!this.#closing.has(entry.cache)) {
+      this.#closing.add(entry.cache);
+      this.#full[this.caches.indexOf(entry.cache)] = entry.cache.stats();
+    }
     entry.cache.close(entry.seq);
     this.#map.delete(id);
   }

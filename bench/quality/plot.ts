@@ -50,6 +50,8 @@ function marker(kind: (typeof MARKERS)[number], x: number, y: number, color: str
  */
 export function plotSvg(options: {
   title: string; subtitle?: string; series: readonly Series[]; xLabel?: string; yLabel?: string;
+  /** x ticks (default: every x of the points, for series measured at the same nominal compressions). */
+  xTicks?: readonly number[];
   reference?: number; clipFactor?: number; width?: number; height?: number;
 }): string {
   const width = options.width ?? 760;
@@ -83,7 +85,7 @@ export function plotSvg(options: {
     out.push(`<line x1="${m.left}" x2="${m.left + plotW}" y1="${Y(t).toFixed(1)}" y2="${Y(t).toFixed(1)}" stroke="#e6e6e6"/>`);
     out.push(`<text x="${m.left - 8}" y="${(Y(t) + 4).toFixed(1)}" text-anchor="end">${t}</text>`);
   }
-  const xTicks = [...new Set(xs)].sort((a, b) => a - b);
+  const xTicks = (options.xTicks ?? [...new Set(xs)].sort((a, b) => a - b)).filter((t) => t >= xMin && t <= xMax * 1.0001);
   for (const t of xTicks) {
     out.push(`<line x1="${X(t).toFixed(1)}" x2="${X(t).toFixed(1)}" y1="${m.top}" y2="${m.top + plotH}" stroke="#f0f0f0"/>`);
     out.push(`<line x1="${X(t).toFixed(1)}" x2="${X(t).toFixed(1)}" y1="${m.top + plotH}" y2="${m.top + plotH + 5}" stroke="#333"/>`);

@@ -28,6 +28,10 @@ export interface ConfigRecord {
   readonly backend: string;
   readonly capacity: number;
   readonly evictions: number;
+  /** Bytes of keys and values held at the end of a window, all layers (absent in older files). */
+  readonly bytesKV?: number;
+  /** A dense f16 cache of the whole window over `bytesKV`: fewer tokens and fewer bits together. */
+  readonly compressionVsF16?: number;
 }
 
 /** A challenger against the best peer at one budget. */
@@ -59,6 +63,16 @@ export interface QualityResults {
   };
   readonly window: number;
   readonly windows: number;
+  /** Storage format and element type of every cache of the run (absent in older files: dense f32). */
+  /** Tokens of each window fed as a prompt through prefill (absent: 0, every token decoded step by step). */
+  readonly prefix?: number;
+  readonly storage?: string;
+  readonly dtype?: string;
+  /**
+   * A dense run over the same windows whose full cache is the reference of every `vsFull` here (packed
+   * runs compare against it, so that the 4-bit-alone row has a difference too).
+   */
+  readonly baseline?: { readonly file: string; readonly command: string; readonly ppl: number };
   /** Compression factors of the matrix (budget `floor(window / k)`). */
   readonly compressions: number[];
   readonly methods: string[];
@@ -91,14 +105,17 @@ export function compare(configs: Record<string, ConfigRecord>, challenger: strin
   return out;
 }
 
-/** A record from per-window NLLs, with its paired difference from the full cache. */
-export function record(base: Omit<ConfigRecord, 'meanNll' | 'ppl' | 'vsFull'>, full: readonly number[] | undefined): ConfigRecord {
+/**
+ * A record from per-window NLLs, with its paired difference from the full cache (`full`; for the `full`
+ * method itself only when the reference comes from another run, e.g. dense against 4-bit).
+ */
+export function record(base: Omit<ConfigRecord, 'meanNll' | 'ppl' | 'vsFull'>, full: readonly number[] | undefined, fullIsExternal = false): ConfigRecord {
   const meanNll = mean(base.perWindowMeanNll);
   return {
     ...base,
     meanNll,
     ppl: perplexity(base.perWindowMeanNll),
-    ...(full && base.method !== 'full' ? { vsFull: pairedDifference(base.perWindowMeanNll, full) } : {}),
+    ...(full && (base.method !== 'full' || fullIsExternal) ? { vsFull: pairedDifference(base.perWindowMeanNll, full) } : {}),
   };
 }
 
@@ -121,25 +138,29 @@ export function markdown(r: QualityResults, svgName?: string): string {
   const full = r.configs['full'];
   const budgets = [...new Set(configs.filter((c) => c.method !== 'full' && r.compressions.some((k) => Math.floor(r.window / k) === c.budget)).map((c) => c.budget))]
     .sort((a, b) => b - a);
-  lines.push(`# Quality: ${r.model.name} on ${r.text.name}`, '');
-  lines.push(`${r.windows} windows of ${r.window} tokens (${(r.windows * r.window).toLocaleString('en-US')} predictions per configuration), teacher-forced token by token with real eviction through \`KVCache\` (f32, backend \`${full?.backend ?? configs[0]?.backend ?? '?'}\`). `
-    + `Perplexity = exp(mean NLL); in brackets, the paired difference from the full cache in % perplexity with its 95% t-interval over windows. `
+  const packed = r.storage !== undefined && r.storage !== 'dense';
+  lines.push(`# Quality: ${r.model.name} on ${r.text.name}${packed ? `, ${r.storage} storage` : ''}`, '');
+  lines.push(`${r.windows} windows of ${r.window} tokens (${(r.windows * r.window).toLocaleString('en-US')} predictions per configuration), teacher-forced token by token with real eviction through \`KVCache\` (${packed ? `${r.storage} storage with a ${r.dtype} residual window` : r.dtype ?? 'f32'}, backend \`${full?.backend ?? configs[0]?.backend ?? '?'}\`). `
+    + `Perplexity = exp(mean NLL); in brackets, the paired difference from the ${r.baseline ? `dense full cache (${pplText(r.baseline.ppl)}, from \`${r.baseline.file}\`)` : 'full cache'} in % perplexity with its 95% t-interval over windows`
+    + `${packed ? '; then the memory of keys and values at the end of a window against a dense f16 cache of the whole window (`stats().compressionVsF16`)' : ''}. `
     + `Protocol: [docs/quality-protocol.md](../../docs/quality-protocol.md). Generated ${r.date.slice(0, 10)} by:`, '');
   lines.push('```', ...(r.sources ?? []), r.command, '```', '');
   if (r.sources?.length) lines.push(`(The first ${r.sources.length === 1 ? 'command' : `${r.sources.length} commands`} ran the configurations; the last one merged them and wrote this report.)`, '');
   if (svgName) lines.push(`![perplexity against compression](${svgName})`, '');
   const header = ['method', ...budgets.map((b) => `${Number((r.window / b).toFixed(2))}x (${b})`)];
   lines.push(`| ${header.join(' | ')} |`, `|${header.map((_, i) => (i === 0 ? '---' : '---:')).join('|')}|`);
-  if (full) lines.push(`| full cache | ${pplText(full.ppl)} |${budgets.slice(1).map(() => ' |').join('')}`);
+  const memory = (c: ConfigRecord): string => (packed && c.compressionVsF16 !== undefined ? `, ${c.compressionVsF16.toFixed(1)}x mem` : '');
+  const cell = (c: ConfigRecord, bold: boolean): string => {
+    const d = c.vsFull;
+    const text = `${pplText(c.ppl)}${d ? ` (${signed(d.pct)}%${memory(c)})` : memory(c) ? ` (${memory(c).slice(2)})` : ''}`;
+    return `${bold ? `**${text}**` : text}${d ? `<br><sub>${ci(d)}</sub>` : ''}`;
+  };
+  if (full) lines.push(`| ${packed ? `full cache, ${r.storage} alone` : 'full cache'} | ${cell(full, false)} |${budgets.slice(1).map(() => ' |').join('')}`);
   for (const method of r.methods) {
     if (method === 'full') continue;
     const cells = budgets.map((b) => {
       const c = r.configs[`${method}@${b}`];
-      if (!c) return '';
-      const d = c.vsFull;
-      const text = `${pplText(c.ppl)}${d ? ` (${signed(d.pct)}%)` : ''}`;
-      const bold = method === r.challenger ? `**${text}**` : text;
-      return d ? `${bold}<br><sub>${ci(d)}</sub>` : bold;
+      return c ? cell(c, method === r.challenger) : '';
     });
     if (cells.every((c) => c === '')) continue;
     lines.push(`| ${method === r.challenger ? `**${method}**` : method} | ${cells.join(' | ')} |`);
@@ -193,22 +214,28 @@ export function markdown(r: QualityResults, svgName?: string): string {
  */
 export function plot(r: QualityResults): string {
   const full = r.configs['full'];
-  // x: the nominal compression k of each budget floor(window / k).
+  const packed = r.storage !== undefined && r.storage !== 'dense';
+  // x: the nominal compression k of each budget floor(window / k); for packed runs the measured memory
+  // against dense f16, where each line starts from the dense full cache (1x) through the packed one.
   const factorOf = new Map(r.compressions.map((k) => [Math.floor(r.window / k), k]));
+  const xOf = (c: ConfigRecord): number => (packed ? c.compressionVsF16 ?? Number.NaN : factorOf.get(c.budget)!);
+  const reference = packed ? r.baseline?.ppl : full?.ppl;
   const series: Series[] = [];
   for (const method of r.methods) {
     if (method === 'full') continue;
     const points = Object.values(r.configs)
       .filter((c) => c.method === method && factorOf.has(c.budget))
-      .map((c) => ({ x: factorOf.get(c.budget)!, y: c.ppl }));
+      .map((c) => ({ x: xOf(c), y: c.ppl }));
     if (points.length === 0) continue;
-    if (full) points.push({ x: 1, y: full.ppl });
-    series.push({ label: method, points, highlight: method === r.challenger });
+    if (packed && full) points.push({ x: xOf(full), y: full.ppl });
+    if (reference !== undefined) points.push({ x: 1, y: reference });
+    series.push({ label: method, points: points.filter((p) => Number.isFinite(p.x)).sort((a, b) => a.x - b.x), highlight: method === r.challenger });
   }
   return plotSvg({
-    title: `${r.model.name}: perplexity against KV-cache compression`,
+    title: `${r.model.name}: perplexity against KV-cache ${packed ? `memory (${r.storage} storage)` : 'compression'}`,
     subtitle: `${r.text.name}, ${r.windows} windows of ${r.window} tokens, teacher-forced with real eviction`,
     series,
-    ...(full ? { reference: full.ppl } : {}),
+    ...(packed ? { xLabel: 'memory of keys and values: dense f16 / held (log scale)', xTicks: [1, 2, 3, 5, 10, 20, 30, 50] } : {}),
+    ...(reference !== undefined ? { reference } : {}),
   });
 }

@@ -3,7 +3,7 @@
  * attends only to what each cache kept), several configurations decoded in one batch.
  * @module
  */
-import { KVCache, type BackendName, type StorageOptions } from '../../src/index.js';
+import { KVCache, type BackendName, type DType, type StorageOptions } from '../../src/index.js';
 import type { LlamaEngine } from '../../examples/llama/engine.js';
 import type { Configuration } from './methods.js';
 import { Multiplexer } from './multiplex.js';
@@ -21,6 +21,10 @@ export interface ConfigurationResult {
   readonly capacity: number;
   /** Tokens evicted, summed over windows, layers and KV heads (0 for the full cache). */
   readonly evictions: number;
+  /** Memory at the end of a window (the last batch of windows, all layers): bytes of keys and values held. */
+  readonly bytesKV: number;
+  /** A dense f16 cache of the whole window over those bytes: fewer tokens and fewer bits together. */
+  readonly compressionVsF16: number;
 }
 
 /** How the runs are batched. */
@@ -32,6 +36,8 @@ export interface RunnerOptions {
   readonly backend: BackendName;
   /** Storage of every cache (default dense): `{ format: 'int4' }` scores 4-bit storage (docs/packing.md). */
   readonly storage?: StorageOptions;
+  /** Element type of the caches (default f32; with packed storage, the residual window's type). */
+  readonly dtype?: DType;
   /** Tokens at the start of each window fed as a prompt through `cache.prefill` (`ScoreOptions.prefix`); default 0. */
   readonly prefix?: number;
   /** Tokens scored so far, after each step. */
@@ -64,7 +70,7 @@ export function runConfigurations(
     const caches = group.map((c) => {
       const { tracker, policy, prompt } = c.make();
       return KVCache.create({
-        geometry: engine.geometry, maxSequences: batch, tracker, policy, backend: options.backend, dtype: 'f32',
+        geometry: engine.geometry, maxSequences: batch, tracker, policy, backend: options.backend, dtype: options.dtype ?? 'f32',
         ...(storage === undefined ? {} : { storage }),
         ...(prompt === undefined ? {} : { prompt }),
       });
@@ -94,7 +100,11 @@ export function runConfigurations(
       group.forEach((configuration, c) => {
         const stats = caches[c]!.stats();
         const capacity = Math.max(...stats.layers.map((l) => l.capacity));
-        const result = { configuration, perWindowMeanNll: sums[c]!, seconds, backend: stats.backend, capacity, evictions: stats.evictions };
+        const end = mux.statsAtEnd[c]!;
+        const result = {
+          configuration, perWindowMeanNll: sums[c]!, seconds, backend: stats.backend, capacity, evictions: stats.evictions,
+          bytesKV: end.bytesKV, compressionVsF16: end.compressionVsF16,
+        };
         results.push(result);
         options.onResult?.(result);
       });
