@@ -7,7 +7,7 @@
  *   npm run bench:quality -- --model models/stories260K                # 30 x 512 of the TinyStories sample
  *   npm run bench:quality -- --windows 2 --methods full,streaming --budgets 4
  *   npm run bench:quality -- --define 'sh-sinks=scissorhands:{"policy":{"sinks":4}}' --methods full,sh-sinks
-  *   npm run bench:quality -- --options 'scissorhands:{"tracker":{"window":200}}'
+ *   npm run bench:quality -- --options 'scissorhands:{"tracker":{"window":200}}'
  *   npm run bench:quality -- --prefix 1024 --methods full,snapkv,adakv   # the first 1024 tokens of each window through prefill
  *   npm run bench:quality -- --storage int4 --dtype f16 --no-gates --baseline bench/results/quality-ref-12m.json
  *       # every row with 4-bit storage (docs/packing.md) and an f16 residual window: `full` is 4-bit alone, the
