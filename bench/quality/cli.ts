@@ -156,7 +156,7 @@ if (!['f32', 'f16', 'bf16'].includes(args.dtype)) throw new Error(`--dtype is f3
 const dtype = args.dtype as DType;
 const prefix = Number(args.prefix);
 if (!Number.isInteger(prefix) || prefix < 0) throw new Error(`--prefix is a whole number of tokens, got ${args.prefix}`);
-const stem = `${args.name ?? `quality-${modelName}${args.storage === 'dense' ? '' : `-${args.storage}`}`}${shard ? `.shard-${shard[1]}-of-${shard[2]}` : ''}`;
+const stem = `${args.name ?? `quality-${modelName}${args.storage === 'dense' ? '' : `-${args.storage}`}${prefix > 0 ? `-prefix${prefix}` : ''}`}${shard ? `.shard-${shard[1]}-of-${shard[2]}` : ''}`;
 mkdirSync(outDir, { recursive: true });
 const jsonPath = join(outDir, `${stem}.json`);
 const records: Record<string, ConfigRecord> = {};

@@ -139,8 +139,8 @@ export function markdown(r: QualityResults, svgName?: string): string {
   const budgets = [...new Set(configs.filter((c) => c.method !== 'full' && r.compressions.some((k) => Math.floor(r.window / k) === c.budget)).map((c) => c.budget))]
     .sort((a, b) => b - a);
   const packed = r.storage !== undefined && r.storage !== 'dense';
-  lines.push(`# Quality: ${r.model.name} on ${r.text.name}${packed ? `, ${r.storage} storage` : ''}`, '');
-  lines.push(`${r.windows} windows of ${r.window} tokens (${(r.windows * r.window).toLocaleString('en-US')} predictions per configuration), teacher-forced token by token with real eviction through \`KVCache\` (${packed ? `${r.storage} storage with a ${r.dtype} residual window` : r.dtype ?? 'f32'}, backend \`${full?.backend ?? configs[0]?.backend ?? '?'}\`). `
+  lines.push(`# Quality: ${r.model.name} on ${r.text.name}${packed ? `, ${r.storage} storage` : ''}${r.prefix ? `, ${r.prefix}-token prompts` : ''}`, '');
+  lines.push(`${r.windows} windows of ${r.window} tokens (${(r.windows * r.window).toLocaleString('en-US')} predictions per configuration), teacher-forced ${r.prefix ? `(the first ${r.prefix} tokens of each window through \`prefill\`, where prompt methods compress, the rest token by token)` : 'token by token'} with real eviction through \`KVCache\` (${packed ? `${r.storage} storage with a ${r.dtype} residual window` : r.dtype ?? 'f32'}, backend \`${full?.backend ?? configs[0]?.backend ?? '?'}\`). `
     + `Perplexity = exp(mean NLL); in brackets, the paired difference from the ${r.baseline ? `dense full cache (${pplText(r.baseline.ppl)}, from \`${r.baseline.file}\`)` : 'full cache'} in % perplexity with its 95% t-interval over windows`
     + `${packed ? '; then the memory of keys and values at the end of a window against a dense f16 cache of the whole window (`stats().compressionVsF16`)' : ''}. `
     + `Protocol: [docs/quality-protocol.md](../../docs/quality-protocol.md). Generated ${r.date.slice(0, 10)} by:`, '');
