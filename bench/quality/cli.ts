@@ -97,7 +97,13 @@ for (const o of args.options) {
   const spec = derive(methods, o);
   methods = methods.map((m) => (m.name === spec.name ? spec : m));
 }
-const defaultMethods = methods.filter((m) => m.name !== 'scissorhands-m10').map((m) => m.name);
+// By default: every method but the gates' variant; prompt methods only for runs with a prompt (`--prefix`),
+// and never on packed storage, which prompt compression refuses.
+const actsOnPrompt = (m: MethodSpec): boolean =>
+  m.prompt !== undefined || (m.policyOptionsAt === undefined && configure(m, 512, 2048).make().policy.prompt !== undefined);
+const defaultMethods = methods
+  .filter((m) => m.name !== 'scissorhands-m10' && (!actsOnPrompt(m) || (Number(args.prefix) > 0 && args.storage === 'dense')))
+  .map((m) => m.name);
 const chosen = (args.methods?.split(',') ?? defaultMethods).map((s) => s.trim()).filter(Boolean);
 for (const name of chosen) if (!methods.some((m) => m.name === name)) throw new Error(`unknown method '${name}' (known: ${methods.map((m) => m.name).join(', ')})`);
 const methodOf = (name: string): MethodSpec => methods.find((m) => m.name === name)!;
