@@ -2,12 +2,15 @@
 # Runs the GPU suite and benchmarks on the device machine from the .device/ bundle that
 # scripts/device-bundle.sh builds (repo root; logs and results under $OUT, or ./device-out):
 #   bash bench/gpu/device-run.sh [tests] [sanitize] [bench] [decode]
+# ncu: Nsight Compute on one packed decode launch (batch 8 x 32 heads x 4096).
 # tests: every test/gpu file (kernels and KVCache model tests against the CPU oracle, packed storage,
 # CUDA graph capture); sanitize: compute-sanitizer memcheck and racecheck on the quick subset
 # (SH_GPU_QUICK=1); bench: the PyTorch baseline then the packed-storage benchmark; decode: the dense
 # decode/compaction/overhead benchmark. Each step has its own time limit, so one hang loses one step.
+# Everything lands in device-out/, packed as $OUT/device-out.tgz when $OUT is set (the device tool brings
+# back only a few files).
 set -uo pipefail
-out=${OUT:-device-out}
+out=device-out
 mkdir -p "$out" build/Release
 xz -dc .device/node.xz > /tmp/node && chmod +x /tmp/node
 cp .device/build/Release/*.node build/Release/
@@ -31,8 +34,16 @@ for step in "${steps[@]}"; do
       echo "torch: rc $?"
       timeout 200 /tmp/node .device/bench/packed.mjs --torch "$out/torch.json" --out "$out" > "$out/packed-bench.log" 2>&1
       echo "packed bench: rc $?"; tail -n 15 "$out/packed-bench.log" ;;
+    ncu)
+      # One packed decode launch of the batch-8 case, profiled (clocks as found).
+      timeout 240 ncu --clock-control none -k regex:decode_packed --launch-skip 12 --launch-count 1 \
+        --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
+        --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis \
+        /tmp/node .device/bench/packed.mjs --decode-only --quick --case decode.b8.h32.n4096 > "$out/ncu-packed-b8.txt" 2>&1
+      echo "ncu: rc $?"; grep -E "Duration|Memory Throughput|DRAM Throughput|Compute \(SM\) Throughput|Achieved Occupancy|Registers Per|Theoretical Occupancy|Warp Cycles Per Issued|Stall" "$out/ncu-packed-b8.txt" | head -20 ;;
     decode)
       timeout 200 /tmp/node .device/bench/decode.mjs --torch "$out/torch.json" --out "$out" > "$out/decode-bench.log" 2>&1
       echo "decode bench: rc $?"; tail -n 25 "$out/decode-bench.log" ;;
   esac
 done
+[ -n "${OUT:-}" ] && tar czf "$OUT/device-out.tgz" -C "$out" .

@@ -25,7 +25,9 @@ import type { PackedStorage } from '../../src/quant/storage.js';
 import { Rng } from '../../src/testing/rng.js';
 import { scissorhands } from '../../src/trackers/index.js';
 
-const { values: args } = parseArgs({ options: { torch: { type: 'string' }, out: { type: 'string', default: '.' }, quick: { type: 'boolean', default: false } } });
+const { values: args } = parseArgs({
+  options: { torch: { type: 'string' }, out: { type: 'string', default: '.' }, quick: { type: 'boolean', default: false }, 'decode-only': { type: 'boolean', default: false }, case: { type: 'string' } },
+});
 const cuda = loadCuda();
 const stream = cuda.cudaStreamCreate();
 const info = backendInfo().cuda;
@@ -132,17 +134,21 @@ function decodeCase(c: DecodeCase, rng: Rng, storage: PackedStorage | undefined,
 const rng = new Rng(7);
 results['card'] = info.device?.name ?? 'unknown';
 results['date'] = new Date().toISOString();
-packing(rng);
+if (!args['decode-only']) packing(rng);
 const cases: DecodeCase[] = [
   { name: 'decode.b1.h32.n4096', batch: 1, queryHeads: 32, kvHeads: 32, tokens: 4096 },
   { name: 'decode.b8.h32.n4096', batch: 8, queryHeads: 32, kvHeads: 32, tokens: 4096 },
   { name: 'decode.gqa32x8.b16.n8192', batch: 16, queryHeads: 32, kvHeads: 8, tokens: 8192 },
 ];
 const int4: PackedStorage = { format: 'int4', bits: 4, groupSize: 32, residual: 32 };
+// --case NAME runs one int4 case alone (for a profiler).
+const only = args.case;
 for (const c of cases) {
+  if (only !== undefined && c.name !== only) continue;
   decodeCase(c, rng, int4, 'int4');
-  decodeCase(c, rng, undefined, 'f16');
+  if (only === undefined) decodeCase(c, rng, undefined, 'f16');
 }
+if (only !== undefined) process.exit(0);
 
 const lines = [
   `# Packed storage on the GPU: ${results['card']} (${results['date']})`,
@@ -153,7 +159,7 @@ const lines = [
   '| packing 1 GiB of f16, groups of 32 | ms | GB/s of f16 input | target | torch ops GB/s |',
   '|---|---|---|---|---|',
 ];
-for (const key of ['int4.axis1', 'int4.axis0', 'int2.axis1', 'int8.axis1']) {
+for (const key of args['decode-only'] ? [] : ['int4.axis1', 'int4.axis0', 'int2.axis1', 'int8.axis1']) {
   const [format, axis] = key.split('.');
   const tk = torch[`pack.${key}.gbps`] ?? NaN;
   lines.push(`| ${format}, ${axis === 'axis1' ? 'values (axis 1)' : 'keys (axis 0)'} | ${(results[`pack.${key}.ms`] as number).toFixed(3)} | ${(results[`pack.${key}.gbps`] as number).toFixed(0)} | >= 1500 | ${tk.toFixed(0)} |`);

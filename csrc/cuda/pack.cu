@@ -1,8 +1,11 @@
-// The standalone packer on the device (docs/packing.md): one thread per quantisation group for axis 1
-// (a group is groupSize consecutive elements of a row: values per token), one thread per (group of rows,
-// code byte column) for axis 0 (a group runs down a column: keys per channel), so every thread owns the
-// code bytes it writes and no two threads touch one byte. Each thread reads its group twice (range, then
-// codes); the second read hits L1. Unpacking is one thread per element.
+// The standalone packer on the device (docs/packing.md). Axis 1 (a group is groupSize consecutive elements
+// of a row: values per token): with a power-of-two group of 8 to 256 elements, groupSize / 8 lanes of a
+// warp share a group, each loading 8 elements in one or two 16-byte loads, reducing the range by shuffles
+// and storing its 8 codes in one store (coalesced across the warp); other groups take one thread each.
+// Axis 0 (a group runs down a column: keys per channel): one thread per (group of rows, code byte column).
+// Every thread owns the code bytes it writes. Codes come from a reciprocal multiply checked against the
+// exact division near ties (quantise_fast_d), so the bits are those of the CPU. Unpacking is one thread
+// per element.
 #include <algorithm>
 #include <type_traits>
 
@@ -66,6 +69,7 @@ __global__ void __launch_bounds__(kPackThreads) pack_rows(const void* input, boo
   zeros[gi] = zb;
   const float s = f16_bits_to_f32(sb);
   const float z = f16_bits_to_f32(zb);
+  const float inv = __frcp_rn(s);
   // The group's codes start on a byte (group * BITS % 8 == 0); gather them a 32-bit word at a time.
   uint8_t* out = codes + first * BITS / 8;
   const bool words = (group * BITS) % 32 == 0;
@@ -91,12 +95,63 @@ __global__ void __launch_bounds__(kPackThreads) pack_rows(const void* input, boo
       float x[VEC];
       decode16<In>(raw16(in + c), x);
 #pragma unroll
-      for (int e = 0; e < VEC; ++e) put(quantise_d(x[e], s, z, kQmax));
+      for (int e = 0; e < VEC; ++e) put(quantise_fast_d(x[e], s, inv, z, kQmax));
     }
   } else {
-    for (int c = 0; c < group; ++c) put(quantise_d(load_in<In>(input, first + c), s, z, kQmax));
+    for (int c = 0; c < group; ++c) put(quantise_fast_d(load_in<In>(input, first + c), s, inv, z, kQmax));
   }
   for (int b = 0; b * 8 < filled; ++b) out[at + b] = static_cast<uint8_t>(word >> (8 * b));
+}
+
+// Axis 1, power-of-two groups of 8 to 256: LANES = group / 8 lanes a group (shuffle width).
+template <typename In, int BITS, int LANES>
+__global__ void __launch_bounds__(kPackThreads) pack_rows_lanes(const void* input, int64_t lanes, uint8_t* codes, uint16_t* scales,
+                                                                uint16_t* zeros, int32_t* bad) {
+  constexpr uint32_t kQmax = (1u << BITS) - 1u;
+  const int64_t lane = blockIdx.x * static_cast<int64_t>(kPackThreads) + threadIdx.x;
+  // Whole groups per block (kPackThreads is a multiple of LANES), so every lane of a group is present.
+  const bool live = lane < lanes;
+  const In* in = static_cast<const In*>(input) + (live ? lane : 0) * 8;
+  float x[8];
+  decode16<In>(raw16(in), x);
+  if constexpr (sizeof(In) == 4) decode16<In>(raw16(in + 4), x + 4);
+  float mn = x[0];
+  float mx = x[0];
+  bool fine = packable_d(x[0]);
+#pragma unroll
+  for (int e = 1; e < 8; ++e) {
+    fine = fine && packable_d(x[e]);
+    mn = fminf(mn, x[e]);
+    mx = fmaxf(mx, x[e]);
+  }
+#pragma unroll
+  for (int o = LANES / 2; o > 0; o >>= 1) {
+    mn = fminf(mn, __shfl_xor_sync(0xffffffffu, mn, o, LANES));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o, LANES));
+  }
+  if (!live) return;
+  if (!fine) {
+    if (bad != nullptr) atomicOr(bad, 1);
+    return;
+  }
+  uint16_t sb;
+  uint16_t zb;
+  group_params_d(mn, mx, kQmax, &sb, &zb);
+  const int64_t group = lane / LANES;
+  if (lane % LANES == 0) {
+    scales[group] = sb;
+    zeros[group] = zb;
+  }
+  const float s = f16_bits_to_f32(sb);
+  const float z = f16_bits_to_f32(zb);
+  const float inv = __frcp_rn(s);
+  uint64_t word = 0;
+#pragma unroll
+  for (int e = 0; e < 8; ++e) word |= static_cast<uint64_t>(quantise_fast_d(x[e], s, inv, z, kQmax)) << (e * BITS);
+  uint8_t* out = codes + lane * BITS;
+  if constexpr (BITS == 2) *reinterpret_cast<uint16_t*>(out) = static_cast<uint16_t>(word);
+  if constexpr (BITS == 4) *reinterpret_cast<uint32_t*>(out) = static_cast<uint32_t>(word);
+  if constexpr (BITS == 8) *reinterpret_cast<uint2*>(out) = make_uint2(static_cast<uint32_t>(word), static_cast<uint32_t>(word >> 32));
 }
 
 // Axis 0: thread (row group, byte column) quantises the PER = 8 / BITS columns that share its code bytes.
@@ -114,6 +169,7 @@ __global__ void __launch_bounds__(kPackThreads) pack_columns(const void* input, 
   const int64_t r0 = rg * group;
   float s[PER];
   float z[PER];
+  float inv[PER];
   bool fine = true;
 #pragma unroll
   for (int j = 0; j < PER; ++j) {
@@ -132,6 +188,7 @@ __global__ void __launch_bounds__(kPackThreads) pack_columns(const void* input, 
     zeros[rg * cols + c0 + j] = zb;
     s[j] = f16_bits_to_f32(sb);
     z[j] = f16_bits_to_f32(zb);
+    inv[j] = __frcp_rn(s[j]);
   }
   if (!fine) {
     if (bad != nullptr) atomicOr(bad, 1);
@@ -140,7 +197,7 @@ __global__ void __launch_bounds__(kPackThreads) pack_columns(const void* input, 
   for (int r = 0; r < group; ++r) {
     uint32_t byte = 0;
 #pragma unroll
-    for (int j = 0; j < PER; ++j) byte |= quantise_d(load_in<In>(input, (r0 + r) * cols + c0 + j), s[j], z[j], kQmax) << (j * BITS);
+    for (int j = 0; j < PER; ++j) byte |= quantise_fast_d(load_in<In>(input, (r0 + r) * cols + c0 + j), s[j], inv[j], z[j], kQmax) << (j * BITS);
     codes[((r0 + r) * cols + c0) / PER] = static_cast<uint8_t>(byte);
   }
 }
@@ -174,7 +231,30 @@ Result pack(const void* input, DType dtype, const PackShape& shape, uint8_t* cod
   return SH_DISPATCH_DTYPE(dtype, In, [&]() -> Result {
     auto run = [&](auto bits_tag) -> Result {
       constexpr int BITS = decltype(bits_tag)::value;
-      if (shape.axis == 1) {
+      const bool aligned = reinterpret_cast<uintptr_t>(input) % 16 == 0 && reinterpret_cast<uintptr_t>(codes) % 8 == 0;
+      if (shape.axis == 1 && aligned && g >= 8 && g <= 256 && (g & (g - 1)) == 0) {
+        const int64_t lanes = shape.rows * shape.cols / 8;
+        const unsigned blocks = static_cast<unsigned>((lanes + kPackThreads - 1) / kPackThreads);
+        switch (g) {
+          case 8:
+            pack_rows_lanes<In, BITS, 1><<<blocks, kPackThreads, 0, st>>>(input, lanes, codes, scales, zeros, bad);
+            break;
+          case 16:
+            pack_rows_lanes<In, BITS, 2><<<blocks, kPackThreads, 0, st>>>(input, lanes, codes, scales, zeros, bad);
+            break;
+          case 32:
+            pack_rows_lanes<In, BITS, 4><<<blocks, kPackThreads, 0, st>>>(input, lanes, codes, scales, zeros, bad);
+            break;
+          case 64:
+            pack_rows_lanes<In, BITS, 8><<<blocks, kPackThreads, 0, st>>>(input, lanes, codes, scales, zeros, bad);
+            break;
+          case 128:
+            pack_rows_lanes<In, BITS, 16><<<blocks, kPackThreads, 0, st>>>(input, lanes, codes, scales, zeros, bad);
+            break;
+          default:
+            pack_rows_lanes<In, BITS, 32><<<blocks, kPackThreads, 0, st>>>(input, lanes, codes, scales, zeros, bad);
+        }
+      } else if (shape.axis == 1) {
         const int64_t groups = shape.rows * shape.cols / g;
         pack_rows<In, BITS><<<static_cast<unsigned>((groups + kPackThreads - 1) / kPackThreads), kPackThreads, 0, st>>>(
             input, reinterpret_cast<uintptr_t>(input) % 16 == 0, groups, g, codes, scales, zeros, bad);

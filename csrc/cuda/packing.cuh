@@ -52,6 +52,19 @@ __device__ __forceinline__ uint32_t quantise_d(float x, float s, float z, uint32
   return code > static_cast<float>(qmax) ? qmax : static_cast<uint32_t>(code);
 }
 
+// The same code from a reciprocal multiply: (x - z) * (1 / s) is within a few ulps of the rounded quotient,
+// so it rounds to the same integer unless it lies within 2^-10 of a half; then the exact division decides.
+// (Codes are at most 255 and ulp(256) = 2^-15, far inside that margin.) inv_s = __frcp_rn(s).
+__device__ __forceinline__ uint32_t quantise_fast_d(float x, float s, float inv_s, float z, uint32_t qmax) {
+  if (s == 0.0f) return 0;
+  const float d = __fsub_rn(x, z);
+  float t = __fmul_rn(d, inv_s);
+  float code = rintf(t);
+  if (fabsf(fabsf(__fsub_rn(t, code)) - 0.5f) < 0.0009765625f) code = rintf(__fdiv_rn(d, s));
+  if (!(code > 0.0f)) return 0;
+  return code > static_cast<float>(qmax) ? qmax : static_cast<uint32_t>(code);
+}
+
 // A small unsigned integer as a float without the slow integer conversion: 2^23 + code, minus 2^23 (exact).
 __device__ __forceinline__ float code_float(uint32_t code) { return __fsub_rn(__uint_as_float(0x4B000000u | code), 8388608.0f); }
 

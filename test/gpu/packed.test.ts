@@ -41,14 +41,19 @@ describe('cuda packer against the cpu packer', () => {
       for (const axis of [0, 1] as const) {
         it(`${format} ${dtype} axis ${axis}`, () => {
           for (let trial = 0; trial < (QUICK ? 1 : 4); trial++) {
-            const groupSize = [8, 16, 32, 64][Math.floor(rng.float() * 4)]!;
+            // Powers of two take the lane-per-8-elements kernel on axis 1; 24 the thread-per-group one.
+            const groupSize = [8, 16, 24, 32, 64, 128][Math.floor(rng.float() * 6)]!;
             const rows = axis === 0 ? groupSize * (1 + Math.floor(rng.float() * 6)) : 1 + Math.floor(rng.float() * 40);
             const cols = axis === 1 ? groupSize * (1 + Math.floor(rng.float() * 6)) : 8 * (1 + Math.floor(rng.float() * 24));
             const scale = [1e-3, 1, 300][trial % 3]!;
             const x = floats(rows * cols, rng, scale);
-            // Constant and zero groups, and exact zeros of both signs.
+            // A constant group, exact zeros of both signs, and (axis 1) a group of exact ties: range [0, 15]
+            // so that int4's scale is 1 and k + 0.5 lies exactly between two codes.
             x.fill(0.75, 0, Math.min(x.length, groupSize));
             if (x.length > 3) x[3] = -0;
+            if (axis === 1 && x.length >= 2 * groupSize) {
+              for (let j = 0; j < groupSize; j++) x[groupSize + j] = j === 0 ? 0 : j === 1 ? 15 : (j % 15) + 0.5;
+            }
             const input = hostArray(x, dtype, true);
             const options = { format, shape: [rows, cols] as [number, number], axis, groupSize, dtype };
             const expected = native.pack(input, options);
@@ -129,8 +134,9 @@ function runPacked(c: PackedCase): void {
   const { dtype, headDim: d, queryHeads, kvHeads, tracker } = c;
   const format = c.bits === 2 ? 'int2' : c.bits === 4 ? 'int4' : 'int8';
   const storage: PackedStorage = { format, bits: c.bits, groupSize: c.groupSize, residual: 16 + Math.floor(rng.float() * 24) };
-  // Small enough that the run table fills and merges run once evictions thin the runs.
-  const capacity = storage.residual + c.groupSize * (3 + Math.floor(rng.float() * 4));
+  // Small enough that the run table (2 entries per group of packed slots) fills, so that merges run once
+  // evictions have thinned the runs and the window keeps packing new ones.
+  const capacity = storage.residual + c.groupSize * (2 + Math.floor(rng.float() * 2));
   const spec = { layer: 2, dtype, maxSequences: 2, kvHeads, headDim: d, capacity, auxWords: tracker.auxWords, queryHeads, storage };
   const { host, device } = twins(spec);
   const attention: AttentionSpec = { queryHeads, scale: 1 / Math.sqrt(d) };
@@ -145,7 +151,7 @@ function runPacked(c: PackedCase): void {
   const sync = (): void => copyStoreToDevice(cuda, host, device);
 
   // A prompt (appended, then prefill over its last rows), then decode steps with evictions.
-  const count = Math.min(capacity - 8, 2 * c.groupSize + storage.residual + Math.floor(rng.float() * c.groupSize));
+  const count = Math.min(capacity - 8, c.groupSize + storage.residual + Math.floor(rng.float() * c.groupSize));
   const k = hostArray(floats(count * kvRow, rng), dtype, bitsInput);
   const v = hostArray(floats(count * kvRow, rng), dtype, bitsInput);
   cpu.append(host, seq, k, v, count, position, tracker);
@@ -162,7 +168,7 @@ function runPacked(c: PackedCase): void {
   if (exact) expectSameState(state(), host, 'prefill');
   sync();
 
-  const steps = QUICK ? 12 : 3 * c.groupSize;
+  const steps = QUICK ? 3 * c.groupSize : 10 * c.groupSize;
   for (let step = 0; step < steps; step++) {
     const n = host.lengths[seq * kvHeads]!;
     if (n + 1 > capacity) {
@@ -192,7 +198,14 @@ function runPacked(c: PackedCase): void {
     if (!exact) sync();
   }
   assert.equal(cuda.errors(device), 0, 'device error flags');
+  const p = host.packed!;
+  for (let i = 0; i < host.maxSequences * host.kvHeads; i++) {
+    for (let r = 0; r < p.runs[i]!; r++) if (p.runGenerations[i * p.maxRuns + r]! > 0) merged++;
+  }
 }
+
+/** Runs re-quantised by a merge, over every case (the suite checks that merges were exercised). */
+let merged = 0;
 
 describe('packed stores on cuda against the cpu oracle', () => {
   const trackers: readonly (() => ImportanceTracker)[] = [
@@ -215,6 +228,10 @@ describe('packed stores on cuda against the cpu oracle', () => {
       }
     }
   }
+
+  it('exercised run merges', { skip: QUICK }, () => {
+    assert.ok(merged > 0, 'no case merged two runs');
+  });
 
   it('refuses an unpackable device input without writing (error flag 8)', () => {
     const storage: PackedStorage = { format: 'int4', bits: 4, groupSize: 32, residual: 32 };
