@@ -7,26 +7,17 @@
 
 namespace sh::cuda {
 
+// The next f16 up (the scale's covering step).
 __device__ __forceinline__ uint16_t f16_up_d(uint16_t bits) {
   if (bits == 0x8000u) return 0x0001u;
   return (bits & 0x8000u) != 0 ? static_cast<uint16_t>(bits - 1) : static_cast<uint16_t>(bits + 1);
 }
 
-__device__ __forceinline__ uint16_t f16_down_d(uint16_t bits) {
-  if (bits == 0x0000u) return 0x8001u;
-  return (bits & 0x8000u) != 0 ? static_cast<uint16_t>(bits + 1) : static_cast<uint16_t>(bits - 1);
-}
+// Largest f16 <= x and smallest f16 >= x (x finite, |x| <= 65504): the conversion's directed roundings
+// (cvt.rm / cvt.rp), which are these by definition, as the CPU's AVX-512 packer uses.
+__device__ __forceinline__ uint16_t f16_floor_d(float x) { return __half_as_ushort(__float2half_rd(x)); }
 
-// Largest f16 <= x and smallest f16 >= x (x finite, |x| <= 65504).
-__device__ __forceinline__ uint16_t f16_floor_d(float x) {
-  const uint16_t bits = f32_to_f16_bits(x);
-  return f16_bits_to_f32(bits) > x ? f16_down_d(bits) : bits;
-}
-
-__device__ __forceinline__ uint16_t f16_ceil_d(float x) {
-  const uint16_t bits = f32_to_f16_bits(x);
-  return f16_bits_to_f32(bits) < x ? f16_up_d(bits) : bits;
-}
+__device__ __forceinline__ uint16_t f16_ceil_d(float x) { return __half_as_ushort(__float2half_ru(x)); }
 
 // Scale and zero point of a group spanning [mn, mx] (pack.h group_parameters).
 __device__ __forceinline__ void group_params_d(float mn, float mx, uint32_t qmax, uint16_t* scale_out, uint16_t* zero_out) {
