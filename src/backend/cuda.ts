@@ -53,7 +53,16 @@ export interface CudaBackendOptions {
   readonly stream?: bigint;
 }
 
-/** Device addresses of a packed tensor's arrays (the {@link PackedTensor} layout). */
+/**
+ * Device addresses of a packed tensor's arrays (the {@link PackedTensor} layout), for
+ * {@link CudaBackend.packDevice} and {@link CudaBackend.unpackDevice}.
+ * @example
+ * ```ts
+ * const rows = 4096, cols = 128, groups = (rows * cols) / 32;
+ * const out = { codes: raw.cudaMalloc((rows * cols) / 2), scales: raw.cudaMalloc(2 * groups), zeros: raw.cudaMalloc(2 * groups) };
+ * backend.packDevice(values, { format: 'int4', shape: [rows, cols] }, out);
+ * ```
+ */
 export interface DevicePacked {
   readonly codes: bigint;
   readonly scales: bigint;

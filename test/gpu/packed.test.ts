@@ -197,11 +197,20 @@ function runPacked(c: PackedCase): void {
     // Attention-fed scores agree within rounding: the device takes the oracle's state so evictions match.
     if (!exact) sync();
   }
-  assert.equal(cuda.errors(device), 0, 'device error flags');
   const p = host.packed!;
   for (let i = 0; i < host.maxSequences * host.kvHeads; i++) {
     for (let r = 0; r < p.runs[i]!; r++) if (p.runGenerations[i * p.maxRuns + r]! > 0) merged++;
   }
+  // A cleared sequence starts again from an empty window and run table.
+  cpu.clear(host, seq);
+  cuda.clear(device, seq);
+  const again = Math.min(capacity, storage.residual + c.groupSize + 3);
+  const k2 = hostArray(floats(again * kvRow, rng), dtype, bitsInput);
+  const v2 = hostArray(floats(again * kvRow, rng), dtype, bitsInput);
+  cpu.append(host, seq, k2, v2, again, 0, tracker);
+  cuda.append(device, seq, k2, v2, again, 0, tracker);
+  expectSamePacked(state(), host, 'append after clear');
+  assert.equal(cuda.errors(device), 0, 'device error flags');
 }
 
 /** Runs re-quantised by a merge, over every case (the suite checks that merges were exercised). */
