@@ -834,17 +834,24 @@ __global__ void __launch_bounds__(kCombineThreads) decode_combine(const CombineP
   __syncthreads();
 
   if (blockIdx.x == 0) {
-    for (int idx = tid; idx < p.group * D; idx += kCombineThreads) {
-      const int g = idx / D;
-      const int c = idx - g * D;
+    // Each split's weight exp(m_s - max) first, so the sum over splits is independent loads that can all be
+    // in flight: with the weight computed inside the loop, each split waited for the previous one (ncu on
+    // an H200, batch 1 x 32 heads x 4096: this kernel took 18 us, as long as the split kernel).
+    __shared__ float split_weight[64];  // splits <= 64 (splits_for in store.cu)
+    for (int g = 0; g < p.group; ++g) {
       const float* pg = part + static_cast<size_t>(g) * p.max_splits * stride;
-      const float mx = gmax[g];
-      float o = 0.0f;
-      for (int s = 0; s < p.splits; ++s) {
-        const float ms = pg[s * stride + D];
-        if (ms != -INFINITY) o += pg[s * stride + c] * __expf(ms - mx);
+      if (tid < p.splits) {
+        const float ms = pg[tid * stride + D];
+        split_weight[tid] = ms == -INFINITY ? 0.0f : __expf(ms - gmax[g]);
       }
-      store_output(p.out, p.out_dtype, b * p.out_stride + static_cast<int64_t>(hk * p.group + g) * D + c, o * ginv[g]);
+      __syncthreads();
+      for (int c = tid; c < D; c += kCombineThreads) {
+        float o = 0.0f;
+#pragma unroll 8
+        for (int s = 0; s < p.splits; ++s) o += pg[s * stride + c] * split_weight[s];
+        store_output(p.out, p.out_dtype, b * p.out_stride + static_cast<int64_t>(hk * p.group + g) * D + c, o * ginv[g]);
+      }
+      __syncthreads();
     }
   }
 
