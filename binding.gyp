@@ -70,6 +70,7 @@
             "csrc/cuda/append.cu",
             "csrc/cuda/decode.cu",
             "csrc/cuda/evict.cu",
+            "csrc/cuda/heads.cu",
             "csrc/cuda/observe.cu",
             "csrc/cuda/pack.cu",
             "csrc/cuda/packed.cu",

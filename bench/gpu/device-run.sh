@@ -26,7 +26,7 @@ for step in "${steps[@]}"; do
     sanitize)
       for tool in memcheck racecheck; do
         SH_GPU_QUICK=1 timeout 240 compute-sanitizer --tool "$tool" --error-exitcode 9 /tmp/node --test --test-concurrency=1 \
-          .device/tests/packed.test.mjs .device/tests/kernels.test.mjs > "$out/sanitizer-$tool.log" 2>&1
+          .device/tests/packed.test.mjs .device/tests/kernels.test.mjs .device/tests/head-layout.test.mjs > "$out/sanitizer-$tool.log" 2>&1
         echo "$tool: rc $?"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|^# (pass|fail)" "$out/sanitizer-$tool.log"
       done ;;
     bench)

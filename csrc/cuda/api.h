@@ -3,7 +3,8 @@
 // nor synchronise (decode, prefill, append, observe, evict and clear are CUDA-graph capturable).
 //
 // A device store has the layout of LayerStore (src/backend/backend.ts): element [s][h][t] of the
-// per-token arrays at (s * kvHeads + h) * capacity + t, keys and values headDim elements per token. Its
+// per-token arrays at (s * kvHeads + h) * capacity + t (dense) or bases[s * kvHeads + h] + t (per-head
+// layout), keys and values headDim elements per token. Its
 // lengths and clocks live on the device and the kernels advance them, so a captured graph replays
 // correctly; the caller's host mirror passes `length` hints that only size the grids.
 #pragma once
@@ -70,6 +71,9 @@ struct StoreSpec {
   int32_t bits = 0;
   int32_t group_size = 0;
   int32_t residual = 0;
+  // Per-head layout (src/backend/backend.ts HeadLayout): token slots per sequence, shared by its heads;
+  // 0 for the dense layout. Never with packed storage.
+  int32_t slots = 0;
 };
 
 // The arrays of a packed store, in the LayerStore.packed layout (src/backend/backend.ts), plus device-only
@@ -122,6 +126,13 @@ struct Store {
   int32_t evict_chunks = 1;
   // Packed storage (spec.bits != 0); keys and values are then empty.
   PackedStoreArrays packed;
+  // Per-head layout (spec.slots != 0): [maxSequences][kvHeads] base slot and capacity of each head; null
+  // for the dense layout.
+  int32_t* bases = nullptr;
+  int32_t* caps = nullptr;
+  // kvHeads x 2 ints of per-call arguments (evict_heads counts, relayout's new capacities and bases,
+  // pool_scores ends), copied in stream order before the launch that reads them.
+  int32_t* head_args = nullptr;
 };
 
 // Error flags of Store::error.
@@ -167,6 +178,19 @@ Result observe(const Store& store, int32_t seq, int32_t length, const float* pro
 Result evict(const Store& store, const int32_t* seqs, int32_t batch, int32_t length, int32_t count, int32_t sinks,
              int32_t recent, EvictScope scope, void* stream);
 Result clear(const Store& store, int32_t seq, void* stream);
+
+// Per-head layouts and prompt compression (docs/semantics.md "Per-head layout", "Prompt compression").
+// Each takes host arrays of kvHeads ints, copies them to the store's head_args and launches on the
+// stream (not graph-capturable: the prompt path only). evict_heads drops counts[h] tokens of head h of
+// seq (scope head; the caller checked the candidates). relayout gives head h capacities[h] slots, heads
+// in order from the sequence's first slot (the caller checked lengths <= capacities <= capacity and the
+// sum <= slots); per-head stores only. pool_scores smooths the scores of slots [0, ends[h]) of each head
+// (avg: f64 sum over the window / kernel; max). restart_state zeroes scores and aux words of the kept
+// tokens, then applies the tracker's append rule to each.
+Result evict_heads(const Store& store, int32_t seq, const int32_t* counts, int32_t sinks, int32_t recent, void* stream);
+Result relayout(const Store& store, int32_t seq, const int32_t* capacities, void* stream);
+Result pool_scores(const Store& store, int32_t seq, int32_t kernel, bool max, const int32_t* ends, void* stream);
+Result restart_state(const Store& store, int32_t seq, const TrackerSpec& tracker, void* stream);
 
 // The standalone packer (docs/packing.md) over a device matrix [rows][cols] of f32, or f16/bf16 bits:
 // codes, scales and zeros in the PackedTensor layout, bit for bit those of the CPU packer. The kernels

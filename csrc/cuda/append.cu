@@ -16,10 +16,10 @@ struct AppendParams {
   int32_t* error;
   Tensor k;
   Tensor v;
+  HeadMap heads;
   int32_t seq;
   int32_t kv_heads;
   int32_t head_dim;
-  int32_t capacity;
   int32_t aux_words;
   int32_t count;
   int32_t first_position;
@@ -46,12 +46,13 @@ template <typename T>
 __global__ void __launch_bounds__(256) append_kernel(const AppendParams p) {
   const int h = blockIdx.x;
   const size_t slot0 = static_cast<size_t>(p.seq) * p.kv_heads + h;
+  const HeadAt at = head_at(p.heads, slot0);
   const int32_t n = p.lengths[slot0];
-  if (n < 0 || n > p.capacity || p.count > p.capacity - n) {
-    if (threadIdx.x == 0) atomicOr(p.error, n < 0 || n > p.capacity ? kErrorBadLength : kErrorNoRoom);
+  if (n < 0 || n > at.cap || p.count > at.cap - n) {
+    if (threadIdx.x == 0) atomicOr(p.error, n < 0 || n > at.cap ? kErrorBadLength : kErrorNoRoom);
     return;
   }
-  const size_t base = slot0 * p.capacity + n;
+  const size_t base = at.base + n;
   const int d = p.head_dim;
   T* keys = reinterpret_cast<T*>(p.keys) + base * d;
   T* values = reinterpret_cast<T*>(p.values) + base * d;
@@ -62,32 +63,17 @@ __global__ void __launch_bounds__(256) append_kernel(const AppendParams p) {
     put(keys + idx, p.k, i * p.k.row_stride + static_cast<int64_t>(h) * d + c);
     put(values + idx, p.v, i * p.v.row_stride + static_cast<int64_t>(h) * d + c);
   }
-  // Aux words are word-major per head: [word][capacity].
+  // Aux words are word-major (HeadAt::aux_stride apart).
   for (int64_t idx = threadIdx.x; idx < static_cast<int64_t>(p.count) * p.aux_words; idx += blockDim.x) {
     const int64_t w = idx / p.count;
     const int64_t i = idx - w * p.count;
-    p.aux[(slot0 * p.aux_words + w) * p.capacity + n + i] = 0;
+    p.aux[at.aux + w * at.aux_stride + n + i] = 0;
   }
   __syncthreads();
   for (int i = threadIdx.x; i < p.count; i += blockDim.x) {
     const int32_t position = p.first_position + i;
     p.positions[base + i] = position;
-    float score = 0.0f;
-    if (p.tracker.kind == static_cast<int32_t>(TrackerKind::KeyNorm)) {
-      // Sum of squares in f64, in element order, over the key as stored.
-      double sum = 0.0;
-      const T* key = keys + static_cast<int64_t>(i) * d;
-      for (int c = 0; c < d; ++c) {
-        const double x = Elem<T>::load(key + c);
-        sum = __dadd_rn(sum, __dmul_rn(x, x));
-      }
-      score = -static_cast<float>(sqrt(sum));
-    } else if (p.tracker.kind == static_cast<int32_t>(TrackerKind::Random)) {
-      score = random_score_d(p.tracker.seed, p.layer, static_cast<uint32_t>(h), position);
-    } else if (p.tracker.kind == static_cast<int32_t>(TrackerKind::Position)) {
-      score = static_cast<float>(position);
-    }
-    p.scores[base + i] = score;
+    p.scores[base + i] = append_score(keys + static_cast<int64_t>(i) * d, d, p.tracker, p.layer, h, position);
   }
   __syncthreads();
   if (threadIdx.x == 0) p.lengths[slot0] = n + p.count;
@@ -112,9 +98,9 @@ Result append(const Store& store, int32_t seq, Tensor k, Tensor v, int32_t count
   p.k = k;
   p.v = v;
   p.seq = seq;
+  p.heads = head_map(store);
   p.kv_heads = s.kv_heads;
   p.head_dim = s.head_dim;
-  p.capacity = s.capacity;
   p.aux_words = s.aux_words;
   p.count = count;
   p.first_position = first_position;

@@ -216,6 +216,59 @@ __device__ __forceinline__ float random_score_d(uint32_t seed, uint32_t layer, u
   return static_cast<float>(h >> 8) * (1.0f / 16777216.0f);
 }
 
+// ---- where a head lives (docs/semantics.md "Per-head layout") ----
+
+// Head i = seq * kvHeads + head of a store. Dense stores (plane 0) compute everything from i, so their
+// kernels load nothing more than before; per-head stores read bases and capacities, and keep aux words
+// word-major over the whole store ([word][maxSequences * slots]) instead of per head, so that a relayout
+// (heads moving, capacities changing) moves each word plane like the other per-token arrays.
+struct HeadMap {
+  const int32_t* bases;
+  const int32_t* caps;
+  int32_t capacity;
+  int32_t aux_words;
+  int64_t plane;
+};
+
+struct HeadAt {
+  size_t base;        // slot 0 in the per-token arrays
+  size_t aux;         // word 0 of slot 0 in aux
+  size_t aux_stride;  // from one aux word to the next of a token
+  int32_t cap;        // slots the head owns
+};
+
+__device__ __forceinline__ HeadAt head_at(const HeadMap& m, size_t i) {
+  if (m.plane == 0) {
+    const size_t b = i * static_cast<size_t>(m.capacity);
+    return HeadAt{b, b * static_cast<size_t>(m.aux_words), static_cast<size_t>(m.capacity), m.capacity};
+  }
+  const size_t b = static_cast<size_t>(m.bases[i]);
+  return HeadAt{b, b, static_cast<size_t>(m.plane), m.caps[i]};
+}
+
+inline HeadMap head_map(const Store& s) {
+  return HeadMap{s.bases, s.caps, s.spec.capacity, s.spec.aux_words,
+                 s.spec.slots == 0 ? 0 : static_cast<int64_t>(s.spec.max_sequences) * s.spec.slots};
+}
+
+// The score a token starts with (the tracker's append rule): keyNorm the negated L2 norm of the key as
+// stored (sum of squares in f64, in element order), random the hash of (seed, layer, head, position),
+// position the position, every other tracker 0. append and restart_state share it.
+template <typename T>
+__device__ __forceinline__ float append_score(const T* key, int d, const TrackerArgs& t, uint32_t layer, int head, int32_t position) {
+  if (t.kind == static_cast<int32_t>(TrackerKind::KeyNorm)) {
+    double sum = 0.0;
+    for (int c = 0; c < d; ++c) {
+      const double x = Elem<T>::load(key + c);
+      sum = __dadd_rn(sum, __dmul_rn(x, x));
+    }
+    return -static_cast<float>(sqrt(sum));
+  }
+  if (t.kind == static_cast<int32_t>(TrackerKind::Random)) return random_score_d(t.seed, layer, static_cast<uint32_t>(head), position);
+  if (t.kind == static_cast<int32_t>(TrackerKind::Position)) return static_cast<float>(position);
+  return 0.0f;
+}
+
 // ---- reductions ----
 
 __device__ __forceinline__ float warp_max(float v) {

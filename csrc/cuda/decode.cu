@@ -38,7 +38,9 @@ struct DecodeParams {
   float* scratch;
   float* partial;
   Tensor q;
+  HeadMap heads;
   int32_t kv_heads;
+  // Scratch rows per query head (the store's capacity).
   int32_t capacity;
   int32_t group;
   int32_t gbatches;
@@ -142,11 +144,12 @@ __global__ void __launch_bounds__(kThreads) decode_split(const DecodeParams p) {
   const int lane = tid % 32;
   if (split == 0 && blockIdx.y == 0 && tid == 0) p.steps[seq] += 1.0;
 
+  const HeadAt at = head_at(p.heads, static_cast<size_t>(seq) * p.kv_heads + hk);
   int n = p.lengths[static_cast<size_t>(seq) * p.kv_heads + hk];
-  n = n < 0 ? 0 : min(n, min(p.capacity, p.limit));
+  n = n < 0 ? 0 : min(n, min(at.cap, p.limit));
   const int t0 = split * p.chunk;
   const int t1 = split == p.splits - 1 ? n : min(n, t0 + p.chunk);
-  const size_t head = (static_cast<size_t>(seq) * p.kv_heads + hk) * p.capacity;
+  const size_t head = at.base;
   const T* K = reinterpret_cast<const T*>(p.keys) + head * D;
   const T* V = reinterpret_cast<const T*>(p.values) + head * D;
 
@@ -327,11 +330,12 @@ __global__ void __launch_bounds__(kThreads) decode_stream(const DecodeParams p) 
   const int lid = tid % LANES;
   if (split == 0 && blockIdx.y == 0 && tid == 0) p.steps[seq] += 1.0;
 
+  const HeadAt at = head_at(p.heads, static_cast<size_t>(seq) * p.kv_heads + hk);
   int n = p.lengths[static_cast<size_t>(seq) * p.kv_heads + hk];
-  n = n < 0 ? 0 : min(n, min(p.capacity, p.limit));
+  n = n < 0 ? 0 : min(n, min(at.cap, p.limit));
   const int t0 = split * p.chunk;
   const int t1 = split == p.splits - 1 ? n : min(n, t0 + p.chunk);
-  const size_t head = (static_cast<size_t>(seq) * p.kv_heads + hk) * p.capacity;
+  const size_t head = at.base;
   const T* K = reinterpret_cast<const T*>(p.keys) + head * D;
   const T* V = reinterpret_cast<const T*>(p.values) + head * D;
   float* raw_scores = p.scratch + (static_cast<size_t>(seq) * p.scratch_heads + hk * p.group + gb * GT) * p.capacity;
@@ -787,9 +791,10 @@ struct CombineParams {
   void* out;
   DType out_dtype;
   int64_t out_stride;
+  HeadMap heads;
   int32_t kv_heads;
+  // Scratch rows per query head (the store's capacity).
   int32_t capacity;
-  int32_t aux_words;
   int32_t group;
   int32_t scratch_heads;
   int32_t max_splits;
@@ -856,10 +861,10 @@ __global__ void __launch_bounds__(kCombineThreads) decode_combine(const CombineP
   }
 
   if (!tracker_observes(p.tracker)) return;
+  const HeadAt at = head_at(p.heads, static_cast<size_t>(seq) * p.kv_heads + hk);
   int n = p.lengths[static_cast<size_t>(seq) * p.kv_heads + hk];
-  n = n < 0 ? 0 : min(n, min(p.capacity, p.limit));
+  n = n < 0 ? 0 : min(n, min(at.cap, p.limit));
   const uint64_t step = static_cast<uint64_t>(p.steps[seq]) - 1;
-  const size_t head = (static_cast<size_t>(seq) * p.kv_heads + hk) * p.capacity;
   const float* raw = p.scratch + (static_cast<size_t>(seq) * p.scratch_heads + static_cast<size_t>(hk) * p.group) * p.capacity;
   for (int j = blockIdx.x * kCombineThreads + tid; j < n; j += gridDim.x * kCombineThreads) {
     float c = 0.0f;
@@ -868,7 +873,7 @@ __global__ void __launch_bounds__(kCombineThreads) decode_combine(const CombineP
       c = gqa_fold(c, prob, g, p.tracker.gqa_max);
     }
     c = gqa_finish(c, p.group, p.tracker.gqa_max);
-    observe_token(p.scores + head + j, p.aux + head * p.aux_words + j, p.capacity, p.tracker, c, n, step);
+    observe_token(p.scores + at.base + j, p.aux + at.aux + j, at.aux_stride, p.tracker, c, n, step);
   }
 }
 
@@ -981,6 +986,7 @@ Result decode_rows(const Store& store, const int32_t* seqs, int32_t batch, int32
   p.scratch = store.scratch;
   p.partial = store.partial;
   p.q = q;
+  p.heads = head_map(store);
   p.kv_heads = s.kv_heads;
   p.capacity = s.capacity;
   p.group = group;
@@ -1040,9 +1046,9 @@ Result decode_rows(const Store& store, const int32_t* seqs, int32_t batch, int32
   c.out = const_cast<void*>(out.data);
   c.out_dtype = out.dtype;
   c.out_stride = out.row_stride;
+  c.heads = p.heads;
   c.kv_heads = s.kv_heads;
   c.capacity = s.capacity;
-  c.aux_words = s.aux_words;
   c.group = group;
   c.scratch_heads = s.query_heads;
   c.max_splits = store.max_splits;

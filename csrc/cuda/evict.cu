@@ -41,8 +41,10 @@ struct EvictParams {
   const float* mean;
   size_t mean_stride;
   SeqList seqs;
+  HeadMap heads;
+  // Per-head counts of one sequence (evict_heads: [kvHeads] on the device), else null and `count` for all.
+  const int32_t* counts;
   int32_t kv_heads;
-  int32_t capacity;
   int32_t aux_words;
   int32_t row_bytes;
   int32_t count;
@@ -122,14 +124,14 @@ __device__ __forceinline__ void select_bin(const uint32_t* hist, uint32_t k, uin
 }
 
 __global__ void layer_mean(const float* scores, const int32_t* lengths, float* mean, size_t mean_stride, SeqList seqs,
-                           int32_t kv_heads, int32_t capacity) {
+                           int32_t kv_heads, HeadMap heads) {
   const int seq = seqs.ids[blockIdx.y];
   const int j = blockIdx.x * blockDim.x + threadIdx.x;
   const int n = lengths[static_cast<size_t>(seq) * kv_heads];
-  if (j >= n || j >= capacity) return;
+  if (j >= n || j >= head_at(heads, static_cast<size_t>(seq) * kv_heads).cap) return;
   mean += static_cast<size_t>(seq) * mean_stride;
   float acc = 0.0f;
-  for (int h = 0; h < kv_heads; ++h) acc = __fadd_rn(acc, scores[(static_cast<size_t>(seq) * kv_heads + h) * capacity + j]);
+  for (int h = 0; h < kv_heads; ++h) acc = __fadd_rn(acc, scores[head_at(heads, static_cast<size_t>(seq) * kv_heads + h).base + j]);
   mean[j] = __fdiv_rn(acc, static_cast<float>(kv_heads));
 }
 
@@ -142,24 +144,27 @@ __global__ void __launch_bounds__(kThreads) evict_kernel(const EvictParams p) {
   __shared__ int dest[kThreads];
   const int tid = threadIdx.x;
   const size_t slot = static_cast<size_t>(p.seqs.ids[blockIdx.y]) * p.kv_heads + blockIdx.x;
+  const HeadAt at = head_at(p.heads, slot);
+  const int count = p.counts != nullptr ? p.counts[blockIdx.x] : p.count;
   const int n = p.lengths[slot];
-  if (n < 0 || n > p.capacity) {
+  if (n < 0 || n > at.cap) {
     if (tid == 0) atomicOr(p.error, kErrorBadLength);
     return;
   }
-  if (static_cast<int64_t>(p.count) > static_cast<int64_t>(n) - p.sinks - p.recent) {
+  // A head evict_heads drops nothing from may be shorter than its sinks and recent tokens.
+  if (count <= 0) return;
+  if (static_cast<int64_t>(count) > static_cast<int64_t>(n) - p.sinks - p.recent) {
     if (tid == 0) atomicOr(p.error, kErrorCandidates);
     return;
   }
-  if (p.count <= 0) return;
-  const size_t head = slot * p.capacity;
+  const size_t head = at.base;
   const float* sc = p.mean != nullptr ? p.mean + static_cast<size_t>(p.seqs.ids[blockIdx.y]) * p.mean_stride : p.scores + head;
   const int cand_end = n - p.recent;
 
   // The count-th lowest key among the candidates, 8 bits at a time.
   uint32_t prefix = 0;
   uint32_t mask = 0;
-  uint32_t k = static_cast<uint32_t>(p.count);
+  uint32_t k = static_cast<uint32_t>(count);
   for (int shift = 24; shift >= 0; shift -= 8) {
     for (int i = tid; i < 256; i += kThreads) hist[i] = 0;
     __syncthreads();
@@ -221,7 +226,7 @@ __global__ void __launch_bounds__(kThreads) evict_kernel(const EvictParams p) {
     for (int idx = tid; idx < p.chunk * words; idx += kThreads) {
       const int w = idx / p.chunk;
       const int t = idx - w * p.chunk;
-      if (dest[t] >= 0) aux_stage[idx] = p.aux[head * words + static_cast<size_t>(w) * p.capacity + c0 + t];
+      if (dest[t] >= 0) aux_stage[idx] = p.aux[at.aux + static_cast<size_t>(w) * at.aux_stride + c0 + t];
     }
     __syncthreads();
     for (int idx = tid; idx < vecs; idx += kThreads) {
@@ -237,7 +242,7 @@ __global__ void __launch_bounds__(kThreads) evict_kernel(const EvictParams p) {
       const int w = idx / p.chunk;
       const int t = idx - w * p.chunk;
       const int to = dest[t];
-      if (to >= 0) p.aux[head * words + static_cast<size_t>(w) * p.capacity + to] = aux_stage[idx];
+      if (to >= 0) p.aux[at.aux + static_cast<size_t>(w) * at.aux_stride + to] = aux_stage[idx];
     }
     if (moving) {
       p.positions[head + j - before] = position;
@@ -245,7 +250,7 @@ __global__ void __launch_bounds__(kThreads) evict_kernel(const EvictParams p) {
     }
     __syncthreads();
   }
-  if (tid == 0) p.lengths[slot] = n - p.count;
+  if (tid == 0) p.lengths[slot] = n - count;
 }
 
 
@@ -279,8 +284,10 @@ struct OrderedParams {
   const float* mean;
   size_t mean_stride;
   SeqList seqs;
+  HeadMap heads;
+  // Per-head counts of one sequence (evict_heads: [kvHeads] on the device), else null and `count` for all.
+  const int32_t* counts;
   int32_t kv_heads;
-  int32_t capacity;
   int32_t aux_words;
   int32_t row_bytes;
   int32_t count;
@@ -301,22 +308,25 @@ __global__ void __launch_bounds__(kThreads) evict_select(const OrderedParams p) 
   const int tid = threadIdx.x;
   const size_t slot = static_cast<size_t>(p.seqs.ids[blockIdx.y]) * p.kv_heads + blockIdx.x;
   int32_t* state = head_state(p, slot);
+  const HeadAt at = head_at(p.heads, slot);
+  const int count = p.counts != nullptr ? p.counts[blockIdx.x] : p.count;
   const int n = p.lengths[slot];
-  const bool bad = n < 0 || n > p.capacity || static_cast<int64_t>(p.count) > static_cast<int64_t>(n) - p.sinks - p.recent;
-  if (bad || p.count <= 0) {
+  // A head evict_heads drops nothing from may be shorter than its sinks and recent tokens.
+  const bool bad = n < 0 || n > at.cap || (count > 0 && static_cast<int64_t>(count) > static_cast<int64_t>(n) - p.sinks - p.recent);
+  if (bad || count <= 0) {
     if (tid == 0) {
       state[kEpoch] += 1;
       state[kLengthBefore] = -1;
-      if (bad) atomicOr(p.error, n < 0 || n > p.capacity ? kErrorBadLength : kErrorCandidates);
+      if (bad) atomicOr(p.error, n < 0 || n > at.cap ? kErrorBadLength : kErrorCandidates);
     }
     return;
   }
-  const size_t head = slot * p.capacity;
+  const size_t head = at.base;
   const float* sc = p.mean != nullptr ? p.mean + static_cast<size_t>(p.seqs.ids[blockIdx.y]) * p.mean_stride : p.scores + head;
   const int cand_end = n - p.recent;
   uint32_t prefix = 0;
   uint32_t mask = 0;
-  uint32_t k = static_cast<uint32_t>(p.count);
+  uint32_t k = static_cast<uint32_t>(count);
   for (int shift = 24; shift >= 0; shift -= 8) {
     for (int i = tid; i < 256; i += kThreads) hist[i] = 0;
     __syncthreads();
@@ -360,7 +370,7 @@ __global__ void __launch_bounds__(kThreads) evict_select(const OrderedParams p) 
     state[kLengthBefore] = n;
     state[kThreshold] = static_cast<int32_t>(prefix);
     state[kNeedEqual] = need_equal;
-    p.lengths[slot] = n - p.count;
+    p.lengths[slot] = n - count;
   }
 }
 
@@ -417,7 +427,8 @@ __global__ void __launch_bounds__(kMoveThreads) evict_move(const OrderedParams p
   const int need_equal = state[kNeedEqual];
   const int drops_before = state[kStateHeader + c];
   const int equal_before = state[kStateHeader + p.chunks + c];
-  const size_t head = slot * p.capacity;
+  const HeadAt at = head_at(p.heads, slot);
+  const size_t head = at.base;
   const float* sc = p.mean != nullptr ? p.mean + static_cast<size_t>(p.seqs.ids[blockIdx.z]) * p.mean_stride : p.scores + head;
   const int cand_end = n - p.recent;
 
@@ -456,7 +467,7 @@ __global__ void __launch_bounds__(kMoveThreads) evict_move(const OrderedParams p
   for (int idx = tid; idx < p.chunk * words; idx += kMoveThreads) {
     const int w = idx / p.chunk;
     const int t = idx - w * p.chunk;
-    if (dest[t] >= 0) aux_stage[idx] = p.aux[head * words + static_cast<size_t>(w) * p.capacity + c0 + t];
+    if (dest[t] >= 0) aux_stage[idx] = p.aux[at.aux + static_cast<size_t>(w) * at.aux_stride + c0 + t];
   }
   __syncthreads();
   if (tid == 0) {
@@ -483,7 +494,7 @@ __global__ void __launch_bounds__(kMoveThreads) evict_move(const OrderedParams p
     const int w = idx / p.chunk;
     const int t = idx - w * p.chunk;
     const int to = dest[t];
-    if (to >= 0) p.aux[head * words + static_cast<size_t>(w) * p.capacity + to] = aux_stage[idx];
+    if (to >= 0) p.aux[at.aux + static_cast<size_t>(w) * at.aux_stride + to] = aux_stage[idx];
   }
   if (moving) {
     p.positions[head + j - before] = position;
@@ -511,7 +522,7 @@ __global__ void __launch_bounds__(kCompactThreads) packed_compact(const OrderedP
   if (n < 0) return;
   const int packed = p.packed[slot];
   const int runs = p.runs[slot];
-  const uint8_t* dropped = p.dropped + slot * o.capacity;
+  const uint8_t* dropped = p.dropped + slot * o.heads.capacity;
   int32_t* survivors = p.run_scratch + slot * p.max_runs;
   const int32_t* slot_run = p.slot_run + slot * p.packed_slots;
   for (int r = tid; r < runs; r += kCompactThreads) survivors[r] = 0;
@@ -673,11 +684,12 @@ bool block_evict() {
   return block;
 }
 
-Result evict(const Store& store, const int32_t* seqs, int32_t batch, int32_t length, int32_t count, int32_t sinks,
-             int32_t recent, EvictScope scope, void* stream) {
+namespace {
+
+// evict and evict_heads: `counts` (device, [kvHeads] of the one sequence) overrides `count` when set.
+Result evict_launch(const Store& store, const int32_t* seqs, int32_t batch, int32_t length, int32_t count, const int32_t* counts,
+                    int32_t sinks, int32_t recent, EvictScope scope, void* stream) {
   const StoreSpec& s = store.spec;
-  if (batch < 1 || batch > kMaxBatch || count < 0 || sinks < 0 || recent < 0) return Result{Status::Argument, 0, "evict"};
-  if (count == 0) return Result{};
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
   EvictParams p{};
   for (int32_t b = 0; b < batch; ++b) {
@@ -694,8 +706,9 @@ Result evict(const Store& store, const int32_t* seqs, int32_t batch, int32_t len
   p.aux = store.aux;
   p.lengths = store.lengths;
   p.error = store.error;
+  p.heads = head_map(store);
+  p.counts = counts;
   p.kv_heads = s.kv_heads;
-  p.capacity = s.capacity;
   p.aux_words = s.aux_words;
   p.row_bytes = static_cast<int32_t>(dense_row_bytes(s));
   p.count = count;
@@ -708,7 +721,7 @@ Result evict(const Store& store, const int32_t* seqs, int32_t batch, int32_t len
     const size_t stride = static_cast<size_t>(s.query_heads) * s.capacity;
     const int32_t n = std::max(1, std::min(length, s.capacity));
     layer_mean<<<dim3((n + 255) / 256, batch), 256, 0, st>>>(store.scores, store.lengths, store.scratch, stride, p.seqs,
-                                                             s.kv_heads, s.capacity);
+                                                             s.kv_heads, p.heads);
     const Result r = launched("evict_mean");
     if (!ok(r)) return r;
     p.mean = store.scratch;
@@ -728,8 +741,9 @@ Result evict(const Store& store, const int32_t* seqs, int32_t batch, int32_t len
     o.mean = p.mean;
     o.mean_stride = p.mean_stride;
     o.seqs = p.seqs;
+    o.heads = p.heads;
+    o.counts = p.counts;
     o.kv_heads = p.kv_heads;
-    o.capacity = p.capacity;
     o.aux_words = p.aux_words;
     o.row_bytes = p.row_bytes;
     o.count = p.count;
@@ -755,6 +769,31 @@ Result evict(const Store& store, const int32_t* seqs, int32_t batch, int32_t len
   const size_t smem = static_cast<size_t>(p.chunk) * token_bytes;
   evict_kernel<<<dim3(s.kv_heads, batch), kThreads, smem, st>>>(p);
   return launched("evict");
+}
+
+}  // namespace
+
+Result evict(const Store& store, const int32_t* seqs, int32_t batch, int32_t length, int32_t count, int32_t sinks,
+             int32_t recent, EvictScope scope, void* stream) {
+  if (batch < 1 || batch > kMaxBatch || count < 0 || sinks < 0 || recent < 0) return Result{Status::Argument, 0, "evict"};
+  if (count == 0) return Result{};
+  return evict_launch(store, seqs, batch, length, count, nullptr, sinks, recent, scope, stream);
+}
+
+Result evict_heads(const Store& store, int32_t seq, const int32_t* counts, int32_t sinks, int32_t recent, void* stream) {
+  const StoreSpec& s = store.spec;
+  if (seq < 0 || seq >= s.max_sequences || sinks < 0 || recent < 0) return Result{Status::Argument, 0, "evict_heads"};
+  int32_t longest = 0;
+  for (int32_t h = 0; h < s.kv_heads; ++h) {
+    if (counts[h] < 0) return Result{Status::Argument, 0, "counts"};
+    longest = std::max(longest, counts[h]);
+  }
+  if (longest == 0) return Result{};
+  // Pageable source: the copy has read `counts` when it returns, and runs before the launch in stream order.
+  const cudaError_t e = cudaMemcpyAsync(store.head_args, counts, static_cast<size_t>(s.kv_heads) * 4, cudaMemcpyHostToDevice,
+                                        static_cast<cudaStream_t>(stream));
+  if (e != cudaSuccess) return Result{Status::Ok, static_cast<int>(e), "evict_heads_counts"};
+  return evict_launch(store, &seq, 1, s.capacity, 0, store.head_args, sinks, recent, EvictScope::Head, stream);
 }
 
 }  // namespace sh::cuda

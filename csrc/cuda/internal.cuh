@@ -23,4 +23,8 @@ Result append_packed(const Store& store, int32_t seq, Tensor k, Tensor v, int32_
 Result prefill_packed(const Store& store, int32_t seq, int32_t length, Tensor q, int32_t rows, Tensor out,
                       int32_t query_heads, float scale, const TrackerSpec& tracker, void* stream);
 
+// Per-head layouts (heads.cu): every head of `seq` (all sequences for -1) owns
+// min(capacity, floor(slots / kvHeads)) slots, in head order from the sequence's first slot.
+Result spread_evenly(const Store& store, int32_t seq, void* stream);
+
 }  // namespace sh::cuda

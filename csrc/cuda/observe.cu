@@ -15,10 +15,9 @@ struct ObserveParams {
   uint32_t* aux;
   const float* probs;
   int64_t stride;
+  HeadMap heads;
   int32_t seq;
   int32_t kv_heads;
-  int32_t capacity;
-  int32_t aux_words;
   int32_t group;
   TrackerArgs tracker;
 };
@@ -27,17 +26,18 @@ __global__ void advance_clock(double* steps, int32_t seq, double by) { steps[seq
 
 __global__ void __launch_bounds__(256) observe_kernel(const ObserveParams p) {
   const int hk = blockIdx.y;
-  int n = p.lengths[static_cast<size_t>(p.seq) * p.kv_heads + hk];
-  n = n < 0 ? 0 : (n > p.capacity ? p.capacity : n);
+  const size_t i = static_cast<size_t>(p.seq) * p.kv_heads + hk;
+  const HeadAt at = head_at(p.heads, i);
+  int n = p.lengths[i];
+  n = n < 0 ? 0 : (n > at.cap ? at.cap : n);
   if (n > p.stride) n = static_cast<int>(p.stride);
   const uint64_t step = static_cast<uint64_t>(p.steps[p.seq]) - 1;
-  const size_t head = (static_cast<size_t>(p.seq) * p.kv_heads + hk) * p.capacity;
   const float* rows = p.probs + static_cast<size_t>(hk) * p.group * p.stride;
   for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < n; j += gridDim.x * blockDim.x) {
     float c = 0.0f;
     for (int g = 0; g < p.group; ++g) c = gqa_fold(c, rows[g * p.stride + j], g, p.tracker.gqa_max);
     c = gqa_finish(c, p.group, p.tracker.gqa_max);
-    observe_token(p.scores + head + j, p.aux + head * p.aux_words + j, p.capacity, p.tracker, c, n, step);
+    observe_token(p.scores + at.base + j, p.aux + at.aux + j, at.aux_stride, p.tracker, c, n, step);
   }
 }
 
@@ -63,9 +63,8 @@ Result observe(const Store& store, int32_t seq, int32_t length, const float* pro
   p.probs = probs;
   p.stride = stride;
   p.seq = seq;
+  p.heads = head_map(store);
   p.kv_heads = s.kv_heads;
-  p.capacity = s.capacity;
-  p.aux_words = s.aux_words;
   p.group = query_heads / s.kv_heads;
   const int32_t longest = std::max(1, std::min(length, s.capacity));
   observe_kernel<<<dim3(static_cast<unsigned>(std::min(256, (longest + 255) / 256)), static_cast<unsigned>(s.kv_heads)), 256, 0, st>>>(p);

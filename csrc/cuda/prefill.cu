@@ -35,9 +35,10 @@ struct PrefillParams {
   int32_t rows;
   int32_t row0;
   int32_t nrows;
+  HeadMap heads;
   int32_t kv_heads;
+  // Scratch floats per query head (the store's capacity).
   int32_t capacity;
-  int32_t aux_words;
   int32_t group;
   int32_t scratch_heads;
   float scale;
@@ -60,10 +61,11 @@ __global__ void __launch_bounds__(128) prefill_attend(const PrefillParams p) {
   const bool active = rr < p.row0 + p.nrows;
   if (blockIdx.x == 0 && blockIdx.y == 0 && tid == 0) p.steps[p.seq] += static_cast<double>(p.nrows);
 
+  const HeadAt at = head_at(p.heads, static_cast<size_t>(p.seq) * p.kv_heads + hk);
   int n = p.lengths[static_cast<size_t>(p.seq) * p.kv_heads + hk];
-  n = n < p.rows ? p.rows : (n > p.capacity ? p.capacity : n);
+  n = n < p.rows ? p.rows : (n > at.cap ? at.cap : n);
   const int first = n - p.rows;
-  const size_t head = (static_cast<size_t>(p.seq) * p.kv_heads + hk) * p.capacity;
+  const size_t head = at.base;
   const T* K = reinterpret_cast<const T*>(p.keys) + head * D;
   const T* V = reinterpret_cast<const T*>(p.values) + head * D;
 
@@ -138,12 +140,13 @@ __global__ void __launch_bounds__(256) prefill_track(const PrefillParams p) {
   const int hk = blockIdx.y;
   const int tid = threadIdx.x;
   const int j0 = blockIdx.x * BJ;
+  const HeadAt at = head_at(p.heads, static_cast<size_t>(p.seq) * p.kv_heads + hk);
   int n = p.lengths[static_cast<size_t>(p.seq) * p.kv_heads + hk];
-  n = n < p.rows ? p.rows : (n > p.capacity ? p.capacity : n);
+  n = n < p.rows ? p.rows : (n > at.cap ? at.cap : n);
   if (j0 >= n) return;
   const int first = n - p.rows;
   const uint64_t step0 = static_cast<uint64_t>(p.steps[p.seq]) - static_cast<uint64_t>(p.nrows);
-  const size_t head = (static_cast<size_t>(p.seq) * p.kv_heads + hk) * p.capacity;
+  const size_t head = at.base;
   const T* K = reinterpret_cast<const T*>(p.keys) + head * D;
   const int nj = min(BJ, n - j0);
   for (int idx = tid; idx < nj * D; idx += 256) {
@@ -196,7 +199,7 @@ __global__ void __launch_bounds__(256) prefill_track(const PrefillParams p) {
         float c = 0.0f;
         for (int g = 0; g < G; ++g) c = gqa_fold(c, ps[lr * G + g][tid], g, p.tracker.gqa_max);
         c = gqa_finish(c, G, p.tracker.gqa_max);
-        observe_token(p.scores + head + j, p.aux + head * p.aux_words + j, p.capacity, p.tracker, c, first + r + 1,
+        observe_token(p.scores + head + j, p.aux + at.aux + j, at.aux_stride, p.tracker, c, first + r + 1,
                       step0 + (r - p.row0));
       }
     }
@@ -225,9 +228,9 @@ Result prefill(const Store& store, int32_t seq, int32_t length, Tensor q, int32_
   p.out = out;
   p.seq = seq;
   p.rows = rows;
+  p.heads = head_map(store);
   p.kv_heads = s.kv_heads;
   p.capacity = s.capacity;
-  p.aux_words = s.aux_words;
   p.group = query_heads / s.kv_heads;
   p.scratch_heads = s.query_heads;
   p.scale = scale;

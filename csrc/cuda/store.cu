@@ -11,7 +11,7 @@ namespace {
 size_t align256(size_t n) { return (n + 255) & ~static_cast<size_t>(255); }
 
 struct Layout {
-  size_t keys, values, positions, scores, aux, lengths, steps, scratch, partial, evict_state, error, total;
+  size_t keys, values, positions, scores, aux, lengths, steps, scratch, partial, evict_state, error, bases, caps, head_args, total;
   // Packed storage.
   size_t key_codes, value_codes, value_scales, value_zeros, key_scales, key_zeros, run_lengths, run_generations, runs,
       packed, residual_keys, residual_values, slot_run, dropped, run_scratch;
@@ -26,7 +26,9 @@ void packed_sizes(const StoreSpec& s, int32_t* packed_slots, int32_t* residual_s
 
 Layout layout(const StoreSpec& s, int32_t max_splits, int32_t evict_chunks) {
   const size_t heads = static_cast<size_t>(s.max_sequences) * static_cast<size_t>(s.kv_heads);
-  const size_t tokens = heads * static_cast<size_t>(s.capacity);
+  // A per-head layout holds `slots` tokens per sequence, shared by its heads.
+  const size_t tokens = s.slots != 0 ? static_cast<size_t>(s.max_sequences) * static_cast<size_t>(s.slots)
+                                     : heads * static_cast<size_t>(s.capacity);
   Layout l{};
   size_t at = 0;
   auto take = [&](size_t bytes) {
@@ -69,6 +71,11 @@ Layout layout(const StoreSpec& s, int32_t max_splits, int32_t evict_chunks) {
                    (static_cast<size_t>(s.head_dim) + 2) * 4);
   l.evict_state = take(static_cast<size_t>(s.max_sequences) * s.kv_heads * evict_state_ints(evict_chunks) * 4);
   l.error = take(4);
+  l.head_args = take(static_cast<size_t>(s.kv_heads) * 2 * 4);
+  if (s.slots != 0) {
+    l.bases = take(heads * 4);
+    l.caps = take(heads * 4);
+  }
   l.total = at;
   return l;
 }
@@ -148,6 +155,7 @@ size_t store_bytes(const StoreSpec& spec, int32_t* max_splits) {
 Result store_create(const StoreSpec& spec, Store* out) {
   if (!head_dim_supported(spec.head_dim)) return Result{Status::Argument, 0, "headDim"};
   if (!packed_spec_supported(spec)) return Result{Status::Argument, 0, "storage"};
+  if (spec.slots != 0 && (spec.bits != 0 || spec.slots < spec.kv_heads)) return Result{Status::Argument, 0, "slots"};
   if (spec.max_sequences < 1 || spec.kv_heads < 1 || spec.capacity < 1 || spec.aux_words < 0 || spec.query_heads < 1 ||
       spec.query_heads % spec.kv_heads != 0 || spec.query_heads / spec.kv_heads > kMaxGroup) {
     return Result{Status::Argument, 0, "spec"};
@@ -187,6 +195,17 @@ Result store_create(const StoreSpec& spec, Store* out) {
   s.partial = reinterpret_cast<float*>(b + l.partial);
   s.evict_state = reinterpret_cast<int32_t*>(b + l.evict_state);
   s.error = reinterpret_cast<int32_t*>(b + l.error);
+  s.head_args = reinterpret_cast<int32_t*>(b + l.head_args);
+  if (spec.slots != 0) {
+    s.bases = reinterpret_cast<int32_t*>(b + l.bases);
+    s.caps = reinterpret_cast<int32_t*>(b + l.caps);
+    const Result spread = spread_evenly(s, -1, nullptr);
+    e = spread.cuda == 0 ? cudaDeviceSynchronize() : static_cast<cudaError_t>(spread.cuda);
+    if (e != cudaSuccess) {
+      cudaFree(s.base);
+      return Result{Status::Ok, static_cast<int>(e), "spread_evenly"};
+    }
+  }
   if (spec.bits != 0) {
     PackedStoreArrays& a = s.packed;
     packed_sizes(spec, &a.packed_slots, &a.residual_slots, &a.max_runs);
@@ -223,7 +242,9 @@ Result clear(const Store& store, int32_t seq, void* stream) {
   // A packed store's sequence also drops its codes and runs (the rest is overwritten before it is read).
   if (e == cudaSuccess && store.spec.bits != 0) e = cudaMemsetAsync(store.packed.packed + static_cast<size_t>(seq) * heads, 0, heads * 4, s);
   if (e == cudaSuccess && store.spec.bits != 0) e = cudaMemsetAsync(store.packed.runs + static_cast<size_t>(seq) * heads, 0, heads * 4, s);
-  return e == cudaSuccess ? Result{} : Result{Status::Ok, static_cast<int>(e), "clear"};
+  if (e != cudaSuccess) return Result{Status::Ok, static_cast<int>(e), "clear"};
+  // A per-head layout goes back to its even start, as the host stores' clear does.
+  return store.spec.slots != 0 ? spread_evenly(store, seq, stream) : Result{};
 }
 
 Result read_bench(const void* data, size_t bytes, float* sink, void* stream) {

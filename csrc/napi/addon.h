@@ -82,6 +82,10 @@ class Addon : public Napi::Addon<Addon> {
   Napi::Value CudaObserve(const Napi::CallbackInfo& info);
   Napi::Value CudaEvict(const Napi::CallbackInfo& info);
   Napi::Value CudaClear(const Napi::CallbackInfo& info);
+  Napi::Value CudaEvictHeads(const Napi::CallbackInfo& info);
+  Napi::Value CudaRelayout(const Napi::CallbackInfo& info);
+  Napi::Value CudaPoolScores(const Napi::CallbackInfo& info);
+  Napi::Value CudaRestartState(const Napi::CallbackInfo& info);
   Napi::Value CudaReadBench(const Napi::CallbackInfo& info);
   Napi::Value CudaRebuildPackedIndex(const Napi::CallbackInfo& info);
   Napi::Value CudaPack(const Napi::CallbackInfo& info);

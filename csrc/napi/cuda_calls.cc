@@ -183,6 +183,10 @@ void Addon::DefineCuda(Napi::Object exports) {
                                 InstanceMethod("cudaObserve", &Addon::CudaObserve, napi_enumerable),
                                 InstanceMethod("cudaEvict", &Addon::CudaEvict, napi_enumerable),
                                 InstanceMethod("cudaClear", &Addon::CudaClear, napi_enumerable),
+                                InstanceMethod("cudaEvictHeads", &Addon::CudaEvictHeads, napi_enumerable),
+                                InstanceMethod("cudaRelayout", &Addon::CudaRelayout, napi_enumerable),
+                                InstanceMethod("cudaPoolScores", &Addon::CudaPoolScores, napi_enumerable),
+                                InstanceMethod("cudaRestartState", &Addon::CudaRestartState, napi_enumerable),
                                 InstanceMethod("cudaReadBench", &Addon::CudaReadBench, napi_enumerable),
                                 InstanceMethod("cudaRebuildPackedIndex", &Addon::CudaRebuildPackedIndex, napi_enumerable),
                                 InstanceMethod("cudaPack", &Addon::CudaPack, napi_enumerable),
@@ -334,7 +338,7 @@ Napi::Value Addon::CudaEventDestroy(const Napi::CallbackInfo& info) {
 }
 
 // cudaStoreCreate(layer, dtype, maxSequences, kvHeads, headDim, capacity, auxWords, queryHeads[, bits, groupSize,
-// residual]) -> external (bits 0 or absent: dense rows)
+// residual[, slots]]) -> external (bits 0 or absent: dense rows; slots absent: the dense layout)
 Napi::Value Addon::CudaStoreCreate(const Napi::CallbackInfo& info) {
   const Args args(*this, info);
   cuda::StoreSpec spec;
@@ -353,6 +357,11 @@ Napi::Value Addon::CudaStoreCreate(const Napi::CallbackInfo& info) {
     if (!cuda::packed_spec_supported(spec)) {
       args.fail(kArgument, "storage", "packed storage needs 2, 4 or 8 bits and a group size that is a multiple of 8 dividing headDim");
     }
+  }
+  if (info.Length() > 11 && !info[11].IsUndefined()) {
+    spec.slots = static_cast<int32_t>(args.integer(11, "slots", spec.kv_heads, INT32_MAX));
+    if (spec.bits != 0) args.fail(kArgument, "storage", "packed storage has no per-head layout: heads with their own budgets need dense storage");
+    if (static_cast<int64_t>(spec.slots) * spec.max_sequences > INT32_MAX) args.fail(kArgument, "slots", "maxSequences x slots must fit in int32");
   }
   if (!cuda::head_dim_supported(spec.head_dim)) {
     args.fail(kArgument, "headDim", "the cuda backend has kernels for head sizes 64, 128 and 256 only, got " + std::to_string(spec.head_dim));
@@ -401,6 +410,10 @@ Napi::Value Addon::CudaStoreInfo(const Napi::CallbackInfo& info) {
   o.Set("lengths", Napi::Value(env, bigint(env, s.lengths)));
   o.Set("steps", Napi::Value(env, bigint(env, s.steps)));
   o.Set("error", Napi::Value(env, bigint(env, s.error)));
+  if (s.spec.slots != 0) {
+    o.Set("bases", Napi::Value(env, bigint(env, s.bases)));
+    o.Set("capacities", Napi::Value(env, bigint(env, s.caps)));
+  }
   o.Set("bytes", static_cast<double>(s.bytes));
   o.Set("maxSplits", s.max_splits);
   if (s.spec.bits != 0) {
@@ -515,6 +528,56 @@ Napi::Value Addon::CudaEvict(const Napi::CallbackInfo& info) {
   if (napi_get_value_bool(args.env(), args.at(6), &layer) != napi_ok) args.fail(kArgument, "scope", "expected a boolean");
   check_result(args, cuda::evict(store, seqs, batch, length, count, sinks, recent, layer ? EvictScope::Layer : EvictScope::Head,
                                  stream_arg(args, 7)));
+  return info.Env().Undefined();
+}
+
+// A host Int32Array of kvHeads ints (per-head counts, capacities or ends).
+static const int32_t* heads_arg(const Args& args, size_t i, const char* name, const cuda::Store& store) {
+  return static_cast<const int32_t*>(args.typed_array(i, name, napi_int32_array, "Int32Array", static_cast<uint64_t>(store.spec.kv_heads)));
+}
+
+// cudaEvictHeads(store, seq, counts: Int32Array, sinks, recent, stream): the caller checked every head's candidates.
+Napi::Value Addon::CudaEvictHeads(const Napi::CallbackInfo& info) {
+  const Args args(*this, info);
+  const cuda::Store& store = store_arg(args, 0);
+  const int32_t seq = static_cast<int32_t>(args.integer(1, "seq", 0, store.spec.max_sequences - 1));
+  const int32_t* counts = heads_arg(args, 2, "counts", store);
+  const int32_t sinks = static_cast<int32_t>(args.integer(3, "sinks", 0, INT32_MAX));
+  const int32_t recent = static_cast<int32_t>(args.integer(4, "recent", 0, INT32_MAX));
+  check_result(args, cuda::evict_heads(store, seq, counts, sinks, recent, stream_arg(args, 5)));
+  return info.Env().Undefined();
+}
+
+// cudaRelayout(store, seq, capacities: Int32Array, stream): the caller checked lengths <= capacities and their sum.
+Napi::Value Addon::CudaRelayout(const Napi::CallbackInfo& info) {
+  const Args args(*this, info);
+  const cuda::Store& store = store_arg(args, 0);
+  if (store.spec.slots == 0) args.fail(kArgument, "store", "the store has the dense layout");
+  const int32_t seq = static_cast<int32_t>(args.integer(1, "seq", 0, store.spec.max_sequences - 1));
+  check_result(args, cuda::relayout(store, seq, heads_arg(args, 2, "capacities", store), stream_arg(args, 3)));
+  return info.Env().Undefined();
+}
+
+// cudaPoolScores(store, seq, kernel, max: boolean, ends: Int32Array, stream)
+Napi::Value Addon::CudaPoolScores(const Napi::CallbackInfo& info) {
+  const Args args(*this, info);
+  const cuda::Store& store = store_arg(args, 0);
+  const int32_t seq = static_cast<int32_t>(args.integer(1, "seq", 0, store.spec.max_sequences - 1));
+  const int32_t kernel = static_cast<int32_t>(args.integer(2, "kernel", 1, 1 << 16));
+  bool max = false;
+  if (napi_get_value_bool(args.env(), args.at(3), &max) != napi_ok) args.fail(kArgument, "pooling", "expected a boolean");
+  check_result(args, cuda::pool_scores(store, seq, kernel, max, heads_arg(args, 4, "ends", store), stream_arg(args, 5)));
+  return info.Env().Undefined();
+}
+
+// cudaRestartState(store, seq, tracker, window, seed, stream)
+Napi::Value Addon::CudaRestartState(const Napi::CallbackInfo& info) {
+  const Args args(*this, info);
+  const cuda::Store& store = store_arg(args, 0);
+  const int32_t seq = static_cast<int32_t>(args.integer(1, "seq", 0, store.spec.max_sequences - 1));
+  if (store.spec.bits != 0) args.fail(kArgument, "store", "tracker state restarts need dense storage");
+  const TrackerSpec tracker = tracker_arg(args, 2, store);
+  check_result(args, cuda::restart_state(store, seq, tracker, stream_arg(args, 5)));
   return info.Env().Undefined();
 }
 

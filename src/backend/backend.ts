@@ -226,25 +226,25 @@ export interface Backend {
   evict(store: LayerStore, seq: number, count: number, sinks: number, recent: number, scope: 'head' | 'layer'): void;
   /**
    * Per-head eviction: drops `counts[h]` tokens from KV head `h` of `seq`, each head as `evict` does with
-   * scope `head`. Host backends only (a cache whose heads keep their own budgets needs it).
+   * scope `head` (a cache whose heads keep their own budgets needs it).
    */
   evictHeads?(store: LayerStore, seq: number, counts: Int32Array, sinks: number, recent: number): void;
   /**
    * Smooths scores before a selection: the score of slot `j < ends[h]` of head `h` becomes the `pooling`
    * (`avg`: sum over the window divided by `kernel`, missing slots counting 0; `max`: the largest present)
    * of the scores at slots `j - floor(kernel / 2) .. j + floor(kernel / 2)` that are below `ends[h]`.
-   * Slots from `ends[h]` on keep their scores. Host backends only.
+   * Slots from `ends[h]` on keep their scores.
    */
   poolScores?(store: LayerStore, seq: number, kernel: number, pooling: 'avg' | 'max', ends: Int32Array): void;
   /**
    * Moves the heads of `seq` to new capacities (a per-head layout store; `capacities` sums to at most
    * `heads.slots`, each at least the head's length): heads stay in order, packed from the sequence's
-   * first slot, and keep their tokens. Host backends only.
+   * first slot, and keep their tokens.
    */
   relayout?(store: LayerStore, seq: number, capacities: Int32Array): void;
   /**
    * Restarts the tracker state of every kept token of `seq`: score and aux words zeroed, then the
-   * tracker's append rule run on it as if it had just been appended. Host backends only.
+   * tracker's append rule run on it as if it had just been appended.
    */
   restartState?(store: LayerStore, seq: number, tracker: ImportanceTracker): void;
   /** Bytes the store holds (constant for its lifetime). */

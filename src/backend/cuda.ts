@@ -6,8 +6,9 @@
  * kernels; TypeScript (custom) trackers are not supported on this backend yet. Packed storage
  * (`docs/packing.md`) is: the store's packed arrays live on the device in the `PackedStore` layout.
  *
- * Each store keeps a host mirror of its lengths and clocks (the cache plans evictions from it without
- * reading the device); the kernels keep the device copies, so launches can be captured in a CUDA graph.
+ * Each store keeps a host mirror of its lengths and clocks, and of its per-head layout (`heads`) when it has
+ * one (the cache plans evictions and relayouts from it without reading the device); the kernels keep the
+ * device copies, so launches can be captured in a CUDA graph.
  * @module
  */
 import { type DType, type HostArray, bytesPerElement, dtypeCode, parseDType } from '../core/dtype.js';
@@ -21,6 +22,7 @@ import { type PackedStorage, isPacked, kvBytesPerHead } from '../quant/storage.j
 import { TrackerKind, type ImportanceTracker } from '../trackers/tracker.js';
 import type { AttentionSpec, Backend, HeadInspection, HeadView, LayerStore, LayerStoreSpec, PackedStore } from './backend.js';
 import { DeviceTensor } from './device-tensor.js';
+import { checkPooling, evenLayout, headBase, headCapacity, planRelayout, spreadEvenly } from './host-store.js';
 import { allocatePacked, checkPackable, viewPacked } from './packed-store.js';
 
 /** An input or output the cuda backend accepts: a device tensor, or a host array (copied). */
@@ -269,9 +271,6 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
     allocate(spec: LayerStoreSpec): LayerStore {
       const binding = live();
       const storage = isPacked(spec.storage) ? spec.storage : undefined;
-      if (spec.slots !== undefined) {
-        throw new BackendError('per-head store layouts (per-head budgets) are not supported by the cuda backend yet', 'slots');
-      }
       const dtype: DType = parseDType(spec.dtype, 'dtype');
       const maxSequences = checkInt(spec.maxSequences, 'maxSequences', 1, 1 << 16);
       const kvHeads = checkInt(spec.kvHeads, 'kvHeads', 1, 4096);
@@ -283,8 +282,12 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
       if (storage !== undefined && (storage.groupSize % 8 !== 0 || headDim % storage.groupSize !== 0)) {
         throw new ArgumentError('must be a multiple of 8 that divides headDim', 'storage.groupSize');
       }
+      const slots = spec.slots === undefined ? undefined : checkInt(spec.slots, 'slots', kvHeads, Math.floor((2 ** 31 - 1) / maxSequences));
+      if (slots !== undefined && storage !== undefined) {
+        throw new ArgumentError('packed storage has no per-head layout: heads with their own budgets need dense storage', 'storage');
+      }
       const handle = storage === undefined
-        ? binding.cudaStoreCreate(layer, dtypeCode(dtype), maxSequences, kvHeads, headDim, capacity, auxWords, queryHeads)
+        ? binding.cudaStoreCreate(layer, dtypeCode(dtype), maxSequences, kvHeads, headDim, capacity, auxWords, queryHeads, undefined, undefined, undefined, slots)
         : binding.cudaStoreCreate(
           layer, dtypeCode(dtype), maxSequences, kvHeads, headDim, capacity, auxWords, queryHeads, storage.bits, storage.groupSize,
           storage.residual,
@@ -296,6 +299,8 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
         lengths: new Int32Array(maxSequences * kvHeads),
         steps: new Float64Array(maxSequences),
         device: { native: handle, info: binding.cudaStoreInfo(handle), queryHeads, ...(storage === undefined ? {} : { storage }) },
+        // The host mirror of the device layout (the kernels keep the device copy in step).
+        ...(slots === undefined ? {} : { heads: evenLayout(maxSequences, kvHeads, capacity, slots) }),
       };
       return store;
     },
@@ -305,10 +310,12 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
       // scratch beside them is deviceBytes().
       const device = deviceOf(store);
       const heads = store.maxSequences * store.kvHeads;
+      const tokens = tokenSlots(store);
       const kv = device.storage === undefined
-        ? heads * store.capacity * 2 * store.headDim * bytesPerElement(store.dtype)
+        ? tokens * 2 * store.headDim * bytesPerElement(store.dtype)
         : heads * kvBytesPerHead(device.storage, store.dtype, store.headDim, store.capacity);
-      return kv + heads * store.capacity * (8 + 4 * store.auxWords) + store.lengths.byteLength + store.steps.byteLength;
+      const layout = store.heads === undefined ? 0 : store.heads.bases.byteLength + store.heads.capacities.byteLength;
+      return kv + tokens * (8 + 4 * store.auxWords) + store.lengths.byteLength + store.steps.byteLength + layout;
     },
 
     deviceBytes(store: LayerStore): number {
@@ -321,6 +328,7 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
       live().cudaClear(device.native, seq, stream);
       store.lengths.fill(0, seq * store.kvHeads, (seq + 1) * store.kvHeads);
       store.steps[seq] = 0;
+      if (store.heads !== undefined) spreadEvenly(store.heads, seq, store.kvHeads, store.capacity);
     },
 
     inspect(store: LayerStore, seq: number, kvHead: number): HeadInspection {
@@ -328,7 +336,7 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
       checkSeq(store, seq);
       checkInt(kvHead, 'kvHead', 0, store.kvHeads - 1);
       const n = store.lengths[seq * store.kvHeads + kvHead]!;
-      const first = BigInt((seq * store.kvHeads + kvHead) * store.capacity * 4);
+      const first = BigInt(headBase(store, seq * store.kvHeads + kvHead) * 4);
       const positions = new Int32Array(n);
       const scores = new Float32Array(n);
       if (n > 0) {
@@ -347,7 +355,7 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
         return viewPacked(copyStoreToHost(backend, store), seq, kvHead);
       }
       const n = store.lengths[seq * store.kvHeads + kvHead]!;
-      const slot = (seq * store.kvHeads + kvHead) * store.capacity;
+      const slot = headBase(store, seq * store.kvHeads + kvHead);
       const d = store.headDim;
       const row = BigInt(d * bytesPerElement(store.dtype));
       const make = (): HostArray => (store.dtype === 'f32' ? new Float32Array(n * d) : new Uint16Array(n * d));
@@ -372,9 +380,9 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
       const { kvHeads, headDim } = store;
       for (let h = 0; h < kvHeads; h++) {
         const n = store.lengths[seq * kvHeads + h]!;
-        if (count > store.capacity - n) {
-          throw new BudgetError(
-            `head ${h} of sequence ${seq} keeps ${n} of ${store.capacity} tokens: no room for ${count} more`, 'count');
+        const capacity = headCapacity(store, seq * kvHeads + h);
+        if (count > capacity - n) {
+          throw new BudgetError(`head ${h} of sequence ${seq} keeps ${n} of ${capacity} tokens: no room for ${count} more`, 'count');
         }
       }
       if (count === 0) return;
@@ -499,10 +507,10 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
             throw new BudgetError(
               `head ${h} has ${candidates} tokens outside the ${sinks} sinks and ${recent} recent ones, asked to drop ${count}`, 'count');
           }
-          // The kernels keep every head of a sequence at one length (appends and evictions apply to all).
-          if (n !== length) throw new ArgumentError('the cuda backend needs every KV head of a sequence to keep the same number of tokens', 'scope');
+          // One choice for the layer is made on the mean score of each slot over heads of one length.
+          if (scope === 'layer' && n !== length) throw new ArgumentError("scope 'layer' needs every KV head of a sequence to keep the same number of tokens", 'scope');
+          longest = Math.max(longest, n);
         }
-        longest = Math.max(longest, length);
       }
       if (count === 0) return;
       for (let b0 = 0; b0 < seqs.length; b0 += 64) {
@@ -510,6 +518,52 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
         binding.cudaEvict(device.native, part, longest, count, sinks, recent, scope === 'layer', stream);
       }
       for (const seq of seqs) for (let h = 0; h < kvHeads; h++) store.lengths[seq * kvHeads + h]! -= count;
+    },
+
+    evictHeads(store, seq, counts, sinks, recent): void {
+      const binding = live();
+      const device = deviceOf(store);
+      checkSeq(store, seq);
+      checkInt(sinks, 'sinks', 0);
+      checkInt(recent, 'recent', 0);
+      const { kvHeads } = store;
+      if (device.storage !== undefined) throw new ArgumentError('packed stores evict the same count from every head', 'count');
+      if (!(counts instanceof Int32Array) || counts.length !== kvHeads) throw new ArgumentError(`expected ${kvHeads} counts`, 'counts');
+      for (let h = 0; h < kvHeads; h++) {
+        const count = checkInt(counts[h], `counts[${h}]`, 0);
+        const candidates = Math.max(0, store.lengths[seq * kvHeads + h]! - sinks - recent);
+        if (count > candidates) {
+          throw new BudgetError(`head ${h} has ${candidates} tokens outside the ${sinks} sinks and ${recent} recent ones, asked to drop ${count}`, 'counts');
+        }
+      }
+      binding.cudaEvictHeads(device.native, seq, counts, sinks, recent, stream);
+      for (let h = 0; h < kvHeads; h++) store.lengths[seq * kvHeads + h]! -= counts[h]!;
+    },
+
+    poolScores(store, seq, kernel, pooling, ends): void {
+      const binding = live();
+      const device = deviceOf(store);
+      checkPooling(store, seq, kernel, pooling, ends);
+      binding.cudaPoolScores(device.native, seq, kernel, pooling === 'max', ends, stream);
+    },
+
+    relayout(store, seq, capacities): void {
+      const binding = live();
+      const device = deviceOf(store);
+      const bases = planRelayout(store, seq, capacities);
+      binding.cudaRelayout(device.native, seq, capacities, stream);
+      const first = seq * store.kvHeads;
+      store.heads!.bases.set(bases, first);
+      store.heads!.capacities.set(capacities, first);
+    },
+
+    restartState(store, seq, tracker): void {
+      const binding = live();
+      const device = deviceOf(store);
+      checkSeq(store, seq);
+      if (device.storage !== undefined) throw new ArgumentError('tracker state restarts need dense storage', 'store');
+      const flags = trackerFlags(store, tracker);
+      binding.cudaRestartState(device.native, seq, flags, tracker.kernel!.window, tracker.kernel!.seed, stream);
     },
 
     errors(store: LayerStore): number {
@@ -573,19 +627,28 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
   return backend;
 }
 
+/** Token slots of the store's per-token arrays: `maxSequences * slots` with a per-head layout. */
+function tokenSlots(store: LayerStore): number {
+  return store.maxSequences * (store.heads === undefined ? store.kvHeads * store.capacity : store.heads.slots);
+}
+
 /**
- * Device stores keep each (sequence, head)'s aux words word-major (`[word][capacity]`, so that a tracker
- * rule touching one word per token moves contiguous memory); host stores token-major. Converts one to the
- * other (`toHost`: word-major `from` into token-major `to`).
+ * Device stores keep aux words word-major (so that a tracker rule touching one word per token moves
+ * contiguous memory): per (sequence, head), `[word][capacity]`, for the dense layout, and over the whole
+ * store, `[word][maxSequences * slots]`, for a per-head layout (a relayout then moves each word plane as
+ * it moves the other per-token arrays); host stores are token-major. Converts one to the other
+ * (`toHost`: word-major `from` into token-major `to`).
  */
 function transposeAux(from: Uint32Array, to: Uint32Array, store: LayerStore, toHost: boolean): void {
-  const { capacity, auxWords: words } = store;
-  const heads = store.maxSequences * store.kvHeads;
-  for (let h = 0; h < heads; h++) {
-    const base = h * capacity * words;
+  const { auxWords: words } = store;
+  // A per-head layout is one block of all tokens; the dense layout one block of `capacity` per head.
+  const block = store.heads === undefined ? store.capacity : tokenSlots(store);
+  const blocks = tokenSlots(store) / block;
+  for (let h = 0; h < blocks; h++) {
+    const base = h * block * words;
     for (let w = 0; w < words; w++) {
-      for (let t = 0; t < capacity; t++) {
-        const wordMajor = base + w * capacity + t;
+      for (let t = 0; t < block; t++) {
+        const wordMajor = base + w * block + t;
         const tokenMajor = base + t * words + w;
         if (toHost) to[tokenMajor] = from[wordMajor]!;
         else to[wordMajor] = from[tokenMajor]!;
@@ -606,7 +669,7 @@ function transposeAux(from: Uint32Array, to: Uint32Array, store: LayerStore, toH
 export function copyStoreToHost(backend: CudaBackend, store: LayerStore): LayerStore {
   const device = deviceOf(store);
   const binding = loadCuda();
-  const tokens = store.maxSequences * store.kvHeads * store.capacity;
+  const tokens = tokenSlots(store);
   const bytes = device.storage === undefined ? tokens * store.headDim * bytesPerElement(store.dtype) : 0;
   const packed = device.storage === undefined
     ? undefined
@@ -618,6 +681,9 @@ export function copyStoreToHost(backend: CudaBackend, store: LayerStore): LayerS
     scores: new Float32Array(tokens), aux: new Uint32Array(tokens * store.auxWords),
     lengths: new Int32Array(store.maxSequences * store.kvHeads), steps: new Float64Array(store.maxSequences),
     ...(packed === undefined ? {} : { packed }),
+    ...(store.heads === undefined
+      ? {}
+      : { heads: { slots: store.heads.slots, bases: new Int32Array(store.heads.bases.length), capacities: new Int32Array(store.heads.bases.length) } }),
   };
   const s = backend.stream;
   binding.cudaDownload(host.keys, device.info.keys, s);
@@ -631,6 +697,10 @@ export function copyStoreToHost(backend: CudaBackend, store: LayerStore): LayerS
   }
   binding.cudaDownload(host.lengths, device.info.lengths, s);
   binding.cudaDownload(host.steps, device.info.steps, s);
+  if (host.heads !== undefined) {
+    binding.cudaDownload(host.heads.bases, device.info.bases!, s);
+    binding.cudaDownload(host.heads.capacities, device.info.capacities!, s);
+  }
   if (packed !== undefined) forEachPackedArray(packed, device, (array, ptr) => binding.cudaDownload(array, ptr, s));
   return host;
 }
@@ -659,8 +729,9 @@ export function copyStoreToDevice(backend: CudaBackend, from: LayerStore, to: La
   const binding = loadCuda();
   const s = backend.stream;
   const dense = device.storage === undefined;
-  if (from.keys.byteLength !== (dense ? to.maxSequences * to.kvHeads * to.capacity * to.headDim * bytesPerElement(to.dtype) : 0)
-    || (from.packed === undefined) !== dense || (!dense && from.packed!.bits !== device.storage!.bits)) {
+  if (from.keys.byteLength !== (dense ? tokenSlots(to) * to.headDim * bytesPerElement(to.dtype) : 0)
+    || (from.packed === undefined) !== dense || (!dense && from.packed!.bits !== device.storage!.bits)
+    || (from.heads === undefined) !== (to.heads === undefined) || (from.heads !== undefined && from.heads.slots !== to.heads!.slots)) {
     throw new ShapeError('the stores have different specs', 'from');
   }
   binding.cudaUpload(device.info.keys, from.keys, s);
@@ -674,6 +745,12 @@ export function copyStoreToDevice(backend: CudaBackend, from: LayerStore, to: La
   }
   binding.cudaUpload(device.info.lengths, from.lengths, s);
   binding.cudaUpload(device.info.steps, from.steps, s);
+  if (from.heads !== undefined) {
+    binding.cudaUpload(device.info.bases!, from.heads.bases, s);
+    binding.cudaUpload(device.info.capacities!, from.heads.capacities, s);
+    to.heads!.bases.set(from.heads.bases);
+    to.heads!.capacities.set(from.heads.capacities);
+  }
   if (from.packed !== undefined) {
     forEachPackedArray(from.packed, device, (array, ptr) => binding.cudaUpload(ptr, array, s));
     binding.cudaRebuildPackedIndex(device.native, s);

@@ -54,15 +54,28 @@ export function allocateHostStore(spec: LayerStoreSpec): LayerStore {
   }
 }
 
-/** Every head of every sequence owning `min(capacity, floor(slots / kvHeads))` slots, in order. */
-function evenLayout(maxSequences: number, kvHeads: number, capacity: number, slots: number): HeadLayout {
+/**
+ * A per-head layout whose every head of every sequence owns `min(capacity, floor(slots / kvHeads))`
+ * slots, in order (a new store's; the cuda backend keeps it as the host mirror of its device layout).
+ * @example
+ * ```ts
+ * const layout = evenLayout(maxSequences, kvHeads, capacity, slots);
+ * ```
+ */
+export function evenLayout(maxSequences: number, kvHeads: number, capacity: number, slots: number): HeadLayout {
   const layout = { slots, bases: new Int32Array(maxSequences * kvHeads), capacities: new Int32Array(maxSequences * kvHeads) };
   for (let s = 0; s < maxSequences; s++) spreadEvenly(layout, s, kvHeads, capacity);
   return layout;
 }
 
-/** Lays the heads of `seq` out evenly (its tokens are not moved: the sequence must be empty). */
-function spreadEvenly(layout: HeadLayout, seq: number, kvHeads: number, capacity: number): void {
+/**
+ * Lays the heads of `seq` out evenly (its tokens are not moved: the sequence must be empty).
+ * @example
+ * ```ts
+ * spreadEvenly(store.heads!, seq, store.kvHeads, store.capacity);
+ * ```
+ */
+export function spreadEvenly(layout: HeadLayout, seq: number, kvHeads: number, capacity: number): void {
   const share = Math.min(capacity, Math.floor(layout.slots / kvHeads));
   for (let h = 0; h < kvHeads; h++) {
     layout.bases[seq * kvHeads + h] = seq * layout.slots + h * share;
@@ -129,6 +142,30 @@ function moveTokens(store: LayerStore, from: number, to: number, length: number)
  * ```
  */
 export function relayoutHostStore(store: LayerStore, seq: number, capacities: Int32Array): void {
+  const bases = planRelayout(store, seq, capacities);
+  const layout = store.heads!;
+  const first = seq * store.kvHeads;
+  const { kvHeads } = store;
+  const move = (h: number): void => {
+    moveTokens(store, layout.bases[first + h]!, bases[h]!, store.lengths[first + h]!);
+    layout.bases[first + h] = bases[h]!;
+    layout.capacities[first + h] = capacities[h]!;
+  };
+  for (let h = 0; h < kvHeads; h++) if (bases[h]! <= layout.bases[first + h]!) move(h);
+  for (let h = kvHeads - 1; h >= 0; h--) if (bases[h]! > layout.bases[first + h]!) move(h);
+}
+
+/**
+ * Checks a relayout (see {@link relayoutHostStore}) of a store's host mirror and returns the heads' new
+ * bases; every backend's `relayout` starts with it.
+ * @throws {@link ArgumentError} for a dense store or a bad `capacities`; {@link BudgetError} when a
+ * capacity is below its head's length or they do not fit the sequence's slots.
+ * @example
+ * ```ts
+ * const bases = planRelayout(store, seq, Int32Array.of(40, 24, 64, 32));
+ * ```
+ */
+export function planRelayout(store: LayerStore, seq: number, capacities: Int32Array): Int32Array {
   const layout = store.heads;
   if (layout === undefined) throw new ArgumentError('the store has the dense layout', 'store');
   const { kvHeads } = store;
@@ -146,13 +183,24 @@ export function relayoutHostStore(store: LayerStore, seq: number, capacities: In
     next += cap;
   }
   if (next > (seq + 1) * layout.slots) throw new BudgetError(`capacities need ${next - seq * layout.slots} slots, the sequence has ${layout.slots}`, 'capacities');
-  const move = (h: number): void => {
-    moveTokens(store, layout.bases[first + h]!, bases[h]!, store.lengths[first + h]!);
-    layout.bases[first + h] = bases[h]!;
-    layout.capacities[first + h] = capacities[h]!;
-  };
-  for (let h = 0; h < kvHeads; h++) if (bases[h]! <= layout.bases[first + h]!) move(h);
-  for (let h = kvHeads - 1; h >= 0; h--) if (bases[h]! > layout.bases[first + h]!) move(h);
+  return bases;
+}
+
+/**
+ * Checks the arguments of a score pooling (see {@link poolHostScores}) against a store's host mirror;
+ * every backend's `poolScores` starts with it.
+ * @throws {@link ArgumentError} for a bad sequence, kernel, pooling or end.
+ * @example
+ * ```ts
+ * checkPooling(store, seq, 5, 'avg', Int32Array.of(96, 96));
+ * ```
+ */
+export function checkPooling(store: LayerStore, seq: number, kernel: number, pooling: 'avg' | 'max', ends: Int32Array): void {
+  checkInt(seq, 'seq', 0, store.maxSequences - 1);
+  checkInt(kernel, 'kernel', 1, 1 << 16);
+  if (pooling !== 'avg' && pooling !== 'max') throw new ArgumentError("expected 'avg' or 'max'", 'pooling');
+  if (!(ends instanceof Int32Array) || ends.length !== store.kvHeads) throw new ArgumentError(`expected ${store.kvHeads} ends`, 'ends');
+  for (let h = 0; h < store.kvHeads; h++) checkInt(ends[h], `ends[${h}]`, 0, store.lengths[seq * store.kvHeads + h]!);
 }
 
 /**
@@ -165,13 +213,11 @@ export function relayoutHostStore(store: LayerStore, seq: number, capacities: In
  * ```
  */
 export function poolHostScores(store: LayerStore, seq: number, kernel: number, pooling: 'avg' | 'max', ends: Int32Array): void {
-  checkInt(seq, 'seq', 0, store.maxSequences - 1);
-  checkInt(kernel, 'kernel', 1, 1 << 16);
-  if (pooling !== 'avg' && pooling !== 'max') throw new ArgumentError("expected 'avg' or 'max'", 'pooling');
+  checkPooling(store, seq, kernel, pooling, ends);
   const half = Math.floor(kernel / 2);
   for (let h = 0; h < store.kvHeads; h++) {
     const i = seq * store.kvHeads + h;
-    const end = checkInt(ends[h], `ends[${h}]`, 0, store.lengths[i]!);
+    const end = ends[h]!;
     const base = headBase(store, i);
     const raw = store.scores.slice(base, base + end);
     for (let j = 0; j < end; j++) {

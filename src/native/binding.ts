@@ -168,7 +168,10 @@ export interface DeviceStoreInfo {
   readonly values: bigint;
   readonly positions: bigint;
   readonly scores: bigint;
-  /** Aux words, word-major per (sequence, head): `[seq][kvHead][word][capacity]` (host stores are token-major). */
+  /**
+   * Aux words, word-major (host stores are token-major): per (sequence, head), `[seq][kvHead][word][capacity]`
+   * for the dense layout; over the whole store, `[word][maxSequences * slots]`, for a per-head layout.
+   */
   readonly aux: bigint;
   readonly lengths: bigint;
   readonly steps: bigint;
@@ -176,6 +179,9 @@ export interface DeviceStoreInfo {
   readonly error: bigint;
   readonly bytes: number;
   readonly maxSplits: number;
+  /** Per-head layouts: the int32 `[seq][kvHead]` arrays of `HeadLayout.bases` and `HeadLayout.capacities`. */
+  readonly bases?: bigint;
+  readonly capacities?: bigint;
   /** Packed stores: the device addresses of the `PackedStore` arrays (same layout), and the sizes. */
   readonly packed?: DevicePackedInfo;
 }
@@ -224,7 +230,7 @@ export interface RawCudaBinding extends RawBinding {
   cudaEventDestroy(event: bigint): void;
   cudaStoreCreate(
     layer: number, dtype: number, maxSequences: number, kvHeads: number, headDim: number, capacity: number, auxWords: number,
-    queryHeads: number, bits?: number, groupSize?: number, residual?: number,
+    queryHeads: number, bits?: number, groupSize?: number, residual?: number, slots?: number,
   ): NativeDeviceStore;
   /** Recomputes a packed store's device-only run index after its arrays were uploaded. */
   cudaRebuildPackedIndex(store: NativeDeviceStore, stream: bigint): void;
@@ -272,6 +278,14 @@ export interface RawCudaBinding extends RawBinding {
     stream: bigint,
   ): void;
   cudaClear(store: NativeDeviceStore, seq: number, stream: bigint): void;
+  /** Drops `counts[h]` tokens of KV head `h` of `seq` (scope head; the caller checked the candidates). */
+  cudaEvictHeads(store: NativeDeviceStore, seq: number, counts: Int32Array, sinks: number, recent: number, stream: bigint): void;
+  /** Gives the heads of `seq` the slots `capacities` says (per-head layouts; the caller checked them). */
+  cudaRelayout(store: NativeDeviceStore, seq: number, capacities: Int32Array, stream: bigint): void;
+  /** Pools the scores of slots `[0, ends[h])` of each head of `seq` over `kernel` slots (avg, or max). */
+  cudaPoolScores(store: NativeDeviceStore, seq: number, kernel: number, max: boolean, ends: Int32Array, stream: bigint): void;
+  /** Zeroes the tracker state of the kept tokens of `seq`, then runs the tracker's append rule on each. */
+  cudaRestartState(store: NativeDeviceStore, seq: number, tracker: number, window: number, seed: number, stream: bigint): void;
   /** Reads `bytes` at `ptr` once (read-bandwidth reference); `sink` is 16 KiB of device scratch. */
   cudaReadBench(ptr: bigint, bytes: number, sink: bigint, stream: bigint): void;
 }

@@ -17,8 +17,8 @@ import { loadCuda } from '../../src/native/loader.js';
 import { h2o, keyNorm, random, scissorhands, streamingLLM, tova } from '../../src/trackers/index.js';
 import type { ImportanceTracker } from '../../src/trackers/tracker.js';
 import {
-  OUT_TOL, Rng, copyStoreToDevice, copyStoreToHost, cpu, cuda, expectClose, expectSameData, expectSameState, floats,
-  hostArray, keptSlots, twins, values,
+  OUT_TOL, Rng, copyStoreToDevice, copyStoreToHost, cpu, cuda, expectClose, expectCloseState, expectSameData, expectSameState,
+  floats, hostArray, twins, values,
 } from './helpers.js';
 
 const QUICK = process.env['SH_GPU_QUICK'] === '1';
@@ -29,37 +29,6 @@ const TRACKERS: readonly (() => ImportanceTracker)[] = [
   () => scissorhands({ window: 40 }), () => h2o(), () => tova(), () => keyNorm(), () => random({ seed: 7 }), () => streamingLLM(),
   () => h2o({ gqa: 'max' }), () => scissorhands({ window: 33, gqa: 'max' }),
 ];
-
-function observes(tracker: ImportanceTracker): boolean {
-  return tracker.input === 'attention';
-}
-
-/** Attention-fed state within tolerance: h2o/tova scores close, Scissorhands bits rarely flipped. */
-function expectCloseState(device: LayerStore, host: LayerStore, tracker: ImportanceTracker, what: string): void {
-  if (!observes(tracker)) {
-    expectSameState(device, host, what);
-    return;
-  }
-  if (tracker.name === 'scissorhands') {
-    let bits = 0;
-    let flipped = 0;
-    keptSlots(host, (base, n) => {
-      for (let i = base * host.auxWords; i < (base + n) * host.auxWords; i++) {
-        let x = device.aux[i]! ^ host.aux[i]!;
-        bits += 32;
-        while (x !== 0) {
-          flipped += x & 1;
-          x >>>= 1;
-        }
-      }
-    });
-    assert.ok(flipped <= Math.max(2, bits * 0.002), `${what}: ${flipped} of ${bits} scissorhands bits differ`);
-    return;
-  }
-  keptSlots(host, (base, n) => {
-    expectClose(device.scores.subarray(base, base + n), host.scores.subarray(base, base + n), 2e-3, 2e-6, `${what}: scores at ${base}`);
-  });
-}
 
 interface Case {
   readonly dtype: DType;
