@@ -254,21 +254,8 @@ __global__ void __launch_bounds__(kThreads) packed_append_kernel(const PackedApp
     if (tid == 0) {
       const int32_t position = p.first_position + t;
       p.positions[base + n] = position;
-      float score = 0.0f;
-      if (p.tracker.kind == static_cast<int32_t>(TrackerKind::KeyNorm)) {
-        // Sum of squares in f64, in element order, over the key as the window stores it.
-        double sum = 0.0;
-        for (int c = 0; c < d; ++c) {
-          const double x = Elem<T>::load(rk + r * d + c);
-          sum = __dadd_rn(sum, __dmul_rn(x, x));
-        }
-        score = -static_cast<float>(sqrt(sum));
-      } else if (p.tracker.kind == static_cast<int32_t>(TrackerKind::Random)) {
-        score = random_score_d(p.tracker.seed, p.layer, static_cast<uint32_t>(h), position);
-      } else if (p.tracker.kind == static_cast<int32_t>(TrackerKind::Position)) {
-        score = static_cast<float>(position);
-      }
-      p.scores[base + n] = score;
+      // The tracker's append rule over the key as the window stores it.
+      p.scores[base + n] = append_score<T>(rk + r * d, d, p.tracker, p.layer, h, position);
     }
     n += 1;
     if (n - packed >= pk.residual + pk.group) {
