@@ -253,7 +253,7 @@ inline HeadMap head_map(const Store& s) {
 
 // The score a token starts with (the tracker's append rule): keyNorm the negated L2 norm of the key as
 // stored (sum of squares in f64, in element order), random the hash of (seed, layer, head, position),
-// position the position, every other tracker 0. append and restart_state share it.
+// position the position, every other tracker 0. The dense and packed appends and restart_state share it.
 template <typename T>
 __device__ __forceinline__ float append_score(const T* key, int d, const TrackerArgs& t, uint32_t layer, int head, int32_t position) {
   if (t.kind == static_cast<int32_t>(TrackerKind::KeyNorm)) {
