@@ -12,7 +12,7 @@ import { loadNative } from '../native/loader.js';
 import { TrackerKind, type ImportanceTracker } from '../trackers/tracker.js';
 import type { Backend, LayerStore, LayerStoreSpec } from './backend.js';
 import {
-  allocateHostStore, clearHostStore, hostStoreBytes, inspectHostStore, poolHostScores, relayoutHostStore, restartHostState,
+  allocateHostStore, clearHostStore, hostStoreBytes, inspectHostStore, hostPromptCalls,
   trackerState, viewHostStore,
 } from './host-store.js';
 
@@ -184,20 +184,7 @@ export function createCpuBackend(): Backend {
       binding.evict(store, seq, counts, sinks, recent, 'head');
     },
 
-    poolScores(store, seq, kernel, pooling, ends): void {
-      live();
-      poolHostScores(store, seq, kernel, pooling, ends);
-    },
-
-    relayout(store, seq, capacities): void {
-      live();
-      relayoutHostStore(store, seq, capacities);
-    },
-
-    restartState(store, seq, tracker): void {
-      live();
-      restartHostState(store, seq, tracker);
-    },
+    ...hostPromptCalls(live),
 
     dispose(): void {
       native = undefined;

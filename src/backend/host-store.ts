@@ -8,7 +8,7 @@ import { ArgumentError, BudgetError } from '../core/errors.js';
 import { MAX_HEAD_DIM, checkInt } from '../core/geometry.js';
 import { isPacked, resolveStorage } from '../quant/storage.js';
 import type { ImportanceTracker } from '../trackers/tracker.js';
-import type { HeadInspection, HeadLayout, HeadView, LayerStore, LayerStoreSpec } from './backend.js';
+import type { Backend, HeadInspection, HeadLayout, HeadView, LayerStore, LayerStoreSpec } from './backend.js';
 import { allocatePacked, packedStoreBytes, viewPacked } from './packed-store.js';
 
 /**
@@ -260,6 +260,31 @@ export function restartHostState(store: LayerStore, seq: number, tracker: Import
       tracker.onAppend({ seq, layer: store.layer, kvHead: h, index: slot, position: positions[slot]!, key, scores, aux });
     }
   }
+}
+
+/**
+ * The prompt-compression calls a host backend runs on its host arrays, each after the backend's own
+ * check that it is still usable (`live`).
+ * @example
+ * ```ts
+ * const backend: Backend = { name: 'cpu', ...hostPromptCalls(live), ... };
+ * ```
+ */
+export function hostPromptCalls(live: () => unknown): Required<Pick<Backend, 'poolScores' | 'relayout' | 'restartState'>> {
+  return {
+    poolScores(store, seq, kernel, pooling, ends): void {
+      live();
+      poolHostScores(store, seq, kernel, pooling, ends);
+    },
+    relayout(store, seq, capacities): void {
+      live();
+      relayoutHostStore(store, seq, capacities);
+    },
+    restartState(store, seq, tracker): void {
+      live();
+      restartHostState(store, seq, tracker);
+    },
+  };
 }
 
 /**

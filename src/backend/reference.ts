@@ -11,8 +11,8 @@ import { MAX_HEAD_DIM, checkInt } from '../core/geometry.js';
 import type { ImportanceTracker } from '../trackers/tracker.js';
 import type { AttentionSpec, Backend, LayerStore, LayerStoreSpec } from './backend.js';
 import {
-  allocateHostStore, clearHostStore, headBase, headCapacity, hostStoreBytes, inspectHostStore, poolHostScores, relayoutHostStore,
-  restartHostState, trackerState, viewHostStore,
+  allocateHostStore, clearHostStore, headBase, headCapacity, hostStoreBytes, inspectHostStore, hostPromptCalls,
+  trackerState, viewHostStore,
 } from './host-store.js';
 import { appendPackedToken, checkPackable, compactPacked, decodePacked } from './packed-store.js';
 
@@ -406,20 +406,7 @@ export function createReferenceBackend(): Backend {
       evictEach(store, seq, counts, sinks, recent, 'head');
     },
 
-    poolScores(store, seq, kernel, pooling, ends): void {
-      live();
-      poolHostScores(store, seq, kernel, pooling, ends);
-    },
-
-    relayout(store, seq, capacities): void {
-      live();
-      relayoutHostStore(store, seq, capacities);
-    },
-
-    restartState(store, seq, tracker): void {
-      live();
-      restartHostState(store, seq, tracker);
-    },
+    ...hostPromptCalls(live),
 
     dispose(): void {
       disposed = true;
