@@ -7,14 +7,14 @@
  *
  * Writes bench/results/cpu-decode.json and .md.
  */
-import { execFileSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
-import { cpus, tmpdir } from 'node:os';
+import { cpus } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { createCpuBackend, f16BitsToF32, scissorhands, type DType } from '../src/index.js';
 import type { LayerStore } from '../src/backend/backend.js';
+import { measureBandwidth, time } from './timing.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const { values: args } = parseArgs({ options: { gib: { type: 'string', default: '1' }, iters: { type: 'string', default: '10' } } });
@@ -26,29 +26,6 @@ const kvHeads = 8;
 const headDim = 128;
 const group = queryHeads / kvHeads;
 const scale = 1 / Math.sqrt(headDim);
-
-/** Best read bandwidth over 1..cores threads, from a small C++ program built for this machine. */
-function measureBandwidth(): { gbps: number; perThreads: Record<string, number> } {
-  const exe = join(tmpdir(), 'scissorhands-bandwidth');
-  execFileSync('g++', ['-O3', '-march=native', '-pthread', join(here, 'bandwidth.cc'), '-o', exe]);
-  const result = JSON.parse(execFileSync(exe, ['1024', '5']).toString()) as { threads: Record<string, number> };
-  return { gbps: Math.max(...Object.values(result.threads)), perThreads: result.threads };
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
-}
-
-function time(fn: () => void, n: number): number {
-  const samples: number[] = [];
-  for (let i = 0; i < n; i++) {
-    const t0 = process.hrtime.bigint();
-    fn();
-    samples.push(Number(process.hrtime.bigint() - t0) / 1e6);
-  }
-  return median(samples);
-}
 
 const f16Table = new Float32Array(65536).map((_, bits) => f16BitsToF32(bits));
 

@@ -11,9 +11,8 @@
  *
  * Writes bench/results/packing-cpu.json and .md.
  */
-import { execFileSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
-import { cpus, loadavg, tmpdir } from 'node:os';
+import { cpus, loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -21,6 +20,7 @@ import {
   type ImportanceTracker, type LayerStore, type PackFormat, createCpuBackend, createNativePacker, createReferencePacker, f32ToF16Bits,
   h2o, parsePackFormat, resolveStorage, scissorhands, streamingLLM,
 } from '../src/index.js';
+import { measureBandwidth, median, time } from './timing.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const { values: args } = parseArgs({
@@ -36,28 +36,6 @@ const headDim = 128;
 const groupSize = 32;
 const residual = 32;
 const scale = 1 / Math.sqrt(headDim);
-
-function measureBandwidth(): { gbps: number; perThreads: Record<string, number> } {
-  const exe = join(tmpdir(), 'scissorhands-bandwidth');
-  execFileSync('g++', ['-O3', '-march=native', '-pthread', join(here, 'bandwidth.cc'), '-o', exe]);
-  const result = JSON.parse(execFileSync(exe, ['1024', '5']).toString()) as { threads: Record<string, number> };
-  return { gbps: Math.max(...Object.values(result.threads)), perThreads: result.threads };
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
-}
-
-function time(fn: () => void, n: number): number {
-  const samples: number[] = [];
-  for (let i = 0; i < n; i++) {
-    const t0 = process.hrtime.bigint();
-    fn();
-    samples.push(Number(process.hrtime.bigint() - t0) / 1e6);
-  }
-  return median(samples);
-}
 
 let seed = 12345;
 const rand = (): number => {

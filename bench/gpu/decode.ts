@@ -28,6 +28,8 @@ import { fullCache } from '../../src/policies/index.js';
 import { Rng } from '../../src/testing/rng.js';
 import type { ImportanceTracker } from '../../src/trackers/tracker.js';
 import { scissorhands } from '../../src/trackers/index.js';
+import { median } from '../timing.js';
+import { deviceTimer } from './timing.js';
 
 const { values: args } = parseArgs({ options: { torch: { type: 'string' }, out: { type: 'string', default: '.' }, quick: { type: 'boolean', default: false }, 'decode-only': { type: 'boolean', default: false } } });
 const cuda = loadCuda();
@@ -37,28 +39,9 @@ const torch = args.torch === undefined ? {} : (JSON.parse(readFileSync(args.torc
 const ITER = args.quick ? 5 : 30;
 const results: Record<string, number | string> = {};
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
-}
-
 const ev0 = cuda.cudaEventCreate();
 const ev1 = cuda.cudaEventCreate();
-
-/** Median device milliseconds per call of `fn` (each sample averages `inner` back-to-back calls). */
-function deviceTime(fn: (i: number) => void, inner: number, samples = ITER, warm = 5): number {
-  let i = 0;
-  for (let w = 0; w < warm; w++) fn(i++);
-  cuda.cudaSynchronize(stream);
-  const times: number[] = [];
-  for (let s = 0; s < samples; s++) {
-    cuda.cudaEventRecord(ev0, stream);
-    for (let r = 0; r < inner; r++) fn(i++);
-    cuda.cudaEventRecord(ev1, stream);
-    times.push(cuda.cudaEventElapsed(ev0, ev1) / inner);
-  }
-  return median(times);
-}
+const deviceTime = deviceTimer(cuda, stream, ITER);
 
 /** Read bandwidth: one pass over 1 GiB. */
 function readBandwidth(): number {

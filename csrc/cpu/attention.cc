@@ -18,17 +18,6 @@
 namespace sh::cpu {
 namespace {
 
-// Queries (rows x group) per pass over the keys in prefill: bounds the score scratch.
-constexpr size_t kBlockQueries = 32;
-// Floats per tile of keys or values (16 KiB as f32): the rows every query block goes over while they
-// are in L1, and the unit the primitives request ahead of time.
-constexpr size_t kTileFloats = 4096;
-// Bytes of keys and values a call must stream before it is split over two threads; below this, waking
-// the helper costs more than it saves.
-constexpr size_t kSplitBytes = size_t{1} << 20;
-
-size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
-
 // Everything derived once per call, shared by both threads.
 struct Plan {
   const LayerView* view;

@@ -9,6 +9,18 @@
 
 namespace sh::cpu {
 
+// Tiling shared by dense (attention.cc) and packed (packed_attention.cc) attention.
+// Queries (rows x group) per pass over the keys in prefill: bounds the score scratch.
+constexpr size_t kBlockQueries = 32;
+// Floats per tile of keys or values (16 KiB as f32): the rows every query block goes over while they
+// are in L1, and the unit the primitives request ahead of time.
+constexpr size_t kTileFloats = 4096;
+// Bytes of keys and values a call must stream before it is split over two threads; below this, waking
+// the helper costs more than it saves.
+constexpr size_t kSplitBytes = size_t{1} << 20;
+
+inline size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
+
 // Row stride (in floats) of the padded f32 rows the attention primitives work on: the head size
 // rounded up to whole 8-float vectors, padding zeroed, so inner loops have no tails.
 inline size_t padded_dim(int32_t head_dim) { return (static_cast<size_t>(head_dim) + 7) & ~static_cast<size_t>(7); }

@@ -2,19 +2,13 @@
 // A portable version handles every shape; AVX-512 versions handle the usual ones (groups of a multiple of
 // 16 along rows, or a multiple of 16 columns for groups down columns) with the same arithmetic, so the
 // results are identical bit for bit.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#include <immintrin.h>
-#pragma GCC diagnostic pop
+#include "avx512.h"
 
 #include <algorithm>
 #include <cstring>
 
 #include "pack_simd.h"
 #include "scissorhands/pack.h"
-
-#define SH_AVX512 __attribute__((target("avx512f,avx2,fma,f16c")))
 
 namespace sh::cpu {
 namespace {

@@ -3,7 +3,7 @@
 // their values. Include only from files compiled for x86-64; every function carries its target attribute.
 #pragma once
 
-#include <immintrin.h>
+#include "avx512.h"
 
 #include <cstdint>
 #include <cstring>

@@ -5,11 +5,7 @@
 // per-group ones for values; the residual window's rows are converted from the element type), and the
 // same dot-product and accumulation primitives as dense attention run over it. No dequantised copy of the
 // cache is ever made: the memory traffic is the codes, scales and zero points.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#include <immintrin.h>
-#pragma GCC diagnostic pop
+#include "avx512.h"
 
 #include <algorithm>
 #include <cstring>
@@ -20,16 +16,8 @@
 #include "scissorhands/pack.h"
 #include "scissorhands/packed.h"
 
-#define SH_AVX512 __attribute__((target("avx512f,avx2,fma,f16c")))
-
 namespace sh::cpu {
 namespace {
-
-constexpr size_t kBlockQueries = 32;
-constexpr size_t kTileFloats = 4096;
-constexpr size_t kSplitBytes = size_t{1} << 20;
-
-size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
 
 struct Plan {
   const PackedView* view;

@@ -2,17 +2,10 @@
 // instructions per element where decode is compute-bound (f16/bf16 storage, large GQA groups). Same
 // target-attribute discipline as simd_avx2.cc. Rows are padded to 8 floats, so a row may end with half
 // a vector: those 8 lanes are loaded zero-extended.
-// GCC 12 warns on the AVX-512 header's own _mm512_undefined_* placeholders once inlined (GCC bug 105593);
-// the warnings point into the header, so they are silenced for its text only.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#include <immintrin.h>
-#pragma GCC diagnostic pop
+#include "avx512.h"
 
 #include "internal.h"
 
-#define SH_AVX512 __attribute__((target("avx512f,avx2,fma,f16c")))
 // The block kernels must be inlined into their loops for their accumulators to stay in registers.
 #define SH_INLINE inline __attribute__((always_inline))
 
