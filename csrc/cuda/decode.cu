@@ -120,6 +120,27 @@ __device__ __forceinline__ float online_softmax(float s, float& m, float& l, flo
   return w;
 }
 
+// The GT queries of group batch gb of KV head hk, row b, as lane lid of a key holds them: element
+// v * VEC + e is channel (v * LANES + lid) * VEC + e; query heads past the group are 0.
+template <int D, int GT, int VEC, int LANES>
+__device__ __forceinline__ void load_queries(const DecodeParams& p, int b, int hk, int gb, int lid, float (&q)[GT][D / LANES]) {
+  constexpr int NV = D / (VEC * LANES);
+#pragma unroll
+  for (int i = 0; i < GT; ++i) {
+    const int g = gb * GT + i;
+#pragma unroll
+    for (int v = 0; v < NV; ++v) {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) {
+        const int c = (v * LANES + lid) * VEC + e;
+        q[i][v * VEC + e] =
+            g < p.group ? load_input(p.q.data, p.q.dtype, b * p.q.row_stride + static_cast<int64_t>(hk * p.group + g) * D + c)
+                        : 0.0f;
+      }
+    }
+  }
+}
+
 template <typename T, int D, int GT>
 __global__ void __launch_bounds__(kThreads) decode_split(const DecodeParams p) {
   constexpr int VEC = 16 / static_cast<int>(sizeof(T));
@@ -154,20 +175,7 @@ __global__ void __launch_bounds__(kThreads) decode_split(const DecodeParams p) {
   const T* V = reinterpret_cast<const T*>(p.values) + head * D;
 
   float q[GT][PER];
-#pragma unroll
-  for (int i = 0; i < GT; ++i) {
-    const int g = gb * GT + i;
-#pragma unroll
-    for (int v = 0; v < NV; ++v) {
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) {
-        const int c = (v * LANES + lid) * VEC + e;
-        q[i][v * VEC + e] =
-            g < p.group ? load_input(p.q.data, p.q.dtype, b * p.q.row_stride + static_cast<int64_t>(hk * p.group + g) * D + c)
-                        : 0.0f;
-      }
-    }
-  }
+  load_queries<D, GT, VEC, LANES>(p, b, hk, gb, lid, q);
   float acc[GT][PER];
   float m[GT];
   float lsum[GT];
@@ -341,20 +349,7 @@ __global__ void __launch_bounds__(kThreads) decode_stream(const DecodeParams p) 
   float* raw_scores = p.scratch + (static_cast<size_t>(seq) * p.scratch_heads + hk * p.group + gb * GT) * p.capacity;
 
   float q[GT][PER];
-#pragma unroll
-  for (int i = 0; i < GT; ++i) {
-    const int g = gb * GT + i;
-#pragma unroll
-    for (int v = 0; v < NV; ++v) {
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) {
-        const int c = (v * LANES + lid) * VEC + e;
-        q[i][v * VEC + e] =
-            g < p.group ? load_input(p.q.data, p.q.dtype, b * p.q.row_stride + static_cast<int64_t>(hk * p.group + g) * D + c)
-                        : 0.0f;
-      }
-    }
-  }
+  load_queries<D, GT, VEC, LANES>(p, b, hk, gb, lid, q);
   float acc[GT][PER];
   float m[GT];
   float l[GT];

@@ -61,7 +61,8 @@ __device__ __forceinline__ uint32_t order_key(float x) {
   return (b & 0x80000000u) != 0 ? ~b : (b | 0x80000000u);
 }
 
-// Exclusive prefix sum over the block; *total receives the sum. Ends with a barrier.
+// Exclusive prefix sum over a block of THREADS threads; *total receives the sum. Ends with a barrier.
+template <int THREADS>
 __device__ int block_scan(int v, int* warp_sums, int* total) {
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
@@ -74,18 +75,18 @@ __device__ int block_scan(int v, int* warp_sums, int* total) {
   if (lane == 31) warp_sums[warp] = x;
   __syncthreads();
   if (warp == 0) {
-    int w = lane < kThreads / 32 ? warp_sums[lane] : 0;
+    int w = lane < THREADS / 32 ? warp_sums[lane] : 0;
 #pragma unroll
     for (int o = 1; o < 32; o <<= 1) {
       const int y = __shfl_up_sync(0xffffffffu, w, o);
       if (lane >= o) w += y;
     }
-    if (lane < kThreads / 32) warp_sums[lane] = w;
+    if (lane < THREADS / 32) warp_sums[lane] = w;
   }
   __syncthreads();
   const int before = warp == 0 ? 0 : warp_sums[warp - 1];
   const int result = before + x - v;
-  *total = warp_sums[kThreads / 32 - 1];
+  *total = warp_sums[THREADS / 32 - 1];
   __syncthreads();
   return result;
 }
@@ -194,10 +195,10 @@ __global__ void __launch_bounds__(kThreads) evict_kernel(const EvictParams p) {
     const uint32_t u = cand ? order_key(sc[j]) : 0u;
     const bool equal = cand && u == threshold;
     int equal_total = 0;
-    const int rank = carry_equal + block_scan(equal ? 1 : 0, warp_sums, &equal_total);
+    const int rank = carry_equal + block_scan<kThreads>(equal ? 1 : 0, warp_sums, &equal_total);
     const bool drop = (cand && u < threshold) || (equal && rank < need_equal);
     int drop_total = 0;
-    const int before = carry_drop + block_scan(drop ? 1 : 0, warp_sums, &drop_total);
+    const int before = carry_drop + block_scan<kThreads>(drop ? 1 : 0, warp_sums, &drop_total);
     const bool moving = in && !drop && before > 0;
     int32_t position = 0;
     float score = 0.0f;
@@ -252,7 +253,6 @@ __global__ void __launch_bounds__(kThreads) evict_kernel(const EvictParams p) {
   }
   if (tid == 0) p.lengths[slot] = n - count;
 }
-
 
 // ---- The ordered variant (the default): many blocks per head ----
 //
@@ -374,36 +374,6 @@ __global__ void __launch_bounds__(kThreads) evict_select(const OrderedParams p) 
   }
 }
 
-
-// Exclusive prefix sum over a kMoveThreads block (as block_scan).
-__device__ int move_scan(int v, int* warp_sums, int* total) {
-  const int lane = threadIdx.x & 31;
-  const int warp = threadIdx.x >> 5;
-  int x = v;
-#pragma unroll
-  for (int o = 1; o < 32; o <<= 1) {
-    const int y = __shfl_up_sync(0xffffffffu, x, o);
-    if (lane >= o) x += y;
-  }
-  if (lane == 31) warp_sums[warp] = x;
-  __syncthreads();
-  if (warp == 0) {
-    int w = lane < kMoveThreads / 32 ? warp_sums[lane] : 0;
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-      const int y = __shfl_up_sync(0xffffffffu, w, o);
-      if (lane >= o) w += y;
-    }
-    if (lane < kMoveThreads / 32) warp_sums[lane] = w;
-  }
-  __syncthreads();
-  const int before = warp == 0 ? 0 : warp_sums[warp - 1];
-  const int result = before + x - v;
-  *total = warp_sums[kMoveThreads / 32 - 1];
-  __syncthreads();
-  return result;
-}
-
 __global__ void __launch_bounds__(kMoveThreads) evict_move(const OrderedParams p) {
   extern __shared__ uint4 staging[];
   __shared__ int warp_sums[kThreads / 32];
@@ -438,9 +408,9 @@ __global__ void __launch_bounds__(kMoveThreads) evict_move(const OrderedParams p
   const uint32_t u = cand ? order_key(sc[j]) : 0u;
   const bool equal = cand && u == threshold;
   int total = 0;
-  const int rank = equal_before + move_scan(equal ? 1 : 0, warp_sums, &total);
+  const int rank = equal_before + block_scan<kMoveThreads>(equal ? 1 : 0, warp_sums, &total);
   const bool drop = (cand && u < threshold) || (equal && rank < need_equal);
-  const int before = drops_before + move_scan(drop ? 1 : 0, warp_sums, &total);
+  const int before = drops_before + block_scan<kMoveThreads>(drop ? 1 : 0, warp_sums, &total);
   const bool moving = in && !drop && before > 0;
   if (in && p.dropped != nullptr) p.dropped[head + j] = drop ? 1 : 0;
   int32_t position = 0;
@@ -501,7 +471,6 @@ __global__ void __launch_bounds__(kMoveThreads) evict_move(const OrderedParams p
     p.scores[head + j - before] = score;
   }
 }
-
 
 // Packed stores: after evict_select/evict_move compacted the per-slot state (with no key or value rows),
 // one block per head compacts what the drop flags say in the packed arrays, as compactPacked in
