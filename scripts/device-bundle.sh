@@ -5,7 +5,8 @@
 #   .device/tests/*.mjs, .device/bench/*.mjs               test/gpu and bench/gpu bundled by esbuild into
 #                                                         plain ES modules (node built-ins + the addons only)
 #   .device/node.xz                                       this machine's node binary
-# SCISSORHANDS_CUDA_ARCHS defaults to 90 here (the H100/H200 of the device machine).
+# SCISSORHANDS_CUDA_ARCHS defaults to 90 here (the H100/H200 of the device machine). SH_DEVICE_DIR names
+# another folder than .device (for a second bundle built from another worktree).
 # On the device machine (repo root):
 #   xz -dc .device/node.xz > /tmp/node && chmod +x /tmp/node
 #   mkdir -p build/Release && cp .device/build/Release/*.node build/Release/
@@ -13,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
-out=.device
+out=${SH_DEVICE_DIR:-.device}
 mkdir -p "$out/addon" "$out/build/Release" "$out/tests" "$out/bench"
 
 # 1. The addons, from a copy of the native sources.

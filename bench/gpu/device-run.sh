@@ -7,13 +7,15 @@
 # CUDA graph capture); sanitize: compute-sanitizer memcheck and racecheck on the quick subset
 # (SH_GPU_QUICK=1); bench: the PyTorch baseline then the packed-storage benchmark; decode: the dense
 # decode/compaction/overhead benchmark. Each step has its own time limit, so one hang loses one step.
+# SH_DEVICE_DIR names the bundle's folder when it is not .device.
 # Everything lands in device-out/, packed as $OUT/device-out.tgz when $OUT is set (the device tool brings
 # back only a few files).
 set -uo pipefail
+bundle=${SH_DEVICE_DIR:-.device}
 out=device-out
 mkdir -p "$out" build/Release
-xz -dc .device/node.xz > /tmp/node && chmod +x /tmp/node
-cp .device/build/Release/*.node build/Release/
+xz -dc $bundle/node.xz > /tmp/node && chmod +x /tmp/node
+cp $bundle/build/Release/*.node build/Release/
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv > "$out/gpu.txt" 2>&1
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(tests sanitize bench decode)
@@ -21,28 +23,28 @@ for step in "${steps[@]}"; do
   start=$(date +%s)
   case "$step" in
     tests)
-      timeout 300 /tmp/node --test --test-concurrency=1 .device/tests/ > "$out/tests.log" 2>&1
+      timeout 300 /tmp/node --test --test-concurrency=1 $bundle/tests/ > "$out/tests.log" 2>&1
       echo "tests: rc $? in $(( $(date +%s) - start )) s"; grep -E "^# (tests|pass|fail)" "$out/tests.log" ;;
     sanitize)
       for tool in memcheck racecheck; do
         SH_GPU_QUICK=1 timeout 240 compute-sanitizer --tool "$tool" --error-exitcode 9 /tmp/node --test --test-concurrency=1 \
-          .device/tests/packed.test.mjs .device/tests/kernels.test.mjs .device/tests/head-layout.test.mjs > "$out/sanitizer-$tool.log" 2>&1
+          $bundle/tests/packed.test.mjs $bundle/tests/kernels.test.mjs $bundle/tests/head-layout.test.mjs > "$out/sanitizer-$tool.log" 2>&1
         echo "$tool: rc $?"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|^# (pass|fail)" "$out/sanitizer-$tool.log"
       done ;;
     bench)
       PYTHONUNBUFFERED=1 timeout 200 python3 bench/gpu/torch_baseline.py > "$out/torch.json" 2> "$out/torch.err"
       echo "torch: rc $?"
-      timeout 200 /tmp/node .device/bench/packed.mjs --torch "$out/torch.json" --out "$out" > "$out/packed-bench.log" 2>&1
+      timeout 200 /tmp/node $bundle/bench/packed.mjs --torch "$out/torch.json" --out "$out" > "$out/packed-bench.log" 2>&1
       echo "packed bench: rc $?"; tail -n 15 "$out/packed-bench.log" ;;
     ncu)
       # One packed decode launch of the batch-8 case, profiled (clocks as found).
       timeout 240 ncu --clock-control none -k regex:decode_packed --launch-skip 12 --launch-count 1 \
         --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
         --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis \
-        /tmp/node .device/bench/packed.mjs --decode-only --quick --case decode.b8.h32.n4096 > "$out/ncu-packed-b8.txt" 2>&1
+        /tmp/node $bundle/bench/packed.mjs --decode-only --quick --case decode.b8.h32.n4096 > "$out/ncu-packed-b8.txt" 2>&1
       echo "ncu: rc $?"; grep -E "Duration|Memory Throughput|DRAM Throughput|Compute \(SM\) Throughput|Achieved Occupancy|Registers Per|Theoretical Occupancy|Warp Cycles Per Issued|Stall" "$out/ncu-packed-b8.txt" | head -20 ;;
     decode)
-      timeout 200 /tmp/node .device/bench/decode.mjs --torch "$out/torch.json" --out "$out" > "$out/decode-bench.log" 2>&1
+      timeout 200 /tmp/node $bundle/bench/decode.mjs --torch "$out/torch.json" --out "$out" > "$out/decode-bench.log" 2>&1
       echo "decode bench: rc $?"; tail -n 25 "$out/decode-bench.log" ;;
   esac
 done
