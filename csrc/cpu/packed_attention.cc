@@ -35,8 +35,8 @@ struct Plan {
   bool simd_values;
   // Both: codes are dequantised in registers inside the dot products and value sums (no f32 tile).
   bool fused;
-  // Fused, and the head size a multiple of the split block (16 * 8 / bits channels): codes are unpacked
-  // a whole 16-byte block at a time, lane l of sub-vector j holding channel l * (8 / bits) + j.
+  // Fused, and the head size a multiple of 16 * 8 / bits channels (16 bytes of codes): keys are scored
+  // 16 tokens at once (token lanes), values are unpacked a 16-byte block at a time (split order).
   bool split;
 };
 
@@ -50,14 +50,19 @@ struct Scratch {
   // The current key run's per-channel scales and zero points, as f32.
   float* run_scales;
   float* run_zeros;
-  // Split order (Plan::split): the queries, and the value sums of packed tokens.
-  float* q_split;
+  // Plan::split: the queries four by four, interleaved (query 4i + g's channel c at (i * d + c) * 4 + g),
+  // the same scaled by the current key run's scales, their dots with its zero points, and the value sums
+  // of packed tokens (split order).
+  float* q4;
+  float* q_run;
+  float* q_zero;
   float* acc_split;
 };
 
 size_t scratch_floats(const Plan& plan) {
   const size_t queries = plan.block_rows * plan.group;
-  return queries * (4 * plan.dp + plan.s_stride) + 2 * round_up(queries, 16) + plan.tile_tokens * plan.dp + 2 * plan.dp;
+  return queries * (3 * plan.dp + plan.s_stride) + 2 * round_up(queries, 4) * plan.dp + 3 * round_up(queries, 16) +
+         plan.tile_tokens * plan.dp + 2 * plan.dp;
 }
 
 Scratch carve(const Plan& plan, float* base) {
@@ -71,8 +76,10 @@ Scratch carve(const Plan& plan, float* base) {
   sc.tile = sc.s + queries * plan.s_stride;
   sc.run_scales = sc.tile + plan.tile_tokens * plan.dp;
   sc.run_zeros = sc.run_scales + plan.dp;
-  sc.q_split = sc.run_zeros + plan.dp;
-  sc.acc_split = sc.q_split + queries * plan.dp;
+  sc.q4 = sc.run_zeros + plan.dp;
+  sc.q_run = sc.q4 + round_up(queries, 4) * plan.dp;
+  sc.q_zero = sc.q_run + round_up(queries, 4) * plan.dp;
+  sc.acc_split = sc.q_zero + round_up(queries, 16);
   return sc;
 }
 
@@ -232,19 +239,10 @@ SH_AVX512 void key_scores_avx512(uint32_t bits, const uint8_t* codes, size_t cb,
   }
 }
 
-// ---- Split order: a 16-byte block of codes (16 * 8 / bits channels of one token) is widened to 16 lanes
-// of bytes at once; sub-vector j (shifted right by j * bits, masked) holds channels l * (8 / bits) + j. The
-// queries, key scales and zero points are laid out in that order beforehand and the value sums come back
-// in it, so that no code is moved between lanes.
-
-void to_split(const float* src, size_t d, size_t r, float* dst) {
-  const size_t k = 16 * r;
-  for (size_t b = 0; b < d; b += k) {
-    for (size_t j = 0; j < r; ++j) {
-      for (size_t l = 0; l < 16; ++l) dst[b + j * 16 + l] = src[b + l * r + j];
-    }
-  }
-}
+// ---- Split order (values): a 16-byte block of codes (16 * 8 / bits channels of one token) is widened to 16
+// lanes of bytes at once; sub-vector j (shifted right by j * bits, masked) holds channels l * (8 / bits) + j.
+// The value sums are kept in that order and put back in channel order at the end, so that no code is moved
+// between lanes.
 
 void add_from_split(const float* src, size_t d, size_t r, float* dst) {
   const size_t k = 16 * r;
@@ -280,116 +278,166 @@ SH_AVX512 SH_INLINE __m512 split_codes(__m512i bytes, int j) {
   }
 }
 
-SH_AVX512 SH_INLINE __m256 fold(__m512 v) {
-  return _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-}
+// ---- Token-lane keys (Plan::split): the scores of 16 tokens at once, lane l holding token l, so that no
+// dot product needs a horizontal sum. A packed key's score is scale * sum_c q_c (z_c + s_c code_c) =
+// scale * (sum_c (q_c s_c) code_c + sum_c q_c z_c): per run, the queries are multiplied by the run's scales
+// and dotted with its zero points once (run_queries), and each code then costs its conversion and one
+// fused multiply-add per query.
 
-// [hsum(x[0]), ..., hsum(x[7])] in hsum's tree (simd_avx512.cc's batched form).
-SH_AVX512 SH_INLINE __m256 hsum8(const __m512* x) {
-  const __m256 a = _mm256_hadd_ps(_mm256_hadd_ps(fold(x[0]), fold(x[1])), _mm256_hadd_ps(fold(x[2]), fold(x[3])));
-  const __m256 b = _mm256_hadd_ps(_mm256_hadd_ps(fold(x[4]), fold(x[5])), _mm256_hadd_ps(fold(x[6]), fold(x[7])));
-  return _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
-}
-
-template <uint32_t BITS, int TB, int GB>
-SH_AVX512 SH_INLINE void key_block_split(const uint8_t* codes, size_t cb, const float* sc, const float* zc, size_t d, const float* qs,
-                                         size_t dp, float scale, float* s, size_t s_stride, float* max) {
-  constexpr int R = 8 / BITS;
-  __m512 acc[TB * GB];
-  for (int i = 0; i < TB * GB; ++i) acc[i] = _mm512_setzero_ps();
-  for (size_t b = 0, o = 0; b < d; b += 16 * R, o += 16) {
-    __m512i bytes[TB];
-    for (int t = 0; t < TB; ++t) {
-      bytes[t] = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + static_cast<size_t>(t) * cb + o)));
+// The queries of `groups` groups of four (interleaved, Scratch::q4) scaled by a run's key scales (qr, in
+// the same layout) and dotted with its zero points (qz[4 * i + g]). Each register holds four channels of
+// four queries, so the scales and zero points are spread four times by a lookup.
+SH_AVX512 void run_queries(const float* q4, size_t groups, size_t d, const float* s, const float* z, float* qr, float* qz) {
+  const __m512i spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+  for (size_t i = 0; i < groups; ++i, q4 += 4 * d, qr += 4 * d) {
+    __m512 dz = _mm512_setzero_ps();
+    for (size_t c = 0; c < d; c += 16) {
+      const __m512 sv = _mm512_loadu_ps(s + c);
+      const __m512 zv = _mm512_loadu_ps(z + c);
+      for (int k = 0; k < 4; ++k) {
+        const __m512i idx = _mm512_add_epi32(spread, _mm512_set1_epi32(4 * k));
+        const size_t at = 4 * (c + 4 * static_cast<size_t>(k));
+        const __m512 qv = _mm512_loadu_ps(q4 + at);
+        _mm512_storeu_ps(qr + at, _mm512_mul_ps(qv, _mm512_permutexvar_ps(idx, sv)));
+        dz = _mm512_fmadd_ps(qv, _mm512_permutexvar_ps(idx, zv), dz);
+      }
     }
-    for (int j = 0; j < R; ++j) {
-      const size_t c = b + 16 * static_cast<size_t>(j);
-      const __m512 sv = _mm512_loadu_ps(sc + c);
-      const __m512 zv = _mm512_loadu_ps(zc + c);
-      __m512 qv[GB];
-      for (int g = 0; g < GB; ++g) qv[g] = _mm512_loadu_ps(qs + static_cast<size_t>(g) * dp + c);
-      for (int t = 0; t < TB; ++t) {
-        const __m512 x = _mm512_fmadd_ps(split_codes<BITS>(bytes[t], j), sv, zv);
-        for (int g = 0; g < GB; ++g) acc[g * TB + t] = _mm512_fmadd_ps(x, qv[g], acc[g * TB + t]);
+    // Lane 4k + g holds part of query g's dot: add the four 128-bit lanes.
+    dz = _mm512_add_ps(dz, _mm512_shuffle_f32x4(dz, dz, 0x4e));
+    dz = _mm512_add_ps(dz, _mm512_shuffle_f32x4(dz, dz, 0xb1));
+    _mm_storeu_ps(qz + 4 * i, _mm512_castps512_ps128(dz));
+  }
+}
+
+// The codes of m <= 16 tokens (rows cb bytes apart, cb a multiple of 16) transposed: words[w] lane l holds
+// bytes 4w .. 4w + 3 of token l (zero for l >= m). Each 16-byte block of 16 tokens is four registers of
+// four tokens (128-bit lane i of register k: token 4i + k), then a 4 x 4 transpose of 32-bit words inside
+// every 128-bit lane.
+SH_AVX512 void transpose_codes(const uint8_t* codes, size_t cb, size_t m, __m512i* words) {
+  for (size_t b = 0; b < cb; b += 16, words += 4) {
+    __m512i r[4];
+    for (size_t k = 0; k < 4; ++k) {
+      r[k] = _mm512_setzero_si512();
+      for (size_t i = 0; i < 4 && 4 * i + k < m; ++i) {
+        const __m128i row = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + (4 * i + k) * cb + b));
+        r[k] = _mm512_mask_broadcast_i32x4(r[k], static_cast<__mmask16>(0xf << (4 * i)), row);
+      }
+    }
+    const __m512i lo01 = _mm512_unpacklo_epi32(r[0], r[1]);
+    const __m512i hi01 = _mm512_unpackhi_epi32(r[0], r[1]);
+    const __m512i lo23 = _mm512_unpacklo_epi32(r[2], r[3]);
+    const __m512i hi23 = _mm512_unpackhi_epi32(r[2], r[3]);
+    words[0] = _mm512_unpacklo_epi64(lo01, lo23);
+    words[1] = _mm512_unpackhi_epi64(lo01, lo23);
+    words[2] = _mm512_unpacklo_epi64(hi01, hi23);
+    words[3] = _mm512_unpackhi_epi64(hi01, hi23);
+  }
+}
+
+// Code j of every lane's word (bits j * bits up: channel w * 32 / bits + j of word w) as floats.
+template <uint32_t BITS>
+SH_AVX512 SH_INLINE __m512 word_codes(__m512i words, int j) {
+  if constexpr (BITS == 8) {
+    const __m512i c = j == 0 ? words : _mm512_srli_epi32(words, static_cast<unsigned>(j) * 8);
+    return _mm512_cvtepi32_ps(j == 3 ? c : _mm512_and_si512(c, _mm512_set1_epi32(0xff)));
+  } else {
+    return split_codes<BITS>(words, j);
+  }
+}
+
+// Scores of m <= 16 tokens (transposed codes, nw words) against GB <= 4 run-scaled queries (one group of
+// four, interleaved): s[g * s_stride + l] = scale * (dot(qr_g, codes of token l) + qz[g]) for l < m; raises
+// max[g]. Each query sums into CH
+// accumulators (code j into j mod CH), enough independent chains to keep both FMA ports busy.
+template <uint32_t BITS, int GB>
+SH_AVX512 SH_INLINE void lane_scores(const __m512i* words, size_t nw, const float* qr, const float* qz, float scale, size_t m, float* s,
+                                     size_t s_stride, float* max) {
+  constexpr int P = 32 / BITS;
+  constexpr int CH = std::min(P, GB == 1 ? 16 : GB == 2 ? 8 : 4);
+  __m512 acc[GB][CH];
+  for (int g = 0; g < GB; ++g) {
+    for (int i = 0; i < CH; ++i) acc[g][i] = _mm512_setzero_ps();
+  }
+  for (size_t w = 0; w < nw; ++w, qr += 4 * P) {
+    const __m512i v = _mm512_load_si512(words + w);
+    for (int j = 0; j < P; ++j) {
+      const __m512 x = word_codes<BITS>(v, j);
+      for (int g = 0; g < GB; ++g) {
+        acc[g][j % CH] = _mm512_fmadd_ps(x, _mm512_set1_ps(qr[4 * j + g]), acc[g][j % CH]);
       }
     }
   }
-  float sums[TB * GB];
-  int i = 0;
-  for (; i + 8 <= TB * GB; i += 8) _mm256_storeu_ps(sums + i, _mm256_mul_ps(_mm256_set1_ps(scale), hsum8(acc + i)));
-  for (; i < TB * GB; ++i) sums[i] = scale * hsum(acc[i]);
+  const __mmask16 valid = static_cast<__mmask16>((1u << m) - 1);
   for (int g = 0; g < GB; ++g) {
-    for (int t = 0; t < TB; ++t) {
-      const float v = sums[g * TB + t];
-      s[static_cast<size_t>(g) * s_stride + static_cast<size_t>(t)] = v;
-      max[g] = v > max[g] ? v : max[g];
+    for (int width = CH / 2; width > 0; width /= 2) {
+      for (int i = 0; i < width; ++i) acc[g][i] = _mm512_add_ps(acc[g][i], acc[g][i + width]);
+    }
+    const __m512 v = _mm512_mul_ps(_mm512_set1_ps(scale), _mm512_add_ps(acc[g][0], _mm512_set1_ps(qz[g])));
+    _mm512_mask_storeu_ps(s + static_cast<size_t>(g) * s_stride, valid, v);
+    // max_ps returns its second operand when the first is NaN: NaN scores leave the maximum alone.
+    const __m512 top = _mm512_set1_ps(max[g]);
+    max[g] = _mm512_reduce_max_ps(_mm512_mask_max_ps(top, valid, v, top));
+  }
+}
+
+template <uint32_t BITS>
+SH_AVX512 void key_scores_lanes_of(const uint8_t* codes, size_t cb, size_t n, const float* qr, const float* qz, size_t nq, size_t d,
+                                   float scale, float* s, size_t s_stride, float* max) {
+  alignas(64) __m512i words[kMaxHeadDim * BITS / 32];
+  const size_t nw = cb / 4;
+  for (size_t t = 0; t < n; t += 16, codes += 16 * cb, s += 16) {
+    prefetch_token(codes + kPrefetchTokens * cb, 16 * cb);
+    const size_t m = std::min<size_t>(16, n - t);
+    transpose_codes(codes, cb, m, words);
+    size_t q = 0;
+    for (; q + 4 <= nq; q += 4) lane_scores<BITS, 4>(words, nw, qr + q * d, qz + q, scale, m, s + q * s_stride, s_stride, max + q);
+    switch (nq - q) {
+      case 3: lane_scores<BITS, 3>(words, nw, qr + q * d, qz + q, scale, m, s + q * s_stride, s_stride, max + q); break;
+      case 2: lane_scores<BITS, 2>(words, nw, qr + q * d, qz + q, scale, m, s + q * s_stride, s_stride, max + q); break;
+      case 1: lane_scores<BITS, 1>(words, nw, qr + q * d, qz + q, scale, m, s + q * s_stride, s_stride, max + q); break;
+      default: break;
     }
   }
 }
 
-template <uint32_t BITS, int GB>
-SH_AVX512 SH_INLINE void key_tokens_split(const uint8_t* codes, size_t cb, size_t n, const float* sc, const float* zc, size_t d,
-                                          const float* qs, size_t dp, float scale, float* s, size_t s_stride, float* max) {
-  size_t t = 0;
-  for (; t + 4 <= n; t += 4) {
-    prefetch_token(codes + (t + kPrefetchTokens) * cb, 4 * cb);
-    key_block_split<BITS, 4, GB>(codes + t * cb, cb, sc, zc, d, qs, dp, scale, s + t, s_stride, max);
-  }
-  for (; t < n; ++t) key_block_split<BITS, 1, GB>(codes + t * cb, cb, sc, zc, d, qs, dp, scale, s + t, s_stride, max);
-}
-
-template <uint32_t BITS>
-SH_AVX512 void key_scores_split_of(const uint8_t* codes, size_t cb, size_t n, const float* sc, const float* zc, size_t d,
-                                   const float* qs, size_t nq, size_t dp, float scale, float* s, size_t s_stride, float* max) {
-  size_t q = 0;
-  for (; q + 4 <= nq; q += 4) key_tokens_split<BITS, 4>(codes, cb, n, sc, zc, d, qs + q * dp, dp, scale, s + q * s_stride, s_stride, max + q);
-  switch (nq - q) {
-    case 3: key_tokens_split<BITS, 3>(codes, cb, n, sc, zc, d, qs + q * dp, dp, scale, s + q * s_stride, s_stride, max + q); break;
-    case 2: key_tokens_split<BITS, 2>(codes, cb, n, sc, zc, d, qs + q * dp, dp, scale, s + q * s_stride, s_stride, max + q); break;
-    case 1: key_tokens_split<BITS, 1>(codes, cb, n, sc, zc, d, qs + q * dp, dp, scale, s + q * s_stride, s_stride, max + q); break;
-    default: break;
-  }
-}
-
-SH_AVX512 void key_scores_split(uint32_t bits, const uint8_t* codes, size_t cb, size_t n, const float* sc, const float* zc, size_t d,
-                                const float* qs, size_t nq, size_t dp, float scale, float* s, size_t s_stride, float* max) {
+SH_AVX512 void key_scores_lanes(uint32_t bits, const uint8_t* codes, size_t cb, size_t n, const float* qr, const float* qz, size_t nq,
+                                size_t d, float scale, float* s, size_t s_stride, float* max) {
   switch (bits) {
-    case 2: return key_scores_split_of<2>(codes, cb, n, sc, zc, d, qs, nq, dp, scale, s, s_stride, max);
-    case 4: return key_scores_split_of<4>(codes, cb, n, sc, zc, d, qs, nq, dp, scale, s, s_stride, max);
-    default: return key_scores_split_of<8>(codes, cb, n, sc, zc, d, qs, nq, dp, scale, s, s_stride, max);
+    case 2: return key_scores_lanes_of<2>(codes, cb, n, qr, qz, nq, d, scale, s, s_stride, max);
+    case 4: return key_scores_lanes_of<4>(codes, cb, n, qr, qz, nq, d, scale, s, s_stride, max);
+    default: return key_scores_lanes_of<8>(codes, cb, n, qr, qz, nq, d, scale, s, s_stride, max);
   }
 }
 
-// Value sums of n tokens into acc (split order), one 16-byte block of channels at a time with its
-// GB x (8 / bits) accumulators in registers. The scales and zero points of a token's block: one value
-// when a group covers the block, else lane l takes group floor(l * (8 / bits) / g) of the block's.
-// Value sums of n tokens into acc (split order), NB 16-byte blocks of channels at a time (from channel b)
-// with their GB x NB x (8 / bits) accumulators in registers. The scales and zero points of a token's
-// block: one value when a group covers the block, else lane l takes group floor(l * (8 / bits) / g) of the
-// block's.
-template <uint32_t BITS, int GB, int NB>
+// Value sums of n tokens into acc (split order), NB 16-byte blocks of channels at a time (from channel b0)
+// with their GB x NB x (8 / bits) accumulators in registers. The scales and zero points of a token's block
+// (ss, zs: `groups` per token): one value when a group covers the block (UNIFORM), else lane l takes group
+// floor(l * (8 / bits) / g) of the block's (gidx).
+template <uint32_t BITS, int GB, int NB, bool UNIFORM>
 SH_AVX512 SH_INLINE void value_blocks_split(const uint8_t* codes, size_t cb, const float* ss, const float* zs, size_t groups,
-                                            size_t g_size, bool uniform, __m512i gidx, size_t n, const float* p, size_t p_stride,
-                                            size_t dp, size_t b0, float* acc) {
+                                            size_t g_size, __m512i gidx, size_t n, const float* p, size_t p_stride, size_t dp,
+                                            size_t b0, float* acc) {
   constexpr int R = 8 / BITS;
   constexpr size_t K = 16 * R;
   __m512 a[GB][NB * R];
   for (int g = 0; g < GB; ++g) {
     for (int i = 0; i < NB * R; ++i) a[g][i] = _mm512_loadu_ps(acc + static_cast<size_t>(g) * dp + b0 + 16 * static_cast<size_t>(i));
   }
-  for (size_t t = 0; t < n; ++t) {
+  // The first group of each block, found once rather than per token.
+  size_t first[NB];
+  for (int nb = 0; nb < NB; ++nb) first[nb] = (b0 + static_cast<size_t>(nb) * K) / g_size;
+  codes += b0 * BITS / 8;
+  for (size_t t = 0; t < n; ++t, codes += cb, ss += groups, zs += groups) {
     __m512 x[NB * R];
     for (int nb = 0; nb < NB; ++nb) {
-      const size_t b = b0 + static_cast<size_t>(nb) * K;
-      const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + t * cb + b * BITS / 8)));
-      const size_t at = t * groups + b / g_size;
-      if (BITS < 8 && uniform) {
+      const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + static_cast<size_t>(nb) * 16)));
+      if constexpr (BITS < 8 && UNIFORM) {
         // One group covers the block: the 16 values a code can stand for, looked up by code.
-        const __m512 table = _mm512_fmadd_ps(code_table<BITS>(), _mm512_set1_ps(ss[at]), _mm512_set1_ps(zs[at]));
+        const __m512 table = _mm512_fmadd_ps(code_table<BITS>(), _mm512_set1_ps(ss[first[nb]]), _mm512_set1_ps(zs[first[nb]]));
         for (int j = 0; j < R; ++j) x[nb * R + j] = _mm512_permutexvar_ps(split_lanes<BITS>(bytes, j), table);
       } else {
-        const __m512 sv = uniform ? _mm512_set1_ps(ss[at]) : _mm512_permutexvar_ps(gidx, _mm512_loadu_ps(ss + at));
-        const __m512 zv = uniform ? _mm512_set1_ps(zs[at]) : _mm512_permutexvar_ps(gidx, _mm512_loadu_ps(zs + at));
+        const __m512 sv = UNIFORM ? _mm512_set1_ps(ss[first[nb]]) : _mm512_permutexvar_ps(gidx, _mm512_loadu_ps(ss + first[nb]));
+        const __m512 zv = UNIFORM ? _mm512_set1_ps(zs[first[nb]]) : _mm512_permutexvar_ps(gidx, _mm512_loadu_ps(zs + first[nb]));
         for (int j = 0; j < R; ++j) x[nb * R + j] = _mm512_fmadd_ps(split_codes<BITS>(bytes, j), sv, zv);
       }
     }
@@ -403,21 +451,31 @@ SH_AVX512 SH_INLINE void value_blocks_split(const uint8_t* codes, size_t cb, con
   }
 }
 
+template <uint32_t BITS, int GB, bool UNIFORM>
+SH_AVX512 SH_INLINE void value_blocks_of(const uint8_t* codes, size_t cb, const float* ss, const float* zs, size_t groups, size_t g_size,
+                                         __m512i gidx, size_t n, const float* p, size_t p_stride, size_t d, size_t dp, float* acc) {
+  constexpr size_t K = 16 * 8 / BITS;
+  // Blocks per pass: as many as keep GB * NB * R accumulators within 16 registers (each token's weights
+  // are broadcast once per pass).
+  constexpr int NB = GB * (8 / BITS) * 2 <= 16 ? 2 : 1;
+  size_t b = 0;
+  for (; b + NB * K <= d; b += NB * K) {
+    value_blocks_split<BITS, GB, NB, UNIFORM>(codes, cb, ss, zs, groups, g_size, gidx, n, p, p_stride, dp, b, acc);
+  }
+  for (; b < d; b += K) value_blocks_split<BITS, GB, 1, UNIFORM>(codes, cb, ss, zs, groups, g_size, gidx, n, p, p_stride, dp, b, acc);
+}
+
 template <uint32_t BITS, int GB>
 SH_AVX512 SH_INLINE void value_queries_split(const uint8_t* codes, size_t cb, const float* ss, const float* zs, size_t groups,
                                              size_t g_size, size_t n, const float* p, size_t p_stride, size_t d, size_t dp, float* acc) {
   constexpr int R = 8 / BITS;
-  constexpr size_t K = 16 * R;
-  // Blocks per pass: as many as keep GB * NB * R accumulators within 16 registers (each token's weights
-  // are broadcast once per pass).
-  constexpr int NB = GB * R * 2 <= 16 ? 2 : 1;
-  const bool uniform = g_size % K == 0;
+  if (g_size % (16 * R) == 0) {
+    value_blocks_of<BITS, GB, true>(codes, cb, ss, zs, groups, g_size, _mm512_setzero_si512(), n, p, p_stride, d, dp, acc);
+    return;
+  }
   alignas(64) int32_t lanes[16];
   for (int l = 0; l < 16; ++l) lanes[l] = static_cast<int32_t>(static_cast<size_t>(l * R) / g_size);
-  const __m512i gidx = _mm512_load_si512(lanes);
-  size_t b = 0;
-  for (; b + NB * K <= d; b += NB * K) value_blocks_split<BITS, GB, NB>(codes, cb, ss, zs, groups, g_size, uniform, gidx, n, p, p_stride, dp, b, acc);
-  for (; b < d; b += K) value_blocks_split<BITS, GB, 1>(codes, cb, ss, zs, groups, g_size, uniform, gidx, n, p, p_stride, dp, b, acc);
+  value_blocks_of<BITS, GB, false>(codes, cb, ss, zs, groups, g_size, _mm512_load_si512(lanes), n, p, p_stride, d, dp, acc);
 }
 
 template <uint32_t BITS>
@@ -641,19 +699,13 @@ void tile_scores(const Plan& plan, const Scratch& sc, int32_t head, size_t t0, s
       cursor->start = cursor->end;
       cursor->end += static_cast<size_t>(view.run_lengths[view.run_base(i) + static_cast<size_t>(cursor->run)]);
       const size_t entry = (view.run_base(i) + static_cast<size_t>(cursor->run)) * d;
-      if (plan.split) {
-        // Natural order into the tile's room (unused by packed keys), then split order.
-        run_parameters_avx512(view.key_scales + entry, view.key_zeros + entry, d, sc.tile, sc.tile + plan.dp);
-        to_split(sc.tile, d, 8 / view.bits, sc.run_scales);
-        to_split(sc.tile + plan.dp, d, 8 / view.bits, sc.run_zeros);
-      } else {
-        run_parameters_avx512(view.key_scales + entry, view.key_zeros + entry, d, sc.run_scales, sc.run_zeros);
-      }
+      run_parameters_avx512(view.key_scales + entry, view.key_zeros + entry, d, sc.run_scales, sc.run_zeros);
+      if (plan.split) run_queries(sc.q4, (queries + 3) / 4, d, sc.run_scales, sc.run_zeros, sc.q_run, sc.q_zero);
     }
     const size_t n = std::min(stop, cursor->end) - t;
     if (plan.split) {
-      key_scores_split(view.bits, view.key_codes + (pb + t) * cb, cb, n, sc.run_scales, sc.run_zeros, d, sc.q_split, queries, plan.dp,
-                       plan.args->scale, sc.s + t, plan.s_stride, sc.max);
+      key_scores_lanes(view.bits, view.key_codes + (pb + t) * cb, cb, n, sc.q_run, sc.q_zero, queries, d, plan.args->scale,
+                       sc.s + t, plan.s_stride, sc.max);
     } else {
       key_scores_avx512(view.bits, view.key_codes + (pb + t) * cb, cb, n, sc.run_scales, sc.run_zeros, d, sc.q, queries, plan.dp,
                         plan.args->scale, sc.s + t, plan.s_stride, sc.max);
@@ -713,6 +765,16 @@ void load_queries(const Plan& plan, int32_t head, int32_t r0, int32_t r1, float*
   }
 }
 
+// The queries (dp floats apart) four by four, interleaved (Scratch::q4); a last group of fewer than four is
+// padded with zeros.
+void interleave_queries(const float* q, size_t nq, size_t d, size_t dp, float* q4) {
+  std::fill(q4, q4 + round_up(nq, 4) * d, 0.0f);
+  for (size_t g = 0; g < nq; ++g) {
+    float* dst = q4 + (g / 4) * 4 * d + g % 4;
+    for (size_t c = 0; c < d; ++c) dst[4 * c] = q[g * dp + c];
+  }
+}
+
 void store_outputs(const Plan& plan, int32_t head, int32_t r0, int32_t r1, const float* acc, const float* inv) {
   const LayerView& view = plan.view->base;
   const AttentionArgs& args = *plan.args;
@@ -752,9 +814,7 @@ void attend_head(const Plan& plan, const Scratch& sc, int32_t head) {
     };
 
     load_queries(plan, head, b0, b1, sc.q);
-    if (plan.split) {
-      for (size_t q = 0; q < queries; ++q) to_split(sc.q + q * dp, static_cast<size_t>(view.head_dim), 8 / plan.view->bits, sc.q_split + q * dp);
-    }
+    if (plan.split) interleave_queries(sc.q, queries, static_cast<size_t>(view.head_dim), dp, sc.q4);
     std::fill(sc.max, sc.max + queries, -std::numeric_limits<float>::infinity());
     RunCursor cursor{-1, 0, 0};
     for (size_t t0 = 0; t0 < n_max; t0 += plan.tile_tokens) {
