@@ -360,6 +360,8 @@ SH_AVX512 SH_INLINE void lane_scores(const __m512i* words, size_t nw, const floa
   }
   for (size_t w = 0; w < nw; ++w, qr += 4 * P) {
     const __m512i v = _mm512_load_si512(words + w);
+    // Unrolled whatever P is, so that the accumulators stay in registers.
+#pragma GCC unroll 16
     for (int j = 0; j < P; ++j) {
       const __m512 x = word_codes<BITS>(v, j);
       for (int g = 0; g < GB; ++g) {
@@ -473,9 +475,11 @@ SH_AVX512 SH_INLINE void value_queries_split(const uint8_t* codes, size_t cb, co
     value_blocks_of<BITS, GB, true>(codes, cb, ss, zs, groups, g_size, _mm512_setzero_si512(), n, p, p_stride, d, dp, acc);
     return;
   }
-  alignas(64) int32_t lanes[16];
-  for (int l = 0; l < 16; ++l) lanes[l] = static_cast<int32_t>(static_cast<size_t>(l * R) / g_size);
-  value_blocks_of<BITS, GB, false>(codes, cb, ss, zs, groups, g_size, _mm512_load_si512(lanes), n, p, p_stride, d, dp, acc);
+  // Lane l's group in its block, floor(l * R / g_size), by a float division: exact for these small
+  // integers (a quotient that is not whole is at least 1 / g_size away from one).
+  const __m512 first = _mm512_mul_ps(_mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_ps(R));
+  const __m512i gidx = _mm512_cvttps_epi32(_mm512_div_ps(first, _mm512_set1_ps(static_cast<float>(g_size))));
+  value_blocks_of<BITS, GB, false>(codes, cb, ss, zs, groups, g_size, gidx, n, p, p_stride, d, dp, acc);
 }
 
 template <uint32_t BITS>
