@@ -57,11 +57,14 @@ struct Scratch {
   float* q_run;
   float* q_zero;
   float* acc_split;
+  // Plan::split: each query's largest packed score so far per token lane (16 floats a query), folded
+  // into max once the keys are done rather than after every 16 tokens.
+  float* lane_max;
 };
 
 size_t scratch_floats(const Plan& plan) {
   const size_t queries = plan.block_rows * plan.group;
-  return queries * (3 * plan.dp + plan.s_stride) + 2 * round_up(queries, 4) * plan.dp + 3 * round_up(queries, 16) +
+  return queries * (3 * plan.dp + plan.s_stride + 16) + 2 * round_up(queries, 4) * plan.dp + 3 * round_up(queries, 16) +
          plan.tile_tokens * plan.dp + 2 * plan.dp;
 }
 
@@ -80,6 +83,7 @@ Scratch carve(const Plan& plan, float* base) {
   sc.q_run = sc.q4 + round_up(queries, 4) * plan.dp;
   sc.q_zero = sc.q_run + round_up(queries, 4) * plan.dp;
   sc.acc_split = sc.q_zero + round_up(queries, 16);
+  sc.lane_max = sc.acc_split + queries * plan.dp;
   return sc;
 }
 
@@ -347,11 +351,11 @@ SH_AVX512 SH_INLINE __m512 word_codes(__m512i words, int j) {
 
 // Scores of m <= 16 tokens (transposed codes, nw words) against GB <= 4 run-scaled queries (one group of
 // four, interleaved): s[g * s_stride + l] = scale * (dot(qr_g, codes of token l) + qz[g]) for l < m; raises
-// max[g]. Each query sums into CH
+// lane l of lane_max[g * 16 ..] to it. Each query sums into CH
 // accumulators (code j into j mod CH), enough independent chains to keep both FMA ports busy.
 template <uint32_t BITS, int GB>
 SH_AVX512 SH_INLINE void lane_scores(const __m512i* words, size_t nw, const float* qr, const float* qz, float scale, size_t m, float* s,
-                                     size_t s_stride, float* max) {
+                                     size_t s_stride, float* lane_max) {
   constexpr int P = 32 / BITS;
   constexpr int CH = std::min(P, GB == 1 ? 16 : GB == 2 ? 8 : 4);
   __m512 acc[GB][CH];
@@ -377,14 +381,14 @@ SH_AVX512 SH_INLINE void lane_scores(const __m512i* words, size_t nw, const floa
     const __m512 v = _mm512_mul_ps(_mm512_set1_ps(scale), _mm512_add_ps(acc[g][0], _mm512_set1_ps(qz[g])));
     _mm512_mask_storeu_ps(s + static_cast<size_t>(g) * s_stride, valid, v);
     // max_ps returns its second operand when the first is NaN: NaN scores leave the maximum alone.
-    const __m512 top = _mm512_set1_ps(max[g]);
-    max[g] = _mm512_reduce_max_ps(_mm512_mask_max_ps(top, valid, v, top));
+    float* top = lane_max + 16 * static_cast<size_t>(g);
+    _mm512_storeu_ps(top, _mm512_mask_max_ps(_mm512_loadu_ps(top), valid, v, _mm512_loadu_ps(top)));
   }
 }
 
 template <uint32_t BITS>
 SH_AVX512 void key_scores_lanes_of(const uint8_t* codes, size_t cb, size_t n, const float* qr, const float* qz, size_t nq, size_t d,
-                                   float scale, float* s, size_t s_stride, float* max) {
+                                   float scale, float* s, size_t s_stride, float* lane_max) {
   alignas(64) __m512i words[kMaxHeadDim * BITS / 32];
   const size_t nw = cb / 4;
   for (size_t t = 0; t < n; t += 16, codes += 16 * cb, s += 16) {
@@ -392,23 +396,28 @@ SH_AVX512 void key_scores_lanes_of(const uint8_t* codes, size_t cb, size_t n, co
     const size_t m = std::min<size_t>(16, n - t);
     transpose_codes(codes, cb, m, words);
     size_t q = 0;
-    for (; q + 4 <= nq; q += 4) lane_scores<BITS, 4>(words, nw, qr + q * d, qz + q, scale, m, s + q * s_stride, s_stride, max + q);
+    for (; q + 4 <= nq; q += 4) lane_scores<BITS, 4>(words, nw, qr + q * d, qz + q, scale, m, s + q * s_stride, s_stride, lane_max + 16 * q);
     switch (nq - q) {
-      case 3: lane_scores<BITS, 3>(words, nw, qr + q * d, qz + q, scale, m, s + q * s_stride, s_stride, max + q); break;
-      case 2: lane_scores<BITS, 2>(words, nw, qr + q * d, qz + q, scale, m, s + q * s_stride, s_stride, max + q); break;
-      case 1: lane_scores<BITS, 1>(words, nw, qr + q * d, qz + q, scale, m, s + q * s_stride, s_stride, max + q); break;
+      case 3: lane_scores<BITS, 3>(words, nw, qr + q * d, qz + q, scale, m, s + q * s_stride, s_stride, lane_max + 16 * q); break;
+      case 2: lane_scores<BITS, 2>(words, nw, qr + q * d, qz + q, scale, m, s + q * s_stride, s_stride, lane_max + 16 * q); break;
+      case 1: lane_scores<BITS, 1>(words, nw, qr + q * d, qz + q, scale, m, s + q * s_stride, s_stride, lane_max + 16 * q); break;
       default: break;
     }
   }
 }
 
 SH_AVX512 void key_scores_lanes(uint32_t bits, const uint8_t* codes, size_t cb, size_t n, const float* qr, const float* qz, size_t nq,
-                                size_t d, float scale, float* s, size_t s_stride, float* max) {
+                                size_t d, float scale, float* s, size_t s_stride, float* lane_max) {
   switch (bits) {
-    case 2: return key_scores_lanes_of<2>(codes, cb, n, qr, qz, nq, d, scale, s, s_stride, max);
-    case 4: return key_scores_lanes_of<4>(codes, cb, n, qr, qz, nq, d, scale, s, s_stride, max);
-    default: return key_scores_lanes_of<8>(codes, cb, n, qr, qz, nq, d, scale, s, s_stride, max);
+    case 2: return key_scores_lanes_of<2>(codes, cb, n, qr, qz, nq, d, scale, s, s_stride, lane_max);
+    case 4: return key_scores_lanes_of<4>(codes, cb, n, qr, qz, nq, d, scale, s, s_stride, lane_max);
+    default: return key_scores_lanes_of<8>(codes, cb, n, qr, qz, nq, d, scale, s, s_stride, lane_max);
   }
+}
+
+// Raises max[q] to the largest of query q's lane maxima (16 floats a query), for q < nq.
+SH_AVX512 void fold_lane_max(const float* lane_max, size_t nq, float* max) {
+  for (size_t q = 0; q < nq; ++q) max[q] = std::max(max[q], _mm512_reduce_max_ps(_mm512_loadu_ps(lane_max + 16 * q)));
 }
 
 // Value sums of n tokens into acc (split order), NB 16-byte blocks of channels at a time (from channel b0)
@@ -709,7 +718,7 @@ void tile_scores(const Plan& plan, const Scratch& sc, int32_t head, size_t t0, s
     const size_t n = std::min(stop, cursor->end) - t;
     if (plan.split) {
       key_scores_lanes(view.bits, view.key_codes + (pb + t) * cb, cb, n, sc.q_run, sc.q_zero, queries, d, plan.args->scale,
-                       sc.s + t, plan.s_stride, sc.max);
+                       sc.s + t, plan.s_stride, sc.lane_max);
     } else {
       key_scores_avx512(view.bits, view.key_codes + (pb + t) * cb, cb, n, sc.run_scales, sc.run_zeros, d, sc.q, queries, plan.dp,
                         plan.args->scale, sc.s + t, plan.s_stride, sc.max);
@@ -820,6 +829,7 @@ void attend_head(const Plan& plan, const Scratch& sc, int32_t head) {
     load_queries(plan, head, b0, b1, sc.q);
     if (plan.split) interleave_queries(sc.q, queries, static_cast<size_t>(view.head_dim), dp, sc.q4);
     std::fill(sc.max, sc.max + queries, -std::numeric_limits<float>::infinity());
+    if (plan.split) std::fill(sc.lane_max, sc.lane_max + 16 * queries, -std::numeric_limits<float>::infinity());
     RunCursor cursor{-1, 0, 0};
     for (size_t t0 = 0; t0 < n_max; t0 += plan.tile_tokens) {
       const size_t nt = std::min(plan.tile_tokens, n_max - t0);
@@ -829,6 +839,7 @@ void attend_head(const Plan& plan, const Scratch& sc, int32_t head) {
         prims.dots(tile_rows(plan, sc, head, t0, nt, &cursor), nt, sc.q, queries, dp, args.scale, sc.s + t0, plan.s_stride, sc.max);
       }
     }
+    if (plan.split) fold_lane_max(sc.lane_max, queries, sc.max);
     for (size_t q = 0; q < queries; ++q) {
       float* row = sc.s + q * plan.s_stride;
       const size_t n = attended(q);
