@@ -58,15 +58,9 @@ SH_AVX512 SH_INLINE __m512 exp_nonpositive(__m512 x) {
   y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(5.0000001201e-1f));
   y = _mm512_fmadd_ps(y, _mm512_mul_ps(x, x), x);
   y = _mm512_add_ps(y, _mm512_set1_ps(1.0f));
-  // y * 2^n, subnormal results from an integer conversion (see simd_avx2.cc).
-  // Each product only in its own lanes (masked-off lanes are not computed); a NaN lane takes the normal path.
-  const __m512i ni = _mm512_cvtps_epi32(n);
-  const __mmask16 tiny = _mm512_cmplt_epi32_mask(ni, _mm512_set1_epi32(-125)) & _mm512_cmp_ps_mask(n, n, _CMP_ORD_Q);
-  const __m512 pow2n = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(ni, _mm512_set1_epi32(127)), 23));
-  const __m512 pow2sub = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(ni, _mm512_set1_epi32(127 + 149)), 23));
-  const __m512 normal = _mm512_maskz_mul_ps(static_cast<__mmask16>(~tiny), y, pow2n);
-  const __m512 sub = _mm512_castsi512_ps(_mm512_cvtps_epi32(_mm512_maskz_mul_ps(tiny, y, pow2sub)));
-  return _mm512_maskz_mov_ps(static_cast<__mmask16>(~underflow), _mm512_mask_blend_ps(tiny, normal, sub));
+  // y * 2^n rounded once, to nearest even, subnormal results included: the same bits as the AVX2 path's
+  // product and integer conversion (simd_avx2.cc), in one instruction.
+  return _mm512_maskz_scalef_ps(static_cast<__mmask16>(~underflow), y, n);
 }
 
 // Sixteen elements of a stored row decoded to f32 (HALF: eight, the upper lanes zero).
