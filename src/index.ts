@@ -28,6 +28,9 @@ export type { Backend, LayerStore, LayerStoreSpec, AttentionSpec, HeadView, Head
 export { backendInfo, type BackendInfo, type BackendName } from './backend/select.js';
 export { createReferenceBackend } from './backend/reference.js';
 export { createCpuBackend } from './backend/cpu.js';
-export { createCudaBackend, copyStoreToHost, copyStoreToDevice, type CudaBackend, type CudaBackendOptions, type CudaLayerStore, type CudaArray } from './backend/cuda.js';
+export {
+  createCudaBackend, copyStoreToHost, copyStoreToDevice, type CudaBackend, type CudaBackendOptions, type CudaLayerStore, type CudaArray,
+  type DeviceByteLedger,
+} from './backend/cuda.js';
 export { DeviceTensor, isDeviceTensor, type WrapOptions } from './backend/device-tensor.js';
 export type { CacheArray } from './cache/kv-cache.js';

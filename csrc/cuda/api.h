@@ -179,6 +179,19 @@ Result evict(const Store& store, const int32_t* seqs, int32_t batch, int32_t len
              int32_t recent, EvictScope scope, void* stream);
 Result clear(const Store& store, int32_t seq, void* stream);
 
+// The byte ledger of a packed KVCache (docs/cuda.md "Packed storage through KVCache"): int64 words, first
+// the totals (kLedgerKvBytes, kLedgerTokens, kLedgerPeak: the largest kv bytes + tokens * meta_per_token
+// so far), then per entry (the cache's layer * maxSequences + seq) its kv bytes and tokens as last counted.
+// account_packed recounts entry `entry` from what seq holds in a packed store now (src/backend/packed-store.ts
+// packedKvBytesUsed: packed tokens, runs in use, residual rows) and moves the totals and the peak with it:
+// one block on the stream after the kernels that changed the counts (graph-capturable; the caller orders
+// every update of a ledger on one stream).
+constexpr int32_t kLedgerKvBytes = 0;
+constexpr int32_t kLedgerTokens = 1;
+constexpr int32_t kLedgerPeak = 2;
+constexpr int32_t kLedgerHeader = 3;
+Result account_packed(const Store& store, int32_t seq, int64_t* ledger, int32_t entry, int64_t meta_per_token, void* stream);
+
 // Per-head layouts and prompt compression (docs/semantics.md "Per-head layout", "Prompt compression").
 // Each takes host arrays of kvHeads ints, copies them to the store's head_args and launches on the
 // stream (not graph-capturable: the prompt path only). evict_heads drops counts[h] tokens of head h of

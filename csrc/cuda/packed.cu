@@ -4,6 +4,9 @@
 // and their values per token, merging the two thinnest neighbouring runs first when the run table is
 // full, exactly as src/backend/packed-store.ts does. Every block first checks every input of the call,
 // so a key or value that cannot be packed leaves every head unchanged (kErrorUnpackable).
+// Also the byte ledger of a packed KVCache (api.h account_packed): the counts it depends on (tokens packed,
+// runs in use) change in the append and eviction kernels, so the bytes are counted on the device too, by
+// one warp per (layer, sequence) after those kernels in stream order; no host copy until stats() reads it.
 #include "packing.cuh"
 
 namespace sh::cuda {
@@ -307,6 +310,48 @@ __global__ void rebuild_index_kernel(const PackedArgs p) {
   rebuild_slot_runs(p, blockIdx.x);
 }
 
+struct AccountParams {
+  const int32_t* lengths;
+  const int32_t* packed;
+  const int32_t* runs;
+  int64_t* ledger;
+  int32_t seq;
+  int32_t kv_heads;
+  int32_t entry;
+  // Bytes of a packed token (key and value codes, value scales and zero points), of a run's table entry
+  // (per-channel key scales and zero points, length and generation) and of a residual token (two rows).
+  int64_t per_packed;
+  int64_t per_run;
+  int64_t per_residual;
+  int64_t meta_per_token;
+};
+
+__global__ void __launch_bounds__(32) account_kernel(const AccountParams p) {
+  int64_t bytes = 0;
+  int64_t tokens = 0;
+  for (int h = threadIdx.x; h < p.kv_heads; h += 32) {
+    const size_t i = static_cast<size_t>(p.seq) * p.kv_heads + h;
+    const int64_t n = p.lengths[i];
+    const int64_t packed = p.packed[i];
+    bytes += packed * p.per_packed + p.runs[i] * p.per_run + (n - packed) * p.per_residual;
+    tokens += n;
+  }
+  for (int offset = 16; offset > 0; offset /= 2) {
+    bytes += __shfl_down_sync(0xffffffffu, bytes, offset);
+    tokens += __shfl_down_sync(0xffffffffu, tokens, offset);
+  }
+  if (threadIdx.x != 0) return;
+  int64_t* entry = p.ledger + kLedgerHeader + 2 * static_cast<size_t>(p.entry);
+  const int64_t kv = p.ledger[kLedgerKvBytes] + bytes - entry[0];
+  const int64_t kept = p.ledger[kLedgerTokens] + tokens - entry[1];
+  entry[0] = bytes;
+  entry[1] = tokens;
+  p.ledger[kLedgerKvBytes] = kv;
+  p.ledger[kLedgerTokens] = kept;
+  const int64_t used = kv + kept * p.meta_per_token;
+  if (used > p.ledger[kLedgerPeak]) p.ledger[kLedgerPeak] = used;
+}
+
 }  // namespace
 
 Result append_packed(const Store& store, int32_t seq, Tensor k, Tensor v, int32_t count, int32_t first_position,
@@ -351,6 +396,26 @@ Result rebuild_packed_index(const Store& store, void* stream) {
   const unsigned heads = static_cast<unsigned>(store.spec.max_sequences * store.spec.kv_heads);
   rebuild_index_kernel<<<heads, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(packed_args(store));
   return launched("rebuild_packed_index");
+}
+
+Result account_packed(const Store& store, int32_t seq, int64_t* ledger, int32_t entry, int64_t meta_per_token, void* stream) {
+  const StoreSpec& s = store.spec;
+  if (s.bits == 0 || seq < 0 || seq >= s.max_sequences || entry < 0 || meta_per_token < 0) return Result{Status::Argument, 0, "account"};
+  const int64_t d = s.head_dim;
+  AccountParams p{};
+  p.lengths = store.lengths;
+  p.packed = store.packed.packed;
+  p.runs = store.packed.runs;
+  p.ledger = ledger;
+  p.seq = seq;
+  p.kv_heads = s.kv_heads;
+  p.entry = entry;
+  p.per_packed = 2 * (d * s.bits / 8) + 4 * (d / s.group_size);
+  p.per_run = 4 * d + 5;
+  p.per_residual = static_cast<int64_t>(2 * row_bytes(s));
+  p.meta_per_token = meta_per_token;
+  account_kernel<<<1, 32, 0, static_cast<cudaStream_t>(stream)>>>(p);
+  return launched("account_packed");
 }
 
 }  // namespace sh::cuda

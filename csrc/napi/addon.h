@@ -82,6 +82,7 @@ class Addon : public Napi::Addon<Addon> {
   Napi::Value CudaObserve(const Napi::CallbackInfo& info);
   Napi::Value CudaEvict(const Napi::CallbackInfo& info);
   Napi::Value CudaClear(const Napi::CallbackInfo& info);
+  Napi::Value CudaAccountPacked(const Napi::CallbackInfo& info);
   Napi::Value CudaEvictHeads(const Napi::CallbackInfo& info);
   Napi::Value CudaRelayout(const Napi::CallbackInfo& info);
   Napi::Value CudaPoolScores(const Napi::CallbackInfo& info);

@@ -183,6 +183,7 @@ void Addon::DefineCuda(Napi::Object exports) {
                                 InstanceMethod("cudaObserve", &Addon::CudaObserve, napi_enumerable),
                                 InstanceMethod("cudaEvict", &Addon::CudaEvict, napi_enumerable),
                                 InstanceMethod("cudaClear", &Addon::CudaClear, napi_enumerable),
+                                InstanceMethod("cudaAccountPacked", &Addon::CudaAccountPacked, napi_enumerable),
                                 InstanceMethod("cudaEvictHeads", &Addon::CudaEvictHeads, napi_enumerable),
                                 InstanceMethod("cudaRelayout", &Addon::CudaRelayout, napi_enumerable),
                                 InstanceMethod("cudaPoolScores", &Addon::CudaPoolScores, napi_enumerable),
@@ -587,6 +588,21 @@ Napi::Value Addon::CudaClear(const Napi::CallbackInfo& info) {
   const cuda::Store& store = store_arg(args, 0);
   const int32_t seq = static_cast<int32_t>(args.integer(1, "seq", 0, store.spec.max_sequences - 1));
   check_result(args, cuda::clear(store, seq, stream_arg(args, 2)));
+  return info.Env().Undefined();
+}
+
+// cudaAccountPacked(store, seq, ledger, entry, entries, metaPerToken, stream): `ledger` is the caller's device
+// allocation of kLedgerHeader + 2 * entries int64 words.
+Napi::Value Addon::CudaAccountPacked(const Napi::CallbackInfo& info) {
+  const Args args(*this, info);
+  const cuda::Store& store = store_arg(args, 0);
+  if (store.spec.bits == 0) args.fail(kArgument, "store", "the byte ledger counts packed stores only");
+  const int32_t seq = static_cast<int32_t>(args.integer(1, "seq", 0, store.spec.max_sequences - 1));
+  int64_t* ledger = static_cast<int64_t*>(as_ptr(args.pointer(2, "ledger", false)));
+  const int64_t entries = args.integer(4, "entries", 1, INT32_MAX);
+  const int32_t entry = static_cast<int32_t>(args.integer(3, "entry", 0, entries - 1));
+  const int64_t meta = args.integer(5, "metaPerToken", 0, INT32_MAX);
+  check_result(args, cuda::account_packed(store, seq, ledger, entry, meta, stream_arg(args, 6)));
   return info.Env().Undefined();
 }
 

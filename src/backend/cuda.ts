@@ -4,7 +4,8 @@
  * memory) used in place on the backend's stream, or host arrays, which are copied (and wait for the
  * device) so that code written for the CPU backends runs unchanged. Built-in trackers run inside the
  * kernels; TypeScript (custom) trackers are not supported on this backend yet. Packed storage
- * (`docs/packing.md`) is: the store's packed arrays live on the device in the `PackedStore` layout.
+ * (`docs/packing.md`) is: the store's packed arrays live on the device in the `PackedStore` layout, and a
+ * {@link DeviceByteLedger} counts the bytes they hold for a `KVCache`.
  *
  * Each store keeps a host mirror of its lengths and clocks, and of its per-head layout (`heads`) when it has
  * one (the cache plans evictions and relayouts from it without reading the device); the kernels keep the
@@ -71,6 +72,27 @@ export interface DevicePacked {
   readonly zeros: bigint;
 }
 
+/**
+ * Exact bytes of keys and values that packed device stores hold, counted on the device, where the kernels
+ * change the counts they depend on (tokens packed, key runs in use): what a packed `KVCache` on this
+ * backend reports in `stats()` (docs/cuda.md, "Packed storage through KVCache"). Per entry (the cache's
+ * `layer * maxSequences + seq`) it keeps the bytes and tokens last counted, with their totals and the
+ * largest `bytes + tokens * metaPerToken` so far. Made by {@link CudaBackend.createLedger}; freed with the
+ * backend.
+ */
+export interface DeviceByteLedger {
+  /** Device bytes the ledger holds. */
+  readonly bytes: number;
+  /**
+   * Queues on the backend's stream, after the work already queued, the recount of entry `entry` from what
+   * `seq` holds in the packed `store` now (the formula of `packedKvBytesUsed`), and the update of the totals
+   * and the peak. Neither allocates nor synchronises, so it can be captured in a CUDA graph.
+   */
+  account(store: LayerStore, seq: number, entry: number): void;
+  /** The totals now (waits for the stream): bytes of keys and values, tokens, and the peak of their bytesUsed. */
+  read(): { kvBytes: number; tokens: number; peakBytesUsed: number };
+}
+
 /** The CUDA backend: the {@link Backend} table plus stream control and batched decode. */
 export interface CudaBackend extends Backend {
   readonly name: 'cuda';
@@ -94,6 +116,11 @@ export interface CudaBackend extends Backend {
    * `stats()` count the arrays only, as on the host backends.
    */
   deviceBytes(store: LayerStore): number;
+  /**
+   * A zeroed {@link DeviceByteLedger} of `entries` entries whose peak counts `metaPerToken` bytes per kept
+   * token beside the keys and values (allocates and waits: create it with the cache, not on the decode path).
+   */
+  createLedger(entries: number, metaPerToken: number): DeviceByteLedger;
   /**
    * Reads and clears the store's device error flags (waits for the stream): 0 when every kernel found its
    * preconditions (1 no room, 2 bad length, 4 too few candidates, 8 an unpackable key or value).
@@ -129,6 +156,9 @@ function packShape(options: PackOptions, length: number): { rows: number; cols: 
   if (rows * cols !== length) throw new ShapeError(`expected ${rows * cols} elements, got ${length}`, 'input');
   return { rows, cols, bits: formatBits(format), axis, groupSize };
 }
+
+/** int64 words of totals before a byte ledger's entries (csrc/cuda/api.h kLedgerHeader). */
+const LEDGER_HEADER = 3;
 
 const EMPTY_U8 = new Uint8Array(0);
 const EMPTY_I32 = new Int32Array(0);
@@ -174,6 +204,8 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
   /** Device staging for host-array inputs and outputs, by role; grown on demand. */
   const staging = new Map<string, { ptr: bigint; bytes: number }>();
   const one = new Int32Array(1);
+  /** Device allocations of the ledgers made, freed with the backend. */
+  const ledgers = new Set<bigint>();
 
   function live(): RawCudaBinding {
     if (native === undefined) throw new DisposedError('the cuda backend');
@@ -566,6 +598,31 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
       binding.cudaRestartState(device.native, seq, flags, tracker.kernel!.window, tracker.kernel!.seed, stream);
     },
 
+    createLedger(entries: number, metaPerToken: number): DeviceByteLedger {
+      const binding = live();
+      checkInt(entries, 'entries', 1, 2 ** 31 - 1);
+      checkInt(metaPerToken, 'metaPerToken', 0, 2 ** 31 - 1);
+      // int64 words: the totals, then bytes and tokens per entry (csrc/cuda/api.h account_packed).
+      const bytes = 8 * (LEDGER_HEADER + 2 * entries);
+      const ptr = binding.cudaMalloc(bytes);
+      ledgers.add(ptr);
+      binding.cudaMemset(ptr, 0, bytes, stream);
+      binding.cudaSynchronize(stream);
+      const totals = new BigInt64Array(LEDGER_HEADER);
+      return {
+        bytes,
+        account(store: LayerStore, seq: number, entry: number): void {
+          const device = deviceOf(store);
+          if (device.storage === undefined) throw new ArgumentError('the byte ledger counts packed stores only', 'store');
+          live().cudaAccountPacked(device.native, checkSeq(store, seq), ptr, entry, entries, metaPerToken, stream);
+        },
+        read(): { kvBytes: number; tokens: number; peakBytesUsed: number } {
+          live().cudaDownload(totals, ptr, stream);
+          return { kvBytes: Number(totals[0]), tokens: Number(totals[1]), peakBytesUsed: Number(totals[2]) };
+        },
+      };
+    },
+
     errors(store: LayerStore): number {
       const device = deviceOf(store);
       const flags = new Int32Array(1);
@@ -618,8 +675,10 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
       } finally {
         for (const handle of stores) binding.cudaStoreDestroy(handle);
         for (const buffer of staging.values()) binding.cudaFree(buffer.ptr);
+        for (const ptr of ledgers) binding.cudaFree(ptr);
         stores.clear();
         staging.clear();
+        ledgers.clear();
         native = undefined;
       }
     },

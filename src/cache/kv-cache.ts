@@ -7,7 +7,7 @@ import type { Backend, HeadInspection, HeadView, LayerStore } from '../backend/b
 import { selectBackend } from '../backend/select.js';
 import { Lifetime } from '../core/disposable.js';
 import { type DType, type HostArray, bytesPerElement } from '../core/dtype.js';
-import type { CudaBackend } from '../backend/cuda.js';
+import type { CudaBackend, DeviceByteLedger } from '../backend/cuda.js';
 import { DeviceTensor } from '../backend/device-tensor.js';
 import { BackendError, BudgetError, CapacityError, DTypeError, SequenceError, ShapeError } from '../core/errors.js';
 import { type Geometry, checkInt } from '../core/geometry.js';
@@ -91,10 +91,18 @@ export class KVCache implements Disposable {
   /** Token-head entries kept over all layers and open sequences, now and at most so far. */
   #kept = 0;
   #peakKept = 0;
-  /** `[layer][seq]` bytes of keys and values held, their sum, and the largest `bytesUsed` so far. */
+  /**
+   * `[layer][seq]` bytes of keys and values held, their sum, and the largest `bytesUsed` so far, counted
+   * on the host from its stores (empty when {@link KVCache.#ledger} counts instead).
+   */
   readonly #kvBytes: Float64Array;
   #kvTotal = 0;
   #peakBytes = 0;
+  /**
+   * Packed storage on the cuda backend: the same counts kept on the device, where the kernels change the
+   * packed counts they depend on (`docs/cuda.md`); `stats()` reads it.
+   */
+  readonly #ledger: DeviceByteLedger | undefined;
   readonly #life = new Lifetime('KVCache');
   readonly #group: number;
   readonly #attention: { queryHeads: number; scale: number };
@@ -130,7 +138,11 @@ export class KVCache implements Disposable {
     this.#layerTokens = rule === undefined ? [] : this.#stores.map((_, layer) => rule.tokens(layer, options.geometry));
     this.#budgets = rule === undefined ? undefined : new Int32Array(layers * options.maxSequences * kvHeads);
     this.#phase = options.prompt === undefined ? undefined : new Uint8Array(layers * options.maxSequences);
-    this.#kvBytes = new Float64Array(layers * options.maxSequences);
+    const metaPerToken = 8 + 4 * options.tracker.auxWords;
+    this.#ledger = isPacked(options.storage) && backend.name === 'cuda'
+      ? (backend as CudaBackend).createLedger(layers * options.maxSequences, metaPerToken)
+      : undefined;
+    this.#kvBytes = new Float64Array(this.#ledger === undefined ? layers * options.maxSequences : 0);
     this.#open = new Uint8Array(options.maxSequences);
     this.#seen = new Float64Array(layers * options.maxSequences);
     this.#evictions = new Float64Array(layers);
@@ -564,7 +576,8 @@ export class KVCache implements Disposable {
 
 
   /**
-   * A snapshot of memory and token counts.
+   * A snapshot of memory and token counts. With packed storage on the cuda backend the byte counts come
+   * from the cache's device ledger, so this waits for the work queued on the stream (call it between steps).
    * @example
    * ```ts
    * const { bytesReserved, bytesUsed, compression } = cache.stats();
@@ -575,7 +588,8 @@ export class KVCache implements Disposable {
     const { kvHeads, headDim } = this.geometry;
     const bytesPerToken = 2 * headDim * bytesPerElement(this.dtype);
     const metaPerToken = 8 + 4 * this.tracker.auxWords;
-    let bytesReserved = this.#seen.byteLength + this.#evictions.byteLength + this.#open.byteLength + this.#kvBytes.byteLength;
+    let bytesReserved = this.#seen.byteLength + this.#evictions.byteLength + this.#open.byteLength + this.#kvBytes.byteLength
+      + (this.#ledger?.bytes ?? 0);
     let storeBytes = 0;
     let tokensKept = 0;
     let tokensSeen = 0;
@@ -597,17 +611,23 @@ export class KVCache implements Disposable {
       return { layer, capacity: store.capacity, tokensKept: kept, tokensSeen: seen, evictions: this.#evictions[layer]! };
     });
     const bytesF16 = tokensSeen * 4 * headDim;
+    // The device ledger (waits for the stream) counts tokens from the device lengths, which CUDA graph
+    // replays advance too; the host mirror's do not.
+    const ledger = this.#ledger?.read();
+    const kvBytes = ledger?.kvBytes ?? this.#kvTotal;
+    const bytesUsed = kvBytes + (ledger?.tokens ?? tokensKept) * metaPerToken;
+    const peakBytesUsed = ledger?.peakBytesUsed ?? this.#peakBytes;
     return {
       backend: this.#backend.name,
       storage: this.storage.format,
       bytesReserved,
       bytesPerSequence: storeBytes / this.maxSequences,
-      bytesUsed: this.#kvTotal + tokensKept * metaPerToken,
-      peakBytesUsed: this.#peakBytes,
+      bytesUsed,
+      peakBytesUsed,
       peakTokensKept: this.#peakKept,
-      bytesKV: this.#kvTotal,
+      bytesKV: kvBytes,
       bytesF16,
-      compressionVsF16: this.#kvTotal === 0 ? 1 : bytesF16 / this.#kvTotal,
+      compressionVsF16: kvBytes === 0 ? 1 : bytesF16 / kvBytes,
       bytesFull: tokensSeen * bytesPerToken,
       bytesPerToken,
       tokensKept,
@@ -649,9 +669,13 @@ export class KVCache implements Disposable {
       const at = layer * this.maxSequences + seq;
       this.#budgets?.fill(this.#layerTokens[layer]!, at * kvHeads, (at + 1) * kvHeads);
       if (this.#phase !== undefined) this.#phase[at] = PROMPT;
-      this.#seen[layer * this.maxSequences + seq] = 0;
-      this.#kvTotal -= this.#kvBytes[layer * this.maxSequences + seq]!;
-      this.#kvBytes[layer * this.maxSequences + seq] = 0;
+      this.#seen[at] = 0;
+      if (this.#ledger !== undefined) {
+        this.#ledger.account(store, seq, at);
+      } else {
+        this.#kvTotal -= this.#kvBytes[at]!;
+        this.#kvBytes[at] = 0;
+      }
     });
   }
 
@@ -737,10 +761,17 @@ export class KVCache implements Disposable {
     this.#account(store, seq, layer);
   }
 
-  /** Brings the byte counts of (layer, seq) and the peaks up to date. */
+  /**
+   * Brings the byte counts of (layer, seq) and the peaks up to date: on the host from its stores, or with a
+   * device ledger by a kernel queued after the ones that changed the counts (no wait on the decode path).
+   */
   #account(store: LayerStore, seq: number, layer: number): void {
     const at = layer * this.maxSequences + seq;
     this.#peakKept = Math.max(this.#peakKept, this.#kept);
+    if (this.#ledger !== undefined) {
+      this.#ledger.account(store, seq, at);
+      return;
+    }
     const kv = this.#kvBytesOf(store, seq);
     this.#kvTotal += kv - this.#kvBytes[at]!;
     this.#kvBytes[at] = kv;

@@ -3,7 +3,7 @@
  * @module
  */
 import { type DType, parseDType } from '../core/dtype.js';
-import { ArgumentError, BackendError, BudgetError } from '../core/errors.js';
+import { ArgumentError, BudgetError } from '../core/errors.js';
 import { type Geometry, checkGeometry, checkInt } from '../core/geometry.js';
 import type { BackendName } from '../backend/select.js';
 import type { BudgetPolicy, PromptRule } from '../policies/policy.js';
@@ -167,9 +167,7 @@ export function resolveOptions(options: KVCacheOptions, defaultTracker: () => Im
   const storage = resolveStorage(options.storage, geometry.headDim);
   const layout: StoreLayout = { dtype, storage, auxWords: tracker.auxWords };
   const backend = options.backend ?? 'auto';
-  if (isPacked(storage) && backend === 'cuda') {
-    throw new BackendError("packed storage runs on the 'cpu' and 'reference' backends; the cuda backend stores dense keys and values", 'storage');
-  }
+  // Packed storage runs on every backend; per-head layouts (the prompt rules) need dense rows on all of them.
   if (rule !== undefined && isPacked(storage)) {
     throw new ArgumentError('prompt compression (snapKV, pyramidKV, adaKV) needs dense storage', 'storage');
   }

@@ -278,6 +278,11 @@ export interface RawCudaBinding extends RawBinding {
     stream: bigint,
   ): void;
   cudaClear(store: NativeDeviceStore, seq: number, stream: bigint): void;
+  /**
+   * Recounts entry `entry` of a byte ledger (`kLedgerHeader + 2 * entries` int64 words at `ledger`) from what
+   * `seq` holds in a packed store, and updates its totals and peak (csrc/cuda/api.h `account_packed`).
+   */
+  cudaAccountPacked(store: NativeDeviceStore, seq: number, ledger: bigint, entry: number, entries: number, metaPerToken: number, stream: bigint): void;
   /** Drops `counts[h]` tokens of KV head `h` of `seq` (scope head; the caller checked the candidates). */
   cudaEvictHeads(store: NativeDeviceStore, seq: number, counts: Int32Array, sinks: number, recent: number, stream: bigint): void;
   /** Gives the heads of `seq` the slots `capacities` says (per-head layouts; the caller checked them). */

@@ -40,7 +40,9 @@ import { attentionTolerance, referenceAttention } from './reference-attention.js
  *   storage layout gives at the policy's capacities, bytes of keys and values agree with what is packed
  *   and what is in the residual window, and `compressionVsF16` is `bytesF16 / bytesKV`.
  * - `oracle`: a second cache on the oracle backend, given the same operations, keeps the same positions
- *   and scores and returns the same outputs (exactly on the same backend, within tolerance across backends).
+ *   and scores and returns the same outputs (exactly on the same backend, within tolerance across backends),
+ *   and (unless float near-ties are tolerated) reports the same `bytesKV`, `bytesUsed`, `peakBytesUsed`,
+ *   `compressionVsF16` and `peakTokensKept`.
  * @example
  * ```ts
  * const checks: InvariantName[] = ['capacity', 'protected'];
@@ -1082,6 +1084,13 @@ export class KVCacheModel implements Disposable {
           return;
         }
       }
+    }
+    // The same history holds the same bytes on every backend (packed counts included, wherever they live).
+    if (tolerate) return;
+    const a = real.stats();
+    const b = oracle.stats();
+    for (const key of ['bytesKV', 'bytesUsed', 'peakBytesUsed', 'compressionVsF16', 'peakTokensKept'] as const) {
+      if (a[key] !== b[key]) this.#fail('oracle', `stats().${key} is ${a[key]} on ${real.backend}, ${b[key]} on the ${oracle.backend} oracle`);
     }
   }
 

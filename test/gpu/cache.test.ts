@@ -1,7 +1,8 @@
 /**
  * KVCache on the cuda backend: the model-based tests of test/property (every invariant of KVCacheModel,
- * a reference-backend oracle replaying every command) with head sizes the kernels are built for, and the
- * device-tensor interop an engine uses (results identical to host arrays, on the engine's stream).
+ * a reference-backend oracle replaying every command) with head sizes the kernels are built for, dense and
+ * packed, and the device-tensor interop an engine uses (results identical to host arrays, on the engine's
+ * stream).
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
@@ -40,6 +41,17 @@ describe('KVCache against its model on the cuda backend', () => {
           runModel(config, commands, { backend: 'cuda', oracle: 'reference' });
         }),
         { numRuns: QUICK ? 2 : 12, seed: 4242 },
+      );
+    });
+    // Packed storage: the data invariant on the device's bits, and (trackers without float near-ties) the
+    // oracle's byte counts, which the cuda cache reads from its device ledger.
+    it(`${name}: packed storage (int2/int4/int8, fixed and byte budgets), every invariant, a reference oracle`, () => {
+      const configs = cacheConfigArb({ geometry, tracker: trackerSpecArb({ names: [name] }), storages: ['int2', 'int4', 'int8'], byteBudgets: true, maxSequences: 2 });
+      fc.assert(
+        fc.property(configs.chain((config) => fc.tuple(fc.constant(config), operationsArb(config, { maxCommands: 30 }))), ([config, commands]) => {
+          runModel(config, commands, { backend: 'cuda', oracle: 'reference' });
+        }),
+        { numRuns: QUICK ? 2 : 20, seed: 4343 },
       );
     });
   }

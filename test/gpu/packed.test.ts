@@ -2,7 +2,8 @@
  * Packed storage on the GPU against the CPU oracle (docs/packing.md): the standalone packer bit for bit
  * (codes, scales, zero points) and its unpacking; packed stores through append (window packing, run
  * merges), decode, prefill and eviction (run compaction), with every packed array bit for bit over what
- * each head holds and attention outputs within the dtype's tolerance.
+ * each head holds and attention outputs within the dtype's tolerance; and a packed KVCache on cuda against
+ * one on cpu (kept positions, outputs, and the exact byte counts of stats() from the device ledger).
  *
  *   node --test .device/tests/packed.test.mjs        (SH_GPU_QUICK=1: a few cases, for compute-sanitizer)
  */
@@ -10,11 +11,13 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type { AttentionSpec, LayerStore, PackedStore } from '../../src/backend/backend.js';
 import { DeviceTensor } from '../../src/backend/device-tensor.js';
-import { type DType, encodeElement } from '../../src/core/dtype.js';
+import { KVCache } from '../../src/cache/kv-cache.js';
+import { type DType, type HostArray, encodeElement } from '../../src/core/dtype.js';
 import { KvError } from '../../src/core/errors.js';
 import { loadCuda } from '../../src/native/loader.js';
 import { createNativePacker } from '../../src/quant/native.js';
-import type { PackedStorage } from '../../src/quant/storage.js';
+import { type PackedStorage, type PackedStorageOptions, resolveStorage, storeBytesPerSequence } from '../../src/quant/storage.js';
+import { byteBudget, fixedBudget } from '../../src/policies/index.js';
 import { h2o, keyNorm, random, scissorhands, streamingLLM } from '../../src/trackers/index.js';
 import type { ImportanceTracker } from '../../src/trackers/tracker.js';
 import { OUT_TOL, Rng, copyStoreToDevice, copyStoreToHost, cpu, cuda, expectClose, expectSameState, floats, hostArray, twins, values } from './helpers.js';
@@ -255,4 +258,107 @@ describe('packed stores on cuda against the cpu oracle', () => {
     assert.equal(copyStoreToHost(cuda, device).lengths[0], 0);
     assert.throws(() => cuda.append(device, 0, bad, new Uint16Array(128), 1, 0, tracker), (e: unknown) => e instanceof KvError && e.code === 'KV_ARGUMENT');
   });
+});
+
+interface CacheCase {
+  readonly name: string;
+  readonly dtype: DType;
+  readonly headDim: number;
+  readonly storage: Required<PackedStorageOptions>;
+  readonly tracker: () => ImportanceTracker;
+  /** Tokens per head the policy keeps: a fixed budget of them, or a byte budget that pays for exactly them. */
+  readonly tokens: number;
+  readonly budget: 'tokens' | 'bytes';
+  readonly seed: number;
+}
+
+/**
+ * A packed KVCache on cuda and one on cpu, fed the same prefills, attends, resets and reopenings: after
+ * every call the same kept positions, outputs within the dtype's tolerance and the same byte counts (the
+ * device ledger against the host's count over its packed arrays).
+ */
+function runCache(c: CacheCase): void {
+  const rng = new Rng(c.seed);
+  const geometry = { layers: 2, queryHeads: 4, kvHeads: 2, headDim: c.headDim };
+  const { dtype } = c;
+  const layout = { dtype, storage: resolveStorage(c.storage, c.headDim), auxWords: c.tracker().auxWords };
+  const make = (backend: 'cpu' | 'cuda'): KVCache => KVCache.create({
+    geometry, dtype, backend, maxSequences: 2, storage: c.storage, tracker: c.tracker(),
+    policy: c.budget === 'tokens'
+      ? fixedBudget({ tokens: c.tokens, sinks: 2, recent: 4 })
+      : byteBudget({ bytes: geometry.layers * storeBytesPerSequence(layout, geometry.kvHeads, c.headDim, c.tokens), sinks: 2, recent: 4 }),
+  });
+  using onGpu = make('cuda');
+  using onCpu = make('cpu');
+  const [rtol, atol] = OUT_TOL[dtype];
+  const bitsInput = dtype !== 'f32';
+  const qRow = geometry.queryHeads * c.headDim;
+  const kvRow = geometry.kvHeads * c.headDim;
+  const seqs = [onGpu.open(), onGpu.open()];
+  assert.deepEqual([onCpu.open(), onCpu.open()], seqs);
+  const expectSame = (what: string): void => {
+    const a = onGpu.stats();
+    const b = onCpu.stats();
+    for (const key of ['bytesKV', 'bytesUsed', 'peakBytesUsed', 'compressionVsF16', 'tokensKept', 'peakTokensKept', 'evictions', 'bytesPerSequence'] as const) {
+      assert.equal(a[key], b[key], `${what}: stats().${key}`);
+    }
+    for (const seq of seqs.filter((s) => onCpu.isOpen(s))) {
+      for (let layer = 0; layer < geometry.layers; layer++) {
+        for (let h = 0; h < geometry.kvHeads; h++) {
+          assert.deepEqual(Array.from(onGpu.inspect(seq, layer, h).positions), Array.from(onCpu.inspect(seq, layer, h).positions), `${what}: positions of (${seq}, ${layer}, ${h})`);
+        }
+      }
+    }
+  };
+  const call = (what: string, rows: number, run: (cache: KVCache, q: HostArray, k: HostArray, v: HostArray) => HostArray): void => {
+    const q = hostArray(floats(rows * qRow, rng, 2), dtype, bitsInput);
+    const k = hostArray(floats(rows * kvRow, rng), dtype, bitsInput);
+    const v = hostArray(floats(rows * kvRow, rng), dtype, bitsInput);
+    expectClose(values(run(onGpu, q, k, v), dtype), values(run(onCpu, q, k, v), dtype), rtol, atol, `${what} output`);
+  };
+  const prompt = (seq: number, rows: number): void => {
+    for (let layer = 0; layer < geometry.layers; layer++) call(`prefill (${seq}, ${layer})`, rows, (cache, q, k, v) => cache.prefill(seq, layer, q, k, v));
+    expectSame(`prefill of ${rows} rows into ${seq}`);
+  };
+  prompt(seqs[0]!, 20 + Math.floor(rng.float() * 40));
+  const steps = (QUICK ? 2 : 4) * c.tokens;
+  for (let step = 0; step < steps; step++) {
+    for (const seq of seqs) {
+      for (let layer = 0; layer < geometry.layers; layer++) call(`step ${step} (${seq}, ${layer})`, 1, (cache, q, k, v) => cache.attend(seq, layer, q, k, v));
+    }
+    expectSame(`step ${step}`);
+    // A sequence emptied (the ledger counts it down) and one closed and opened again, with a new prompt.
+    if (step === Math.floor(steps / 3)) {
+      onGpu.reset(seqs[1]!);
+      onCpu.reset(seqs[1]!);
+      expectSame('reset');
+      assert.ok(onGpu.stats().peakBytesUsed > onGpu.stats().bytesUsed, 'a reset leaves the peak above what is held');
+    }
+    if (step === Math.floor((2 * steps) / 3)) {
+      onGpu.close(seqs[0]!);
+      onCpu.close(seqs[0]!);
+      expectSame('close');
+      assert.equal(onGpu.open(), seqs[0]);
+      assert.equal(onCpu.open(), seqs[0]);
+      prompt(seqs[0]!, 1 + Math.floor(rng.float() * 30));
+    }
+  }
+  assert.ok(onCpu.stats().evictions > 0, 'the budget evicted');
+  assert.ok(onGpu.view(seqs[1]!, 1, 1).packed! > 0, 'the window packed');
+}
+
+describe('KVCache with packed storage on cuda against the cpu backend', () => {
+  const cases: readonly CacheCase[] = [
+    { name: 'streamingLLM', dtype: 'f16', headDim: 128, storage: { format: 'int4', groupSize: 16, residual: 8 }, tracker: () => streamingLLM(), tokens: 48, budget: 'tokens', seed: 71 },
+    { name: 'h2o', dtype: 'bf16', headDim: 64, storage: { format: 'int2', groupSize: 16, residual: 8 }, tracker: () => h2o(), tokens: 40, budget: 'bytes', seed: 72 },
+    { name: 'scissorhands', dtype: 'f32', headDim: 256, storage: { format: 'int8', groupSize: 8, residual: 3 }, tracker: () => scissorhands({ window: 24 }), tokens: 64, budget: 'tokens', seed: 73 },
+    { name: 'scissorhands', dtype: 'f16', headDim: 128, storage: { format: 'int4', groupSize: 16, residual: 0 }, tracker: () => scissorhands({ window: 40 }), tokens: 80, budget: 'bytes', seed: 74 },
+    { name: 'h2o', dtype: 'f16', headDim: 128, storage: { format: 'int4', groupSize: 32, residual: 32 }, tracker: () => h2o(), tokens: 100, budget: 'tokens', seed: 75 },
+    { name: 'streamingLLM', dtype: 'bf16', headDim: 64, storage: { format: 'int8', groupSize: 32, residual: 5 }, tracker: () => streamingLLM(), tokens: 48, budget: 'bytes', seed: 76 },
+  ];
+  for (const c of QUICK ? cases.slice(0, 2) : cases) {
+    it(`${c.name} ${c.dtype} d${c.headDim} ${c.storage.format} g${c.storage.groupSize} r${c.storage.residual}, ${c.budget === 'tokens' ? 'fixed budget' : 'byte budget'} of ${c.tokens} tokens`, () => {
+      runCache(c);
+    });
+  }
 });

@@ -39,6 +39,9 @@ describe.runIf(!status.available)('cuda fallback on a machine without a usable G
     expect(error).toBeInstanceOf(KvError);
     expect((error as KvError).code).toBe('KV_BACKEND');
     expect((error as KvError).message).toContain(backendInfo().cuda.reason!);
+    // Packed storage is no longer refused by the options: what stops it here is the missing device.
+    expect(() => KVCache.create({ ...options, backend: 'cuda', storage: { format: 'int4' } }))
+      .toThrow(expect.objectContaining({ code: 'KV_BACKEND', argument: 'backend', message: expect.stringContaining(backendInfo().cuda.reason!) }));
     using cache = KVCache.create({ ...options, backend: 'auto' });
     expect(cache.backend).toBe('cpu');
   });

@@ -5,9 +5,10 @@
  */
 import { describe, expect, it } from 'vitest';
 import {
-  ArgumentError, KVCache, createReferenceBackend, createReferencePacker, fixedBudget, h2o, resolveStorage, streamingLLM,
+  ArgumentError, KVCache, adaKV, createReferenceBackend, createReferencePacker, fixedBudget, h2o, resolveStorage, snapKV, streamingLLM,
   type LayerStore, type PackedStorage,
 } from '../../../src/index.js';
+import { resolveOptions } from '../../../src/cache/options.js';
 import { Rng } from '../../../src/testing/rng.js';
 
 const backend = createReferenceBackend();
@@ -141,9 +142,16 @@ describe('KVCache with packed storage', () => {
     expect(() => KVCache.create({ geometry, policy: fixedBudget({ tokens: 16 }), storage: { format: 'int5' as 'int4' } })).toThrow(/storage.format/);
   });
 
-  it('the cuda backend refuses packed storage (typed error naming storage)', () => {
-    expect(() => KVCache.create({ geometry, policy: fixedBudget({ tokens: 16 }), storage: { format: 'int4' }, backend: 'cuda' }))
-      .toThrow(expect.objectContaining({ code: 'KV_BACKEND', argument: 'storage' }));
+  it('packed storage passes the options on every backend; prompt compression (per-head layouts) still needs dense rows', () => {
+    const packed = { geometry: { ...geometry, headDim: 64 }, policy: fixedBudget({ tokens: 16 }), storage: { format: 'int4' } } as const;
+    for (const backend of ['reference', 'cpu', 'cuda', 'auto'] as const) {
+      expect(resolveOptions({ ...packed, backend }, () => h2o()).storage).toMatchObject({ format: 'int4', bits: 4 });
+      // Refused before any backend is loaded, so the same typed error with or without a GPU.
+      for (const policy of [snapKV({ tokens: 16, window: 4 }), adaKV({ tokens: 16, window: 4 })]) {
+        expect(() => KVCache.create({ ...packed, backend, policy }))
+          .toThrow(expect.objectContaining({ code: 'KV_ARGUMENT', argument: 'storage' }));
+      }
+    }
   });
 
   it('NaN, infinite or out-of-range keys and values throw before anything changes', () => {
