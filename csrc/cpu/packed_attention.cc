@@ -50,9 +50,9 @@ struct Scratch {
   // The current key run's per-channel scales and zero points, as f32.
   float* run_scales;
   float* run_zeros;
-  // Plan::split: the queries four by four, interleaved (query 4i + g's channel c at (i * d + c) * 4 + g),
-  // the same scaled by the current key run's scales, their dots with its zero points, and the value sums
-  // of packed tokens (split order).
+  // Plan::split: the queries four by four, interleaved 16 channels at a time (channels c .. c + 15 of
+  // query 4i + g at 4 * (i * d + c) + 16 * g, c a multiple of 16), the same scaled by the current key run's
+  // scales, their dots with its zero points, and the value sums of packed tokens (split order).
   float* q4;
   float* q_run;
   float* q_zero;
@@ -288,28 +288,23 @@ SH_AVX512 SH_INLINE __m512 split_codes(__m512i bytes, int j) {
 // and dotted with its zero points once (run_queries), and each code then costs its conversion and one
 // fused multiply-add per query.
 
-// The queries of `groups` groups of four (interleaved, Scratch::q4) scaled by a run's key scales (qr, in
-// the same layout) and dotted with its zero points (qz[4 * i + g]). Each register holds four channels of
-// four queries, so the scales and zero points are spread four times by a lookup.
+// The queries of `groups` groups of four (Scratch::q4) scaled by a run's key scales (qr, in the same
+// layout) and dotted with its zero points (qz[4 * i + g]).
 SH_AVX512 void run_queries(const float* q4, size_t groups, size_t d, const float* s, const float* z, float* qr, float* qz) {
-  const __m512i spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
   for (size_t i = 0; i < groups; ++i, q4 += 4 * d, qr += 4 * d) {
-    __m512 dz = _mm512_setzero_ps();
+    __m512 dz[4];
+    for (int g = 0; g < 4; ++g) dz[g] = _mm512_setzero_ps();
     for (size_t c = 0; c < d; c += 16) {
       const __m512 sv = _mm512_loadu_ps(s + c);
       const __m512 zv = _mm512_loadu_ps(z + c);
-      for (int k = 0; k < 4; ++k) {
-        const __m512i idx = _mm512_add_epi32(spread, _mm512_set1_epi32(4 * k));
-        const size_t at = 4 * (c + 4 * static_cast<size_t>(k));
+      for (int g = 0; g < 4; ++g) {
+        const size_t at = 4 * c + 16 * static_cast<size_t>(g);
         const __m512 qv = _mm512_loadu_ps(q4 + at);
-        _mm512_storeu_ps(qr + at, _mm512_mul_ps(qv, _mm512_permutexvar_ps(idx, sv)));
-        dz = _mm512_fmadd_ps(qv, _mm512_permutexvar_ps(idx, zv), dz);
+        _mm512_storeu_ps(qr + at, _mm512_mul_ps(qv, sv));
+        dz[g] = _mm512_fmadd_ps(qv, zv, dz[g]);
       }
     }
-    // Lane 4k + g holds part of query g's dot: add the four 128-bit lanes.
-    dz = _mm512_add_ps(dz, _mm512_shuffle_f32x4(dz, dz, 0x4e));
-    dz = _mm512_add_ps(dz, _mm512_shuffle_f32x4(dz, dz, 0xb1));
-    _mm_storeu_ps(qz + 4 * i, _mm512_castps512_ps128(dz));
+    for (int g = 0; g < 4; ++g) qz[4 * i + static_cast<size_t>(g)] = hsum(dz[g]);
   }
 }
 
@@ -350,9 +345,9 @@ SH_AVX512 SH_INLINE __m512 word_codes(__m512i words, int j) {
 }
 
 // Scores of m <= 16 tokens (transposed codes, nw words) against GB <= 4 run-scaled queries (one group of
-// four, interleaved): s[g * s_stride + l] = scale * (dot(qr_g, codes of token l) + qz[g]) for l < m; raises
-// lane l of lane_max[g * 16 ..] to it. Each query sums into CH
-// accumulators (code j into j mod CH), enough independent chains to keep both FMA ports busy.
+// four, Scratch::q4): s[g * s_stride + l] = scale * (dot(qr_g, codes of token l) + qz[g]) for l < m; raises
+// lane l of lane_max[g * 16 ..] to it. Each query sums into CH accumulators (code j of a word into
+// j mod CH), enough independent chains to keep both FMA ports busy.
 template <uint32_t BITS, int GB>
 SH_AVX512 SH_INLINE void lane_scores(const __m512i* words, size_t nw, const float* qr, const float* qz, float scale, size_t m, float* s,
                                      size_t s_stride, float* lane_max) {
@@ -362,14 +357,16 @@ SH_AVX512 SH_INLINE void lane_scores(const __m512i* words, size_t nw, const floa
   for (int g = 0; g < GB; ++g) {
     for (int i = 0; i < CH; ++i) acc[g][i] = _mm512_setzero_ps();
   }
-  for (size_t w = 0; w < nw; ++w, qr += 4 * P) {
-    const __m512i v = _mm512_load_si512(words + w);
-    // Unrolled whatever P is, so that the accumulators stay in registers.
+  // The words of one block of 16 channels (its queries 64 floats from qr) at a time.
+  constexpr int WB = 16 / P;
+  for (size_t w = 0; w < nw; w += WB, qr += 64) {
+    for (int u = 0; u < WB; ++u) {
+      const __m512i v = _mm512_load_si512(words + w + static_cast<size_t>(u));
+      // Unrolled whatever P is, so that the accumulators stay in registers.
 #pragma GCC unroll 16
-    for (int j = 0; j < P; ++j) {
-      const __m512 x = word_codes<BITS>(v, j);
-      for (int g = 0; g < GB; ++g) {
-        acc[g][j % CH] = _mm512_fmadd_ps(x, _mm512_set1_ps(qr[4 * j + g]), acc[g][j % CH]);
+      for (int j = 0; j < P; ++j) {
+        const __m512 x = word_codes<BITS>(v, j);
+        for (int g = 0; g < GB; ++g) acc[g][j % CH] = _mm512_fmadd_ps(x, _mm512_set1_ps(qr[16 * g + u * P + j]), acc[g][j % CH]);
       }
     }
   }
@@ -778,13 +775,12 @@ void load_queries(const Plan& plan, int32_t head, int32_t r0, int32_t r1, float*
   }
 }
 
-// The queries (dp floats apart) four by four, interleaved (Scratch::q4); a last group of fewer than four is
-// padded with zeros.
+// The queries (dp floats apart) four by four, interleaved 16 channels at a time (Scratch::q4); a last group
+// of fewer than four is padded with zeros.
 void interleave_queries(const float* q, size_t nq, size_t d, size_t dp, float* q4) {
   std::fill(q4, q4 + round_up(nq, 4) * d, 0.0f);
   for (size_t g = 0; g < nq; ++g) {
-    float* dst = q4 + (g / 4) * 4 * d + g % 4;
-    for (size_t c = 0; c < d; ++c) dst[4 * c] = q[g * dp + c];
+    for (size_t c = 0; c < d; c += 16) std::memcpy(q4 + (g / 4) * 4 * d + 4 * c + 16 * (g % 4), q + g * dp + c, 16 * sizeof(float));
   }
 }
 
