@@ -1,10 +1,11 @@
 // Decode and prefill attention over a packed store (docs/semantics.md, docs/packing.md), with the tracker
 // fed in the same pass. The structure is that of attention.cc: work per KV head, so every code is read
-// once for all the queries of its group. Each tile of keys (then of values) is dequantised into an f32
-// tile that stays in L1 (codes times the run's per-channel scales plus zero points for keys, the token's
-// per-group ones for values; the residual window's rows are converted from the element type), and the
-// same dot-product and accumulation primitives as dense attention run over it. No dequantised copy of the
-// cache is ever made: the memory traffic is the codes, scales and zero points.
+// once for all the queries of its group. With AVX-512 the codes are turned into floats in registers and
+// used at once (keys scored 16 tokens at a time against queries scaled by their run's scales, values
+// summed with their group's dequantised values looked up by code); otherwise each tile of keys (then of
+// values) is dequantised into an f32 tile that stays in L1 and the dense dot-product and accumulation
+// primitives run over it. The residual window's rows always go through those primitives. No dequantised
+// copy of the cache is ever made: the memory traffic is the codes, scales and zero points.
 #include "avx512.h"
 
 #include <algorithm>
@@ -176,8 +177,8 @@ SH_AVX512 void value_rows_avx512(const uint8_t* codes, size_t cb, const uint16_t
 
 #define SH_INLINE inline __attribute__((always_inline))
 
-// The dense kernels' horizontal sum (simd_avx512.cc): every dot product of a call, packed or residual, is
-// reduced in the same order, so equal keys tie exactly.
+// The dense kernels' horizontal sum (simd_avx512.cc): where keys are scored one token at a time (head sizes
+// that are not a multiple of 128 / bits), they are reduced in the dense order, so equal keys tie exactly.
 SH_AVX512 SH_INLINE float hsum(__m512 v) {
   const __m256 f = _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
   const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(f, f), _mm256_hadd_ps(f, f));
