@@ -31,7 +31,7 @@ import { scissorhands } from '../../src/trackers/index.js';
 import { median } from '../timing.js';
 import { deviceTimer } from './timing.js';
 
-const { values: args } = parseArgs({ options: { torch: { type: 'string' }, out: { type: 'string', default: '.' }, quick: { type: 'boolean', default: false }, 'decode-only': { type: 'boolean', default: false } } });
+const { values: args } = parseArgs({ options: { torch: { type: 'string' }, out: { type: 'string', default: '.' }, quick: { type: 'boolean', default: false }, 'decode-only': { type: 'boolean', default: false }, case: { type: 'string' } } });
 const cuda = loadCuda();
 const stream = cuda.cudaStreamCreate();
 const info = backendInfo().cuda;
@@ -194,6 +194,13 @@ function overhead(): void {
 }
 
 const rng = new Rng(2024);
+// --case compact.b1.n4096 or compact.b32.n2048 runs that compaction alone (for a profiler).
+if (args.case !== undefined) {
+  const [batch, tokens] = args.case === 'compact.b1.n4096' ? [1, 4096] : [32, 2048];
+  compactionCase(args.case, batch, tokens, rng);
+  console.error(`${args.case}: ${(results[`${args.case}.ms`] as number).toFixed(4)} ms`);
+  process.exit(0);
+}
 results['card'] = info.device?.name ?? 'unknown';
 results['date'] = new Date().toISOString();
 results['readGBps'] = readBandwidth();

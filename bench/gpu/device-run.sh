@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the GPU suite and benchmarks on the device machine from the .device/ bundle that
 # scripts/device-bundle.sh builds (repo root; logs and results under $OUT, or ./device-out):
-#   bash bench/gpu/device-run.sh [tests] [sanitize] [bench] [decode]
-# ncu: Nsight Compute on one packed decode launch (batch 8 x 32 heads x 4096).
+#   bash bench/gpu/device-run.sh [tests] [sanitize] [bench] [ncu] [ncu-evict] [evict-chunks] [decode]
+# ncu: Nsight Compute on one packed decode launch (batch 8 x 32 heads x 4096); ncu-evict: on the selection
+# and move kernels of one batch-32 compaction; evict-chunks: compaction at three move-block sizes.
 # tests: every test/gpu file (kernels and KVCache model tests against the CPU oracle, packed storage,
 # CUDA graph capture); sanitize: compute-sanitizer memcheck and racecheck on the quick subset
 # (SH_GPU_QUICK=1); bench: the PyTorch baseline then the packed-storage benchmark; decode: the dense
@@ -43,6 +44,19 @@ for step in "${steps[@]}"; do
         --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis \
         /tmp/node $bundle/bench/packed.mjs --decode-only --quick --case decode.b8.h32.n4096 > "$out/ncu-packed-b8.txt" 2>&1
       echo "ncu: rc $?"; grep -E "Duration|Memory Throughput|DRAM Throughput|Compute \(SM\) Throughput|Achieved Occupancy|Registers Per|Theoretical Occupancy|Warp Cycles Per Issued|Stall" "$out/ncu-packed-b8.txt" | head -20 ;;
+    ncu-evict)
+      # The selection and move kernels of one batch-32 compaction, profiled (clocks as found).
+      timeout 240 ncu --clock-control none -k regex:evict_ --launch-skip 10 --launch-count 2 \
+        --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
+        --section WarpStateStats --section SchedulerStats \
+        /tmp/node $bundle/bench/decode.mjs --quick --case compact.b32.n2048 > "$out/ncu-evict-b32.txt" 2>&1
+      echo "ncu-evict: rc $?"; grep -E "evict_|Duration|DRAM Throughput|Achieved Occupancy|Registers Per|Theoretical Occupancy|Grid Size|Dynamic Shared|Warp Cycles Per Issued|Eligible Warps" "$out/ncu-evict-b32.txt" | head -30 ;;
+    evict-chunks)
+      # Compaction of batch 32 x 2048 with the move blocks' staging at 72, 36 and 24 KiB (each its own process).
+      for bytes in 73728 36864 24576; do
+        SCISSORHANDS_EVICT_CHUNK_BYTES=$bytes timeout 100 /tmp/node $bundle/bench/decode.mjs --case compact.b32.n2048 2>&1 | tail -1
+        SCISSORHANDS_EVICT_CHUNK_BYTES=$bytes timeout 100 /tmp/node $bundle/bench/decode.mjs --case compact.b1.n4096 2>&1 | tail -1
+      done ;;
     decode)
       timeout 200 /tmp/node $bundle/bench/decode.mjs --torch "$out/torch.json" --out "$out" > "$out/decode-bench.log" 2>&1
       echo "decode bench: rc $?"; tail -n 25 "$out/decode-bench.log" ;;

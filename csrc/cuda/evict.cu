@@ -635,12 +635,23 @@ int evict_staging_bytes() {
   return device < kMaxDevices && staging_bytes[device] > 0 ? staging_bytes[device] : kDefaultStagingBytes;
 }
 
+// Staging bytes a move block may take (SCISSORHANDS_EVICT_CHUNK_BYTES, default 72 KiB: three blocks a
+// multiprocessor on an H100).
+int move_staging_cap() {
+  static const int cap = [] {
+    const char* text = std::getenv("SCISSORHANDS_EVICT_CHUNK_BYTES");
+    const int value = text == nullptr ? 0 : std::atoi(text);
+    return value >= 4096 && value <= 200 * 1024 ? value : 72 * 1024;
+  }();
+  return cap;
+}
+
 int32_t evict_chunk_for(const StoreSpec& spec) {
   // Up to 128 slots a move block, fewer when rows are large, so a block's staging stays modest and
   // several blocks share a multiprocessor.
   // A packed store without tracker words moves nothing per slot but positions and scores (not staged).
   const int token_bytes = std::max(1, 2 * static_cast<int>(dense_row_bytes(spec)) + 4 * spec.aux_words);
-  const int staging = std::min(evict_staging_bytes(), 72 * 1024);
+  const int staging = std::min(evict_staging_bytes(), move_staging_cap());
   return std::max(1, std::min(128, staging / token_bytes));
 }
 
