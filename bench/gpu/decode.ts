@@ -14,34 +14,22 @@
  * Device timings are CUDA-event medians; inputs rotate over several stores so L2 (50 MB on an H100) does
  * not hold them.
  */
-import { readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import type { LayerStore } from '../../src/backend/backend.js';
 import { type CudaBackend, createCudaBackend } from '../../src/backend/cuda.js';
 import { DeviceTensor } from '../../src/backend/device-tensor.js';
-import { backendInfo } from '../../src/backend/select.js';
 import { KVCache } from '../../src/cache/kv-cache.js';
-import { f32ToF16Bits } from '../../src/core/dtype.js';
-import { loadCuda } from '../../src/native/loader.js';
 import { fullCache } from '../../src/policies/index.js';
 import { Rng } from '../../src/testing/rng.js';
 import type { ImportanceTracker } from '../../src/trackers/tracker.js';
 import { scissorhands } from '../../src/trackers/index.js';
 import { median } from '../timing.js';
-import { deviceTimer } from './timing.js';
+import { gpuBench, randomF16 } from './setup.js';
 
-const { values: args } = parseArgs({ options: { torch: { type: 'string' }, out: { type: 'string', default: '.' }, quick: { type: 'boolean', default: false }, 'decode-only': { type: 'boolean', default: false }, case: { type: 'string' } } });
-const cuda = loadCuda();
-const stream = cuda.cudaStreamCreate();
-const info = backendInfo().cuda;
-const torch = args.torch === undefined ? {} : (JSON.parse(readFileSync(args.torch, 'utf8')) as Record<string, number>);
-const ITER = args.quick ? 5 : 30;
-const results: Record<string, number | string> = {};
-
+const { args, cuda, stream, info, torch, iterations: ITER, results, deviceTime } = gpuBench();
 const ev0 = cuda.cudaEventCreate();
 const ev1 = cuda.cudaEventCreate();
-const deviceTime = deviceTimer(cuda, stream, ITER);
 
 /** Read bandwidth: one pass over 1 GiB. */
 function readBandwidth(): number {
@@ -53,14 +41,6 @@ function readBandwidth(): number {
   cuda.cudaFree(buffer);
   cuda.cudaFree(sink);
   return bytes / (ms * 1e6);
-}
-
-/** Random f16 bits (values in [-1, 1)). */
-function randomF16(n: number, rng: Rng): Uint16Array {
-  const table = Uint16Array.from({ length: 4096 }, () => f32ToF16Bits(rng.range(-1, 1)));
-  const out = new Uint16Array(n);
-  for (let i = 0; i < n; i++) out[i] = table[(rng.uint32() >>> 20)]!;
-  return out;
 }
 
 interface DecodeCase {
@@ -194,10 +174,13 @@ function overhead(): void {
 }
 
 const rng = new Rng(2024);
-// --case compact.b1.n4096 or compact.b32.n2048 runs that compaction alone (for a profiler).
+// Compactions: name, batch, tokens.
+const compactions = [['compact.b1.n4096', 1, 4096], ['compact.b32.n2048', 32, 2048]] as const;
+// --case NAME runs that compaction alone (for a profiler).
 if (args.case !== undefined) {
-  const [batch, tokens] = args.case === 'compact.b1.n4096' ? [1, 4096] : [32, 2048];
-  compactionCase(args.case, batch, tokens, rng);
+  const found = compactions.find(([name]) => name === args.case);
+  if (found === undefined) throw new Error(`--case: expected one of ${compactions.map(([name]) => name).join(', ')}`);
+  compactionCase(found[0], found[1], found[2], rng);
   console.error(`${args.case}: ${(results[`${args.case}.ms`] as number).toFixed(4)} ms`);
   process.exit(0);
 }
@@ -215,8 +198,7 @@ for (const c of cases) {
   console.error(`${c.name}: ${(results[`${c.name}.ms`] as number).toFixed(4)} ms`);
 }
 if (!args['decode-only']) {
-  compactionCase('compact.b1.n4096', 1, 4096, rng);
-  compactionCase('compact.b32.n2048', 32, 2048, rng);
+  for (const [name, batch, tokens] of compactions) compactionCase(name, batch, tokens, rng);
   overhead();
 }
 results['decodeWaves'] = process.env['SCISSORHANDS_DECODE_WAVES'] ?? '1';
@@ -247,7 +229,7 @@ for (const c of cases) {
 }
 if (!args['decode-only']) {
 lines.push('', '| compaction, drop 20% (8 KV heads) | ours ms | torch top-k + gather ms | x torch |', '|---|---|---|---|');
-for (const name of ['compact.b1.n4096', 'compact.b32.n2048']) {
+for (const [name] of compactions) {
   const ms = results[`${name}.ms`] as number;
   const t = torch[`${name}.ms`] ?? NaN;
   lines.push(`| ${name} | ${ms.toFixed(4)} | ${t.toFixed(4)} | ${(t / ms).toFixed(1)} |`);

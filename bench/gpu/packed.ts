@@ -12,38 +12,17 @@
  * Bundled by scripts/device-bundle.sh; on the GPU machine:
  *   python3 bench/gpu/torch_baseline.py > torch.json && node .device/bench/packed.mjs --torch torch.json --out DIR
  */
-import { readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import type { LayerStore } from '../../src/backend/backend.js';
 import { type CudaBackend, createCudaBackend } from '../../src/backend/cuda.js';
 import { DeviceTensor } from '../../src/backend/device-tensor.js';
-import { backendInfo } from '../../src/backend/select.js';
-import { f32ToF16Bits } from '../../src/core/dtype.js';
-import { loadCuda } from '../../src/native/loader.js';
 import type { PackedStorage } from '../../src/quant/storage.js';
 import { Rng } from '../../src/testing/rng.js';
 import { scissorhands } from '../../src/trackers/index.js';
-import { deviceTimer } from './timing.js';
+import { gpuBench, randomF16 } from './setup.js';
 
-const { values: args } = parseArgs({
-  options: { torch: { type: 'string' }, out: { type: 'string', default: '.' }, quick: { type: 'boolean', default: false }, 'decode-only': { type: 'boolean', default: false }, case: { type: 'string' } },
-});
-const cuda = loadCuda();
-const stream = cuda.cudaStreamCreate();
-const info = backendInfo().cuda;
-const torch = args.torch === undefined ? {} : (JSON.parse(readFileSync(args.torch, 'utf8')) as Record<string, number>);
-const ITER = args.quick ? 5 : 30;
-const results: Record<string, number | string> = {};
-const deviceTime = deviceTimer(cuda, stream, ITER);
-
-/** Random f16 bits (values in [-1, 1)). */
-function randomF16(n: number, rng: Rng): Uint16Array {
-  const table = Uint16Array.from({ length: 4096 }, () => f32ToF16Bits(rng.range(-1, 1)));
-  const out = new Uint16Array(n);
-  for (let i = 0; i < n; i++) out[i] = table[(rng.uint32() >>> 20)]!;
-  return out;
-}
+const { args, cuda, stream, info, torch, results, deviceTime } = gpuBench();
 
 function packing(rng: Rng): void {
   const backend = createCudaBackend({ stream });
