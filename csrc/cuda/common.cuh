@@ -271,6 +271,22 @@ __device__ __forceinline__ float append_score(const T* key, int d, const Tracker
 
 // ---- reductions ----
 
+// One key of a streaming attention loop (decode_stream, prefill): its score s enters the online softmax
+// (m, l and the output sums acc rescaled when the max grows); returns the key's weight exp(s - m).
+template <int PER>
+__device__ __forceinline__ float online_softmax(float s, float& m, float& l, float (&acc)[PER]) {
+  if (s > m) {
+    const float alpha = m == -INFINITY ? 0.0f : __expf(m - s);
+    l *= alpha;
+#pragma unroll
+    for (int e = 0; e < PER; ++e) acc[e] *= alpha;
+    m = s;
+  }
+  const float w = __expf(s - m);
+  l += w;
+  return w;
+}
+
 __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));

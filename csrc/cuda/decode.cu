@@ -104,22 +104,6 @@ __device__ __forceinline__ void merge_key_groups(const DecodeParams& p, float* r
   }
 }
 
-// One key of a streaming block: its score s for query i enters the group's online softmax (m, l, acc
-// rescaled when the max grows); returns the key's weight exp(s - m).
-template <int PER>
-__device__ __forceinline__ float online_softmax(float s, float& m, float& l, float (&acc)[PER]) {
-  if (s > m) {
-    const float alpha = m == -INFINITY ? 0.0f : __expf(m - s);
-    l *= alpha;
-#pragma unroll
-    for (int e = 0; e < PER; ++e) acc[e] *= alpha;
-    m = s;
-  }
-  const float w = __expf(s - m);
-  l += w;
-  return w;
-}
-
 // The GT queries of group batch gb of KV head hk, row b, as lane lid of a key holds them: element
 // v * VEC + e is channel (v * LANES + lid) * VEC + e; query heads past the group are 0.
 template <int D, int GT, int VEC, int LANES>

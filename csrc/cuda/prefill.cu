@@ -99,15 +99,7 @@ __global__ void __launch_bounds__(128) prefill_attend(const PrefillParams p) {
       s += __shfl_xor_sync(0xffffffffu, s, 2);
       s *= p.scale;
       if (kb + k < visible) {
-        if (s > m) {
-          const float alpha = m == -INFINITY ? 0.0f : __expf(m - s);
-          l *= alpha;
-#pragma unroll
-          for (int e = 0; e < PER; ++e) acc[e] *= alpha;
-          m = s;
-        }
-        const float w = __expf(s - m);
-        l += w;
+        const float w = online_softmax<PER>(s, m, l, acc);
 #pragma unroll
         for (int e = 0; e < PER; ++e) acc[e] = fmaf(w, vs[k][e * 4 + part], acc[e]);
       }
