@@ -5,9 +5,10 @@
 # ncu: Nsight Compute on one packed decode launch (batch 8 x 32 heads x 4096); ncu-evict: on the selection
 # and move kernels of one batch-32 compaction; evict-chunks: compaction at three move-block sizes.
 # tests: every test/gpu file (kernels and KVCache model tests against the CPU oracle, packed storage,
-# CUDA graph capture); sanitize: compute-sanitizer memcheck and racecheck on the quick subset
-# (SH_GPU_QUICK=1); bench: the PyTorch baseline then the packed-storage benchmark; decode: the dense
-# decode/compaction/overhead benchmark. Each step has its own time limit, so one hang loses one step.
+# CUDA graph capture), then the kernel and packed tests again with decode grids of two waves; sanitize:
+# compute-sanitizer memcheck and racecheck on the quick subset (SH_GPU_QUICK=1); bench: the PyTorch
+# baseline then the packed-storage benchmark; decode: the dense decode/compaction/overhead benchmark.
+# Each step has its own time limit, so one hang loses one step.
 # SH_DEVICE_DIR names the bundle's folder when it is not .device.
 # Everything lands in device-out/, packed as $OUT/device-out.tgz when $OUT is set (the device tool brings
 # back only a few files).
@@ -25,7 +26,11 @@ for step in "${steps[@]}"; do
   case "$step" in
     tests)
       timeout 300 /tmp/node --test --test-concurrency=1 $bundle/tests/ > "$out/tests.log" 2>&1
-      echo "tests: rc $? in $(( $(date +%s) - start )) s"; grep -E "^# (tests|pass|fail)" "$out/tests.log" ;;
+      echo "tests: rc $? in $(( $(date +%s) - start )) s"; grep -E "^# (tests|pass|fail)" "$out/tests.log"
+      # Twice the split-K blocks of one wave: decode's merge then falls to the last block of each head.
+      SCISSORHANDS_DECODE_WAVES=2 timeout 200 /tmp/node --test --test-concurrency=1 $bundle/tests/kernels.test.mjs \
+        $bundle/tests/packed.test.mjs > "$out/tests-waves2.log" 2>&1
+      echo "tests (two waves): rc $?"; grep -E "^# (tests|pass|fail)" "$out/tests-waves2.log" ;;
     sanitize)
       for tool in memcheck racecheck; do
         SH_GPU_QUICK=1 timeout 240 compute-sanitizer --tool "$tool" --error-exitcode 9 /tmp/node --test --test-concurrency=1 \

@@ -117,6 +117,10 @@ struct Store {
   float* partial = nullptr;
   // Bit flags a kernel sets when the device state breaks a precondition (it then writes nothing).
   int32_t* error = nullptr;
+  // Decode's meeting points, [maxSequences][1 + 2 * kvHeads] ints: per sequence the blocks done (the last
+  // advances the clock), per (sequence, KV head) the blocks arrived and the barrier's generation. Every
+  // count is back at 0 when a launch ends.
+  int32_t* sync = nullptr;
   int32_t max_splits = 1;
   int32_t multiprocessors = 1;
   // Eviction bookkeeping per (sequence, head): a header, then per chunk of evict_chunk slots the drops

@@ -181,25 +181,40 @@ __device__ __forceinline__ float gqa_finish(float acc, int group, int gqa_max) {
   return gqa_max != 0 ? acc : __fdiv_rn(acc, static_cast<float>(group));
 }
 
-// Applies one observation (combined probability c of a token, n slots attended, clock step) to the
-// token's score and aux words; word w of the token is aux[w * word_stride]. Device stores keep aux words
-// word-major per (sequence, head) ([word][capacity], so a rule touching one word per token reads and
-// writes contiguous memory); host stores are token-major (copyStoreToHost transposes).
+// The aux word (0 for rules without one) that an observation at `step` reads and writes.
+__device__ __forceinline__ size_t observed_word(const TrackerArgs& t, uint64_t step) {
+  return t.kind == static_cast<int32_t>(TrackerKind::Scissorhands) ? static_cast<size_t>((step % t.window) >> 5) : 0;
+}
+
+// One observation (combined probability c of a token, n slots attended, clock step) applied to the
+// token's score and its observed_word, as values: callers that observe several tokens load them all
+// first, so the loads are in flight together.
+__device__ __forceinline__ void observe_rule(float& score, uint32_t& word, const TrackerArgs& t, float c, int n, uint64_t step) {
+  if (t.kind == static_cast<int32_t>(TrackerKind::Scissorhands)) {
+    const uint32_t mask = 1u << ((step % t.window) & 31);
+    const int unimportant = static_cast<double>(c) < 1.0 / static_cast<double>(n) ? 1 : 0;
+    const int old = (word & mask) != 0 ? 1 : 0;
+    score = __fsub_rn(score, static_cast<float>(unimportant - old));
+    word = unimportant != 0 ? (word | mask) : (word & ~mask);
+  } else if (t.kind == static_cast<int32_t>(TrackerKind::H2O)) {
+    score = __fadd_rn(score, c);
+  } else if (t.kind == static_cast<int32_t>(TrackerKind::Tova)) {
+    score = c;
+  }
+}
+
+// Applies one observation to the token's score and aux words in place; word w of the token is
+// aux[w * word_stride]. Device stores keep aux words word-major per (sequence, head) ([word][capacity],
+// so a rule touching one word per token reads and writes contiguous memory); host stores are
+// token-major (copyStoreToHost transposes).
 __device__ __forceinline__ void observe_token(float* score, uint32_t* aux, size_t word_stride, const TrackerArgs& t, float c,
                                               int n, uint64_t step) {
-  if (t.kind == static_cast<int32_t>(TrackerKind::Scissorhands)) {
-    const uint64_t bit = step % t.window;
-    uint32_t* word = aux + (bit >> 5) * word_stride;
-    const uint32_t mask = 1u << (bit & 31);
-    const int unimportant = static_cast<double>(c) < 1.0 / static_cast<double>(n) ? 1 : 0;
-    const int old = (*word & mask) != 0 ? 1 : 0;
-    *score = __fsub_rn(*score, static_cast<float>(unimportant - old));
-    *word = unimportant != 0 ? (*word | mask) : (*word & ~mask);
-  } else if (t.kind == static_cast<int32_t>(TrackerKind::H2O)) {
-    *score = __fadd_rn(*score, c);
-  } else if (t.kind == static_cast<int32_t>(TrackerKind::Tova)) {
-    *score = c;
-  }
+  uint32_t* word = aux + observed_word(t, step) * word_stride;
+  float sc = *score;
+  uint32_t w = t.kind == static_cast<int32_t>(TrackerKind::Scissorhands) ? *word : 0u;
+  observe_rule(sc, w, t, c, n, step);
+  *score = sc;
+  if (t.kind == static_cast<int32_t>(TrackerKind::Scissorhands)) *word = w;
 }
 
 __device__ __forceinline__ uint32_t random_mix_d(uint32_t x) {

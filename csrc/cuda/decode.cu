@@ -1,16 +1,19 @@
 // Decode attention (one query row per sequence) over the kept tokens, split over the key length so one
-// sequence fills the card (flash-decoding), with the tracker fed in the same pass:
+// sequence fills the card (flash-decoding), with the tracker fed in the same launch:
 //
-//  1. decode_split: block (split, KV head x query batch, sequence) streams its share of the head's keys
-//     and values once for all the group's query heads (GQA): 16-byte loads decoded in registers, an
-//     online softmax per query, the raw scores written to scratch for the tracker, and a partial output
-//     with its running max and sum.
-//     For packed stores decode_packed does the same over codes, dequantising inside the kernel.
-//  2. decode_combine: merges the partials into the output and, from the raw scores and the global max
-//     and sum, gives each kept token its probability per query head, GQA-combined, to the tracker rule.
+//  decode_split / decode_stream (dense) and decode_packed: block (split, KV head x query batch, sequence)
+//  streams its share of the head's keys and values once for all the group's query heads (GQA): an online
+//  softmax per query, the raw scores written to scratch for the tracker, and a partial output with its
+//  running max and sum. Then finish_decode merges the partials into the output and gives each kept token
+//  its probability per query head, GQA-combined, to the tracker rule. When a head's keys are split over
+//  several blocks, the launch is cooperative and the head's blocks meet at a barrier, then share that
+//  work: each merges a slice of the output channels and observes its own keys. (Without the barrier the
+//  merge and the observation need a second kernel: at batch 1 x 32 heads x 4096 its launch gap and tail
+//  cost a quarter of the decode on an H100.) A grid larger than one wave cannot wait, so there the last
+//  of a head's blocks to finish does both alone.
 //
-// The clock: block (0, 0) of the split kernel advances steps[seq]; the combine kernel, which runs after
-// it on the stream, reads the observation's step as steps[seq] - 1.
+// The clock: every block reads steps[seq] as the observation's step; the last block of the sequence to
+// finish advances it.
 #include <algorithm>
 #include <cstdlib>
 #include <climits>
@@ -54,7 +57,189 @@ struct DecodeParams {
   PackedArgs pk;
   // Slots attended: min(length, limit) (a prefill row of a packed store sees a prefix).
   int32_t limit;
+  // What finish_decode needs: the output, the tracker state and rule, the meeting points (Store::sync).
+  float* scores;
+  uint32_t* aux;
+  void* out;
+  DType out_dtype;
+  int64_t out_stride;
+  TrackerArgs tracker;
+  int32_t* sync;
+  // 1 when the launch is cooperative (every block resident): a head's blocks wait for each other.
+  int32_t wait;
 };
+
+// Waits until all `parties` blocks that share `meet` ([arrived, generation]) have called it, with their
+// global writes visible to each other. A sense-reversing barrier: the last to arrive resets the count
+// and opens the next generation, so the same two ints serve every launch.
+__device__ __forceinline__ void head_barrier(int32_t* meet, int parties) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    volatile int32_t* generation = meet + 1;
+    const int32_t seen = *generation;
+    __threadfence();
+    if (atomicAdd(meet, 1) == parties - 1) {
+      atomicExch(meet, 0);
+      __threadfence();
+      atomicAdd(meet + 1, 1);
+    } else {
+      while (*generation == seen) __nanosleep(40);
+    }
+    __threadfence();
+  }
+  __syncthreads();
+}
+
+// The end of every split block, once its partial (output, max, sum) is written: the merge into the
+// output and the tracker's observation (see the top of the file). `spare` is shared memory the kernel is
+// done with, at least 2 * group floats (each kernel's reduction buffer: GT = 8 whenever the group is
+// larger). The block's coordinates are recomputed here rather than passed, so that the split loop does
+// not keep them in registers.
+template <int D, int GT>
+__device__ void finish_decode(const DecodeParams& p, float* spare) {
+  const int split = blockIdx.x;
+  const int hk = blockIdx.y / p.gbatches;
+  const int gb = blockIdx.y - hk * p.gbatches;
+  const int b = blockIdx.z;
+  const int seq = p.seqs.ids[b];
+  const HeadAt at = head_at(p.heads, static_cast<size_t>(seq) * p.kv_heads + hk);
+  int n = p.lengths[static_cast<size_t>(seq) * p.kv_heads + hk];
+  n = n < 0 ? 0 : min(n, min(at.cap, p.limit));
+  const int t0 = split * p.chunk;
+  const int t1 = split == p.splits - 1 ? n : min(n, t0 + p.chunk);
+  float* gmax = spare;
+  float* ginv = spare + p.group;
+  __shared__ float split_weight[64];  // splits <= 64 (splits_for in store.cu)
+  __shared__ int last;
+  __shared__ double clock;
+  const int tid = threadIdx.x;
+  const int warp = tid / 32;
+  const int lane = tid % 32;
+  const int parties = p.splits * p.gbatches;
+  int32_t* seq_meet = p.sync + static_cast<size_t>(seq) * (1 + 2 * p.kv_heads);
+  int32_t* head_meet = seq_meet + 1 + 2 * hk;
+  if (tid == 0) clock = __ldcg(p.steps + seq);
+  if (p.wait != 0) {
+    head_barrier(head_meet, parties);
+  } else {
+    __syncthreads();
+    if (tid == 0) {
+      int done = 1;
+      if (parties > 1) {
+        __threadfence();
+        done = atomicAdd(head_meet, 1) == parties - 1 ? 1 : 0;
+        if (done != 0) atomicExch(head_meet, 0);
+        __threadfence();
+      }
+      last = done;
+    }
+    __syncthreads();
+  }
+  // What this block merges (query heads [h0, h1), channels [c0, c1)) and observes (keys [j0, j1)).
+  int h0 = 0, h1 = 0, c0 = 0, c1 = 0, j0 = 0, j1 = 0;
+  if (p.wait != 0) {
+    h0 = gb * GT;
+    h1 = min(p.group, h0 + GT);
+    const int slice = (D + p.splits - 1) / p.splits;
+    c0 = min(D, split * slice);
+    c1 = min(D, c0 + slice);
+    const int len = max(0, t1 - t0);
+    j0 = t0 + static_cast<int>(static_cast<int64_t>(len) * gb / p.gbatches);
+    j1 = t0 + static_cast<int>(static_cast<int64_t>(len) * (gb + 1) / p.gbatches);
+  } else if (last != 0) {
+    h1 = p.group;
+    c1 = D;
+    j1 = n;
+  }
+  const bool observes = tracker_observes(p.tracker) && j1 > j0;
+  const size_t stride = static_cast<size_t>(D) + 2;
+  const float* part = p.partial + (static_cast<size_t>(seq) * p.scratch_heads + static_cast<size_t>(hk) * p.group) * p.max_splits * stride;
+
+  // Each query head's max and sum over the splits: the block's own heads, or the whole group to observe.
+  const int g0 = observes ? 0 : h0;
+  const int g1 = observes ? p.group : h1;
+  for (int g = g0 + warp; g < g1; g += kThreads / 32) {
+    const float* pg = part + static_cast<size_t>(g) * p.max_splits * stride;
+    float mx = -INFINITY;
+    for (int s = lane; s < p.splits; s += 32) mx = fmaxf(mx, __ldcg(pg + s * stride + D));
+    mx = warp_max(mx);
+    float l = 0.0f;
+    for (int s = lane; s < p.splits; s += 32) {
+      const float ms = __ldcg(pg + s * stride + D);
+      if (ms != -INFINITY) l += __ldcg(pg + s * stride + D + 1) * __expf(ms - mx);
+    }
+    l = warp_sum(l);
+    if (lane == 0) {
+      gmax[g] = mx;
+      ginv[g] = 1.0f / l;
+    }
+  }
+  __syncthreads();
+
+  // The merge. Each split's weight exp(m_s - max) first, so the sum over splits is independent loads
+  // that can all be in flight.
+  for (int g = h0; g < h1 && c1 > c0; ++g) {
+    const float* pg = part + static_cast<size_t>(g) * p.max_splits * stride;
+    if (tid < p.splits) {
+      const float ms = __ldcg(pg + tid * stride + D);
+      split_weight[tid] = ms == -INFINITY ? 0.0f : __expf(ms - gmax[g]);
+    }
+    __syncthreads();
+    for (int c = c0 + tid; c < c1; c += kThreads) {
+      float o = 0.0f;
+#pragma unroll 8
+      for (int s = 0; s < p.splits; ++s) o += __ldcg(pg + s * stride + c) * split_weight[s];
+      store_output(p.out, p.out_dtype, b * p.out_stride + static_cast<int64_t>(hk * p.group + g) * D + c, o * ginv[g]);
+    }
+    __syncthreads();
+  }
+
+  if (observes) {
+    // UNROLL tokens a thread at a time, every load first: one token at a time would wait for memory twice
+    // per token (raw scores, then score and aux word), and a block may observe a few thousand (2048 in
+    // the GQA benchmark case).
+    constexpr int UNROLL = 4;
+    const uint64_t step = static_cast<uint64_t>(clock);
+    const bool has_word = p.tracker.kind == static_cast<int32_t>(TrackerKind::Scissorhands);
+    const float* raw = p.scratch + (static_cast<size_t>(seq) * p.scratch_heads + static_cast<size_t>(hk) * p.group) * p.capacity;
+    float* scores = p.scores + at.base;
+    uint32_t* words = p.aux + at.aux + observed_word(p.tracker, step) * at.aux_stride;
+    for (int j = j0 + tid; j < j1; j += kThreads * UNROLL) {
+      float c[UNROLL];
+      float score[UNROLL];
+      uint32_t word[UNROLL];
+#pragma unroll
+      for (int u = 0; u < UNROLL; ++u) {
+        const int k = min(j + u * kThreads, j1 - 1);
+        score[u] = scores[k];
+        word[u] = has_word ? words[k] : 0u;
+        c[u] = 0.0f;
+      }
+      for (int g = 0; g < p.group; ++g) {
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+          const int k = min(j + u * kThreads, j1 - 1);
+          const float prob = __fmul_rn(expf(__ldcg(raw + static_cast<size_t>(g) * p.capacity + k) - gmax[g]), ginv[g]);
+          c[u] = gqa_fold(c[u], prob, g, p.tracker.gqa_max);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < UNROLL; ++u) {
+        const int k = j + u * kThreads;
+        if (k >= j1) break;
+        observe_rule(score[u], word[u], p.tracker, gqa_finish(c[u], p.group, p.tracker.gqa_max), n, step);
+        scores[k] = score[u];
+        if (has_word) words[k] = word[u];
+      }
+    }
+  }
+
+  // The clock moves once every block of the sequence has read it.
+  if (tid == 0 && atomicAdd(seq_meet, 1) == static_cast<int>(gridDim.x * gridDim.y) - 1) {
+    atomicExch(seq_meet, 0);
+    p.steps[seq] = clock + 1.0;
+  }
+}
 
 // The end of a streaming split block: each key group's softmax state (m, l) and its output (already in
 // red[(grp * GT + i) * D + channel]) are rescaled to the block's max and summed into the split's partial.
@@ -147,7 +332,6 @@ __global__ void __launch_bounds__(kThreads) decode_split(const DecodeParams p) {
   const int lid = tid % LANES;
   const int warp = tid / 32;
   const int lane = tid % 32;
-  if (split == 0 && blockIdx.y == 0 && tid == 0) p.steps[seq] += 1.0;
 
   const HeadAt at = head_at(p.heads, static_cast<size_t>(seq) * p.kv_heads + hk);
   int n = p.lengths[static_cast<size_t>(seq) * p.kv_heads + hk];
@@ -297,6 +481,7 @@ __global__ void __launch_bounds__(kThreads) decode_split(const DecodeParams p) {
       out[D + 1] = l;
     }
   }
+  finish_decode<D, GT>(p, red);
 }
 
 // The streaming variant (the default): no barrier in the main loop. Each key group keeps its own online
@@ -320,7 +505,6 @@ __global__ void __launch_bounds__(kThreads) decode_stream(const DecodeParams p) 
   const int tid = threadIdx.x;
   const int grp = tid / LANES;
   const int lid = tid % LANES;
-  if (split == 0 && blockIdx.y == 0 && tid == 0) p.steps[seq] += 1.0;
 
   const HeadAt at = head_at(p.heads, static_cast<size_t>(seq) * p.kv_heads + hk);
   int n = p.lengths[static_cast<size_t>(seq) * p.kv_heads + hk];
@@ -401,6 +585,7 @@ __global__ void __launch_bounds__(kThreads) decode_stream(const DecodeParams p) 
   }
   // Merge the key groups: rescale each to the block's max.
   merge_key_groups<D, GT, GROUPS>(p, red, m, l, grp, lid == 0, split, hk, gb, seq);
+  finish_decode<D, GT>(p, red);
 }
 
 // Packed stores (docs/packing.md): helpers of decode_packed below.
@@ -514,7 +699,6 @@ __global__ void __launch_bounds__(kThreads) decode_packed(const DecodeParams p) 
   const int grp = tid / LANES;
   const int lid = tid % LANES;
   const int c0 = lid * 8;
-  if (split == 0 && blockIdx.y == 0 && tid == 0) p.steps[seq] += 1.0;
 
   const PackedArgs& pk = p.pk;
   const size_t i = static_cast<size_t>(seq) * p.kv_heads + hk;
@@ -758,102 +942,7 @@ __global__ void __launch_bounds__(kThreads) decode_packed(const DecodeParams p) 
       out[D + 1] = l;
     }
   }
-}
-
-struct CombineParams {
-  const int32_t* lengths;
-  const double* steps;
-  const float* scratch;
-  const float* partial;
-  float* scores;
-  uint32_t* aux;
-  void* out;
-  DType out_dtype;
-  int64_t out_stride;
-  HeadMap heads;
-  int32_t kv_heads;
-  // Scratch rows per query head (the store's capacity).
-  int32_t capacity;
-  int32_t group;
-  int32_t scratch_heads;
-  int32_t max_splits;
-  int32_t splits;
-  int32_t head_dim;
-  int32_t limit;
-  TrackerArgs tracker;
-  SeqList seqs;
-};
-
-constexpr int kCombineThreads = 256;
-
-__global__ void __launch_bounds__(kCombineThreads) decode_combine(const CombineParams p) {
-  __shared__ float gmax[kMaxGroup];
-  __shared__ float ginv[kMaxGroup];
-  const int hk = blockIdx.y;
-  const int b = blockIdx.z;
-  const int seq = p.seqs.ids[b];
-  const int tid = threadIdx.x;
-  const int warp = tid / 32;
-  const int lane = tid % 32;
-  const int D = p.head_dim;
-  const size_t stride = static_cast<size_t>(D) + 2;
-  const float* part = p.partial + (static_cast<size_t>(seq) * p.scratch_heads + static_cast<size_t>(hk) * p.group) * p.max_splits * stride;
-
-  for (int g = warp; g < p.group; g += kCombineThreads / 32) {
-    const float* pg = part + static_cast<size_t>(g) * p.max_splits * stride;
-    float mx = -INFINITY;
-    for (int s = lane; s < p.splits; s += 32) mx = fmaxf(mx, pg[s * stride + D]);
-    mx = warp_max(mx);
-    float l = 0.0f;
-    for (int s = lane; s < p.splits; s += 32) {
-      const float ms = pg[s * stride + D];
-      if (ms != -INFINITY) l += pg[s * stride + D + 1] * __expf(ms - mx);
-    }
-    l = warp_sum(l);
-    if (lane == 0) {
-      gmax[g] = mx;
-      ginv[g] = 1.0f / l;
-    }
-  }
-  __syncthreads();
-
-  if (blockIdx.x == 0) {
-    // Each split's weight exp(m_s - max) first, so the sum over splits is independent loads that can all be
-    // in flight: with the weight computed inside the loop, each split waited for the previous one (ncu on
-    // an H200, batch 1 x 32 heads x 4096: this kernel took 18 us, as long as the split kernel).
-    __shared__ float split_weight[64];  // splits <= 64 (splits_for in store.cu)
-    for (int g = 0; g < p.group; ++g) {
-      const float* pg = part + static_cast<size_t>(g) * p.max_splits * stride;
-      if (tid < p.splits) {
-        const float ms = pg[tid * stride + D];
-        split_weight[tid] = ms == -INFINITY ? 0.0f : __expf(ms - gmax[g]);
-      }
-      __syncthreads();
-      for (int c = tid; c < D; c += kCombineThreads) {
-        float o = 0.0f;
-#pragma unroll 8
-        for (int s = 0; s < p.splits; ++s) o += pg[s * stride + c] * split_weight[s];
-        store_output(p.out, p.out_dtype, b * p.out_stride + static_cast<int64_t>(hk * p.group + g) * D + c, o * ginv[g]);
-      }
-      __syncthreads();
-    }
-  }
-
-  if (!tracker_observes(p.tracker)) return;
-  const HeadAt at = head_at(p.heads, static_cast<size_t>(seq) * p.kv_heads + hk);
-  int n = p.lengths[static_cast<size_t>(seq) * p.kv_heads + hk];
-  n = n < 0 ? 0 : min(n, min(at.cap, p.limit));
-  const uint64_t step = static_cast<uint64_t>(p.steps[seq]) - 1;
-  const float* raw = p.scratch + (static_cast<size_t>(seq) * p.scratch_heads + static_cast<size_t>(hk) * p.group) * p.capacity;
-  for (int j = blockIdx.x * kCombineThreads + tid; j < n; j += gridDim.x * kCombineThreads) {
-    float c = 0.0f;
-    for (int g = 0; g < p.group; ++g) {
-      const float prob = __fmul_rn(expf(raw[static_cast<size_t>(g) * p.capacity + j] - gmax[g]), ginv[g]);
-      c = gqa_fold(c, prob, g, p.tracker.gqa_max);
-    }
-    c = gqa_finish(c, p.group, p.tracker.gqa_max);
-    observe_token(p.scores + at.base + j, p.aux + at.aux + j, at.aux_stride, p.tracker, c, n, step);
-  }
+  finish_decode<D, GT>(p, red);
 }
 
 // Which split kernel runs: the tiled one (per-tile block softmax with barriers) or the streaming one.
@@ -898,7 +987,8 @@ double target_waves() {
 }
 
 // Launches a split kernel with the key length split so the grid fills the card about `target_waves()`
-// times, at least 64 keys a block; sets p.splits and p.chunk for the combine.
+// times, at least 64 keys a block. With several splits and a grid that fits the card at once the launch
+// is cooperative, so a head's blocks may wait for each other (finish_decode).
 template <typename Kernel>
 Result launch_splits(Kernel kernel, int resident, DecodeParams& p, int64_t per_split, int64_t longest, int32_t max_splits,
                      int32_t multiprocessors, int32_t batch, cudaStream_t stream) {
@@ -913,8 +1003,22 @@ Result launch_splits(Kernel kernel, int resident, DecodeParams& p, int64_t per_s
   p.splits = splits;
   p.chunk = chunk;
   const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(p.kv_heads * p.gbatches), static_cast<unsigned>(batch));
-  kernel<<<grid, kThreads, 0, stream>>>(p);
-  return launched("decode_split");
+  p.wait = splits > 1 && per_split * splits <= static_cast<int64_t>(multiprocessors) * resident ? 1 : 0;
+  cudaLaunchAttribute cooperative{};
+  cooperative.id = cudaLaunchAttributeCooperative;
+  cooperative.val.cooperative = p.wait;
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = dim3(kThreads);
+  config.stream = stream;
+  config.attrs = &cooperative;
+  config.numAttrs = 1;
+  const cudaError_t e = cudaLaunchKernelEx(&config, kernel, p);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    return Result{Status::Ok, static_cast<int>(e), "decode_split"};
+  }
+  return Result{};
 }
 
 template <typename T, int D, int GT>
@@ -973,8 +1077,17 @@ Result decode_rows(const Store& store, const int32_t* seqs, int32_t batch, int32
   p.scratch_heads = s.query_heads;
   p.max_splits = store.max_splits;
   p.limit = limit;
+  p.scores = store.scores;
+  p.aux = store.aux;
+  p.out = const_cast<void*>(out.data);
+  p.out_dtype = out.dtype;
+  p.out_stride = out.row_stride;
+  p.tracker = tracker_args(tracker);
+  p.sync = store.sync;
   for (int32_t b = 0; b < batch; ++b) {
     if (seqs[b] < 0 || seqs[b] >= s.max_sequences) return Result{Status::Argument, 0, "seq"};
+    // A sequence twice would meet itself at finish_decode's barriers.
+    if (std::find(seqs, seqs + b, seqs[b]) != seqs + b) return Result{Status::Argument, 0, "seqs"};
     p.seqs.ids[b] = seqs[b];
   }
   const int64_t per_split = static_cast<int64_t>(s.kv_heads) * gbatches * batch;
@@ -1012,34 +1125,7 @@ Result decode_rows(const Store& store, const int32_t* seqs, int32_t batch, int32
       }
     });
   });
-  if (!ok(r)) return r;
-  const int32_t splits = p.splits;
-
-  CombineParams c{};
-  c.lengths = store.lengths;
-  c.steps = store.steps;
-  c.scratch = store.scratch;
-  c.partial = store.partial;
-  c.scores = store.scores;
-  c.aux = store.aux;
-  c.out = const_cast<void*>(out.data);
-  c.out_dtype = out.dtype;
-  c.out_stride = out.row_stride;
-  c.heads = p.heads;
-  c.kv_heads = s.kv_heads;
-  c.capacity = s.capacity;
-  c.group = group;
-  c.scratch_heads = s.query_heads;
-  c.max_splits = store.max_splits;
-  c.splits = splits;
-  c.head_dim = s.head_dim;
-  c.limit = limit;
-  c.tracker = tracker_args(tracker);
-  c.seqs = p.seqs;
-  const int64_t blocks_x = tracker_observes(c.tracker) ? std::min<int64_t>(256, (longest + kCombineThreads - 1) / kCombineThreads) : 1;
-  decode_combine<<<dim3(static_cast<unsigned>(blocks_x), static_cast<unsigned>(s.kv_heads), static_cast<unsigned>(batch)),
-                   kCombineThreads, 0, st>>>(c);
-  return launched("decode_combine");
+  return r;
 }
 
 }  // namespace

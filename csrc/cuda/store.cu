@@ -11,7 +11,7 @@ namespace {
 size_t align256(size_t n) { return (n + 255) & ~static_cast<size_t>(255); }
 
 struct Layout {
-  size_t keys, values, positions, scores, aux, lengths, steps, scratch, partial, evict_state, error, bases, caps, head_args, total;
+  size_t keys, values, positions, scores, aux, lengths, steps, scratch, partial, evict_state, error, sync, bases, caps, head_args, total;
   // Packed storage.
   size_t key_codes, value_codes, value_scales, value_zeros, key_scales, key_zeros, run_lengths, run_generations, runs,
       packed, residual_keys, residual_values, slot_run, dropped, run_scratch;
@@ -71,6 +71,7 @@ Layout layout(const StoreSpec& s, int32_t max_splits, int32_t evict_chunks) {
                    (static_cast<size_t>(s.head_dim) + 2) * 4);
   l.evict_state = take(static_cast<size_t>(s.max_sequences) * s.kv_heads * evict_state_ints(evict_chunks) * 4);
   l.error = take(4);
+  l.sync = take(static_cast<size_t>(s.max_sequences) * (1 + 2 * static_cast<size_t>(s.kv_heads)) * 4);
   l.head_args = take(static_cast<size_t>(s.kv_heads) * 2 * 4);
   if (s.slots != 0) {
     l.bases = take(heads * 4);
@@ -195,6 +196,7 @@ Result store_create(const StoreSpec& spec, Store* out) {
   s.partial = reinterpret_cast<float*>(b + l.partial);
   s.evict_state = reinterpret_cast<int32_t*>(b + l.evict_state);
   s.error = reinterpret_cast<int32_t*>(b + l.error);
+  s.sync = reinterpret_cast<int32_t*>(b + l.sync);
   s.head_args = reinterpret_cast<int32_t*>(b + l.head_args);
   if (spec.slots != 0) {
     s.bases = reinterpret_cast<int32_t*>(b + l.bases);
