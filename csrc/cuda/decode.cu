@@ -11,6 +11,11 @@
 //
 // The clock: block (0, 0) of the split kernel advances steps[seq]; the combine kernel, which runs after
 // it on the stream, reads the observation's step as steps[seq] - 1.
+//
+// attend (dense stores) appends the token it attends in the same two launches: the split block whose key
+// range holds the new slot writes the key, value and tracker state there before reading its keys, every
+// block counts the token in the head's length, and the combine kernel publishes the new length (no split
+// block may write lengths while others read it). Saves the append's launch (docs/cuda.md).
 #include <algorithm>
 #include <cstdlib>
 #include <climits>
@@ -28,6 +33,21 @@ constexpr int kTile = 128;
 
 struct SeqList {
   int32_t ids[kMaxBatch];
+};
+
+// The token an attend appends (kernel argument of the split kernels; unused by a plain decode).
+struct FusedAppend {
+  int32_t* positions;
+  float* scores;
+  uint32_t* aux;
+  int32_t* attended;
+  int32_t* error;
+  Tensor k;
+  Tensor v;
+  int32_t aux_words;
+  int32_t first_position;
+  uint32_t layer;
+  TrackerArgs tracker;
 };
 
 struct DecodeParams {
@@ -54,6 +74,9 @@ struct DecodeParams {
   PackedArgs pk;
   // Slots attended: min(length, limit) (a prefill row of a packed store sees a prefix).
   int32_t limit;
+  // attend: the token appended before the decode (fused != 0, dense stores only).
+  int32_t fused;
+  FusedAppend fa;
 };
 
 // The end of a streaming split block: each key group's softmax state (m, l) and its output (already in
@@ -125,6 +148,47 @@ __device__ __forceinline__ void load_queries(const DecodeParams& p, int b, int h
   }
 }
 
+struct KeyRange {
+  int n;
+  int t0;
+  int t1;
+};
+
+// An attend's new token in block (split, hk, gb), whose range [t0, t1) holds its slot `stored`: every
+// query batch's block of that split reads the slot, so each writes the same key and value bits; batch 0
+// writes its position and tracker state.
+template <typename T, int D>
+__device__ __forceinline__ void append_attended(const DecodeParams& p, const HeadAt& at, int32_t stored, int hk, int gb) {
+  const FusedAppend& f = p.fa;
+  // The store's own arrays, read-only to the decode proper.
+  T* keys = const_cast<T*>(reinterpret_cast<const T*>(p.keys)) + (at.base + stored) * D;
+  T* values = const_cast<T*>(reinterpret_cast<const T*>(p.values)) + (at.base + stored) * D;
+  append_rows(keys, values, f.aux, at, stored, f.k, f.v, hk, D, gb == 0 ? f.aux_words : 0, 1);
+  __syncthreads();
+  if (gb == 0) append_state(keys, f.positions, f.scores, at.base + stored, D, 1, f.first_position, f.tracker, f.layer, hk);
+}
+
+// The slots [t0, t1) of the head's n that split block (split, hk, gb) attends. An attend's n counts the
+// new token when the head has room, and the block whose range holds its slot stores it first; block
+// (0, batch 0) records the new length for the combine kernel, or -1 and the error flag append would set.
+template <typename T, int D>
+__device__ __forceinline__ KeyRange key_range(const DecodeParams& p, const HeadAt& at, size_t slot, int split, int hk, int gb) {
+  const int32_t stored = p.lengths[slot];
+  const bool appends = p.fused != 0 && stored >= 0 && stored < at.cap;
+  int n = appends ? stored + 1 : stored;
+  n = n < 0 ? 0 : min(n, min(at.cap, p.limit));
+  const int t0 = split * p.chunk;
+  const int t1 = split == p.splits - 1 ? n : min(n, t0 + p.chunk);
+  if (p.fused != 0) {
+    if (split == 0 && gb == 0 && threadIdx.x == 0) {
+      p.fa.attended[slot] = appends ? stored + 1 : -1;
+      if (!appends) atomicOr(p.fa.error, stored < 0 || stored > at.cap ? kErrorBadLength : kErrorNoRoom);
+    }
+    if (appends && stored >= t0 && stored < t1) append_attended<T, D>(p, at, stored, hk, gb);
+  }
+  return KeyRange{n, t0, t1};
+}
+
 template <typename T, int D, int GT>
 __global__ void __launch_bounds__(kThreads) decode_split(const DecodeParams p) {
   constexpr int VEC = 16 / static_cast<int>(sizeof(T));
@@ -150,10 +214,9 @@ __global__ void __launch_bounds__(kThreads) decode_split(const DecodeParams p) {
   if (split == 0 && blockIdx.y == 0 && tid == 0) p.steps[seq] += 1.0;
 
   const HeadAt at = head_at(p.heads, static_cast<size_t>(seq) * p.kv_heads + hk);
-  int n = p.lengths[static_cast<size_t>(seq) * p.kv_heads + hk];
-  n = n < 0 ? 0 : min(n, min(at.cap, p.limit));
-  const int t0 = split * p.chunk;
-  const int t1 = split == p.splits - 1 ? n : min(n, t0 + p.chunk);
+  const KeyRange range = key_range<T, D>(p, at, static_cast<size_t>(seq) * p.kv_heads + hk, split, hk, gb);
+  const int t0 = range.t0;
+  const int t1 = range.t1;
   const size_t head = at.base;
   const T* K = reinterpret_cast<const T*>(p.keys) + head * D;
   const T* V = reinterpret_cast<const T*>(p.values) + head * D;
@@ -323,10 +386,9 @@ __global__ void __launch_bounds__(kThreads) decode_stream(const DecodeParams p) 
   if (split == 0 && blockIdx.y == 0 && tid == 0) p.steps[seq] += 1.0;
 
   const HeadAt at = head_at(p.heads, static_cast<size_t>(seq) * p.kv_heads + hk);
-  int n = p.lengths[static_cast<size_t>(seq) * p.kv_heads + hk];
-  n = n < 0 ? 0 : min(n, min(at.cap, p.limit));
-  const int t0 = split * p.chunk;
-  const int t1 = split == p.splits - 1 ? n : min(n, t0 + p.chunk);
+  const KeyRange range = key_range<T, D>(p, at, static_cast<size_t>(seq) * p.kv_heads + hk, split, hk, gb);
+  const int t0 = range.t0;
+  const int t1 = range.t1;
   const size_t head = at.base;
   const T* K = reinterpret_cast<const T*>(p.keys) + head * D;
   const T* V = reinterpret_cast<const T*>(p.values) + head * D;
@@ -761,7 +823,9 @@ __global__ void __launch_bounds__(kThreads) decode_packed(const DecodeParams p) 
 }
 
 struct CombineParams {
-  const int32_t* lengths;
+  int32_t* lengths;
+  // attend: the lengths its split kernel appended to (published to lengths here); null for a decode.
+  const int32_t* attended;
   const double* steps;
   const float* scratch;
   const float* partial;
@@ -839,9 +903,13 @@ __global__ void __launch_bounds__(kCombineThreads) decode_combine(const CombineP
     }
   }
 
+  // An attend's new length, when it appended: no block of this kernel reads lengths then, so one publishes it.
+  const size_t slot = static_cast<size_t>(seq) * p.kv_heads + hk;
+  const int32_t appended = p.attended == nullptr ? -1 : p.attended[slot];
+  if (appended >= 0 && blockIdx.x == 0 && tid == 0) p.lengths[slot] = appended;
   if (!tracker_observes(p.tracker)) return;
-  const HeadAt at = head_at(p.heads, static_cast<size_t>(seq) * p.kv_heads + hk);
-  int n = p.lengths[static_cast<size_t>(seq) * p.kv_heads + hk];
+  const HeadAt at = head_at(p.heads, slot);
+  int n = appended >= 0 ? appended : p.lengths[slot];
   n = n < 0 ? 0 : min(n, min(at.cap, p.limit));
   const uint64_t step = static_cast<uint64_t>(p.steps[seq]) - 1;
   const float* raw = p.scratch + (static_cast<size_t>(seq) * p.scratch_heads + static_cast<size_t>(hk) * p.group) * p.capacity;
@@ -942,9 +1010,11 @@ Result launch_packed(DecodeParams& p, int64_t per_split, int64_t longest, int32_
 
 namespace {
 
-// decode over at most `limit` slots of each head (INT32_MAX: all of them).
+// decode over at most `limit` slots of each head (INT32_MAX: all of them), appending `fused`'s token first
+// when given (attend).
 Result decode_rows(const Store& store, const int32_t* seqs, int32_t batch, int32_t max_length, Tensor q, Tensor out,
-                   int32_t query_heads, float scale, const TrackerSpec& tracker, int32_t limit, void* stream) {
+                   int32_t query_heads, float scale, const TrackerSpec& tracker, int32_t limit, const FusedAppend* fused,
+                   void* stream) {
   const StoreSpec& s = store.spec;
   if (batch < 1 || batch > kMaxBatch || query_heads < 1 || query_heads % s.kv_heads != 0 || query_heads > s.query_heads) {
     return Result{Status::Argument, 0, "decode"};
@@ -973,6 +1043,10 @@ Result decode_rows(const Store& store, const int32_t* seqs, int32_t batch, int32
   p.scratch_heads = s.query_heads;
   p.max_splits = store.max_splits;
   p.limit = limit;
+  if (fused != nullptr) {
+    p.fused = 1;
+    p.fa = *fused;
+  }
   for (int32_t b = 0; b < batch; ++b) {
     if (seqs[b] < 0 || seqs[b] >= s.max_sequences) return Result{Status::Argument, 0, "seq"};
     p.seqs.ids[b] = seqs[b];
@@ -1017,6 +1091,7 @@ Result decode_rows(const Store& store, const int32_t* seqs, int32_t batch, int32
 
   CombineParams c{};
   c.lengths = store.lengths;
+  c.attended = fused == nullptr ? nullptr : store.attended;
   c.steps = store.steps;
   c.scratch = store.scratch;
   c.partial = store.partial;
@@ -1046,7 +1121,32 @@ Result decode_rows(const Store& store, const int32_t* seqs, int32_t batch, int32
 
 Result decode(const Store& store, const int32_t* seqs, int32_t batch, int32_t max_length, Tensor q, Tensor out,
               int32_t query_heads, float scale, const TrackerSpec& tracker, void* stream) {
-  return decode_rows(store, seqs, batch, max_length, q, out, query_heads, scale, tracker, INT32_MAX, stream);
+  return decode_rows(store, seqs, batch, max_length, q, out, query_heads, scale, tracker, INT32_MAX, nullptr, stream);
+}
+
+Result attend(const Store& store, int32_t seq, int32_t max_length, Tensor k, Tensor v, int32_t first_position, Tensor q,
+              Tensor out, int32_t query_heads, float scale, const TrackerSpec& tracker, void* stream) {
+  const StoreSpec& s = store.spec;
+  if (seq < 0 || seq >= s.max_sequences) return Result{Status::Argument, 0, "attend"};
+  if (s.bits != 0) {
+    // Packed appends may pack a group and merge runs: their own kernel.
+    const Result r = append(store, seq, k, v, 1, first_position, tracker, stream);
+    if (!ok(r)) return r;
+    return decode(store, &seq, 1, max_length, q, out, query_heads, scale, tracker, stream);
+  }
+  FusedAppend f{};
+  f.positions = store.positions;
+  f.scores = store.scores;
+  f.aux = store.aux;
+  f.attended = store.attended;
+  f.error = store.error;
+  f.k = k;
+  f.v = v;
+  f.aux_words = s.aux_words;
+  f.first_position = first_position;
+  f.layer = s.layer;
+  f.tracker = tracker_args(tracker);
+  return decode_rows(store, &seq, 1, max_length, q, out, query_heads, scale, tracker, INT32_MAX, &f, stream);
 }
 
 Result prefill_packed(const Store& store, int32_t seq, int32_t length, Tensor q, int32_t rows, Tensor out,
@@ -1058,7 +1158,7 @@ Result prefill_packed(const Store& store, int32_t seq, int32_t length, Tensor q,
     qr.data = static_cast<const uint8_t*>(q.data) + static_cast<int64_t>(r) * q.row_stride * bytes_per_element(q.dtype);
     outr.data = static_cast<const uint8_t*>(out.data) + static_cast<int64_t>(r) * out.row_stride * bytes_per_element(out.dtype);
     const int32_t limit = length - rows + r + 1;
-    const Result res = decode_rows(store, &seq, 1, limit, qr, outr, query_heads, scale, tracker, limit, stream);
+    const Result res = decode_rows(store, &seq, 1, limit, qr, outr, query_heads, scale, tracker, limit, nullptr, stream);
     if (!ok(res)) return res;
   }
   return Result{};

@@ -11,7 +11,7 @@ namespace {
 size_t align256(size_t n) { return (n + 255) & ~static_cast<size_t>(255); }
 
 struct Layout {
-  size_t keys, values, positions, scores, aux, lengths, steps, scratch, partial, evict_state, error, bases, caps, head_args, total;
+  size_t keys, values, positions, scores, aux, lengths, attended, steps, scratch, partial, evict_state, error, bases, caps, head_args, total;
   // Packed storage.
   size_t key_codes, value_codes, value_scales, value_zeros, key_scales, key_zeros, run_lengths, run_generations, runs,
       packed, residual_keys, residual_values, slot_run, dropped, run_scratch;
@@ -65,6 +65,7 @@ Layout layout(const StoreSpec& s, int32_t max_splits, int32_t evict_chunks) {
   l.scores = take(tokens * 4);
   l.aux = take(tokens * 4 * static_cast<size_t>(s.aux_words));
   l.lengths = take(heads * 4);
+  l.attended = take(heads * 4);
   l.steps = take(static_cast<size_t>(s.max_sequences) * 8);
   l.scratch = take(static_cast<size_t>(s.max_sequences) * static_cast<size_t>(s.query_heads) * static_cast<size_t>(s.capacity) * 4);
   l.partial = take(static_cast<size_t>(s.max_sequences) * static_cast<size_t>(s.query_heads) * static_cast<size_t>(max_splits) *
@@ -190,6 +191,7 @@ Result store_create(const StoreSpec& spec, Store* out) {
   s.scores = reinterpret_cast<float*>(b + l.scores);
   s.aux = reinterpret_cast<uint32_t*>(b + l.aux);
   s.lengths = reinterpret_cast<int32_t*>(b + l.lengths);
+  s.attended = reinterpret_cast<int32_t*>(b + l.attended);
   s.steps = reinterpret_cast<double*>(b + l.steps);
   s.scratch = reinterpret_cast<float*>(b + l.scratch);
   s.partial = reinterpret_cast<float*>(b + l.partial);
