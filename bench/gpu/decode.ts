@@ -7,7 +7,8 @@
  *    x batch 16 x 8192 tokens; K+V bytes over time against the read bandwidth, and against PyTorch's
  *    attention that returns probabilities (matmul, softmax, matmul) and its fused SDPA (no probabilities);
  *  - compaction after dropping 20% (choice + in-place move) against torch top-k + gather;
- *  - host overhead of one call through the addon (decode alone, and KVCache.attend = append + decode).
+ *  - host overhead of one call through the addon (decode alone; KVCache.attend and backend.attend, which
+ *    append inside the decode kernels; append + decode as two calls). --overhead-only runs this alone.
  *
  * Bundled by scripts/device-bundle.sh; on the GPU machine:
  *   python3 bench/gpu/torch_baseline.py > torch.json && node .device/bench/decode.mjs --torch torch.json --out DIR
@@ -120,6 +121,24 @@ function compactionCase(name: string, batch: number, tokens: number, rng: Rng): 
   backend.dispose();
 }
 
+/**
+ * Host microseconds per call of `step` (`calls` back to back, no sync): the median of 10 rounds, after 20
+ * untimed rounds so the JIT has optimised the JavaScript (an engine makes this call per layer and token).
+ * `reset` runs after each round's sync.
+ */
+function hostTime(step: (i: number) => void, reset: () => void): number {
+  const calls = 200;
+  const samples: number[] = [];
+  for (let round = 0; round < 30; round++) {
+    const t0 = process.hrtime.bigint();
+    for (let i = 0; i < calls; i++) step(i);
+    if (round >= 20) samples.push(Number(process.hrtime.bigint() - t0) / 1e3 / calls);
+    cuda.cudaSynchronize(stream);
+    reset();
+  }
+  return median(samples);
+}
+
 function overhead(): void {
   const geometry = { layers: 1, queryHeads: 4, kvHeads: 1, headDim: 64 };
   using cache = KVCache.create({ geometry, dtype: 'f16', backend: 'cuda', tracker: scissorhands({ window: 64 }), policy: fullCache({ maxTokens: 4096 }) });
@@ -128,48 +147,28 @@ function overhead(): void {
   using q = DeviceTensor.fromHost(new Uint16Array(4 * 64).fill(0x3c00), 'f16');
   using k = DeviceTensor.fromHost(new Uint16Array(64).fill(0x3c00), 'f16');
   using out = DeviceTensor.alloc('f16', 4 * 64);
-  for (let i = 0; i < 100; i++) cache.attend(seq, 0, q, k, k, out);
-  cuda.cudaSynchronize(stream);
-  const calls = 200;
-  const samples: number[] = [];
-  for (let s = 0; s < 10; s++) {
-    const t0 = process.hrtime.bigint();
-    for (let i = 0; i < calls; i++) cache.attend(seq, 0, q, k, k, out);
-    samples.push(Number(process.hrtime.bigint() - t0) / 1e3 / calls);
-    cuda.cudaSynchronize(stream);
-    cache.reset(seq);
-  }
-  results['overhead.attend.us'] = median(samples);
-  // decode alone through the backend (one addon call, two launches)
+  results['overhead.attend.us'] = hostTime(() => cache.attend(seq, 0, q, k, k, out), () => cache.reset(seq));
   const backend = createCudaBackend({ stream });
   const tracker = scissorhands({ window: 64 });
-  const store = backend.allocate({ layer: 0, dtype: 'f16', maxSequences: 1, kvHeads: 1, headDim: 64, capacity: 256, auxWords: tracker.auxWords, queryHeads: 4 });
-  backend.append(store, 0, k as never, k as never, 1, 0, tracker);
+  const store = backend.allocate({ layer: 0, dtype: 'f16', maxSequences: 1, kvHeads: 1, headDim: 64, capacity: 4096, auxWords: tracker.auxWords, queryHeads: 4 });
   const attention = { queryHeads: 4, scale: 0.125 };
-  const dec: number[] = [];
-  const raw: number[] = [];
-  for (let s = 0; s < 10; s++) {
-    let t0 = process.hrtime.bigint();
-    for (let i = 0; i < calls; i++) backend.decode(store, 0, q as never, out as never, attention, tracker);
-    dec.push(Number(process.hrtime.bigint() - t0) / 1e3 / calls);
-    cuda.cudaSynchronize(stream);
-    const handle = (store as unknown as { device: { native: never } }).device.native;
-    const seqs = Int32Array.of(0);
-    t0 = process.hrtime.bigint();
-    for (let i = 0; i < calls; i++) cuda.cudaDecode(handle, seqs, 1, q.ptr, 1, 256, out.ptr, 1, 256, 4, 0.125, 1 | 0x200, 64, 0, stream);
-    raw.push(Number(process.hrtime.bigint() - t0) / 1e3 / calls);
-    cuda.cudaSynchronize(stream);
-  }
+  const clear = (): void => backend.clear(store, 0);
+  // The step through the backend: attend (one addon call, two launches) and, as before it, append + decode
+  // (two calls, three launches).
+  results['overhead.backendAttend.us'] = hostTime((i) => backend.attend(store, 0, k, k, i, q, out, attention, tracker), clear);
+  results['overhead.appendDecode.us'] = hostTime((i) => {
+    backend.append(store, 0, k as never, k as never, 1, i, tracker);
+    backend.decode(store, 0, q as never, out as never, attention, tracker);
+  }, clear);
+  // decode alone through the backend and through the raw addon (one call, two launches)
+  backend.append(store, 0, k as never, k as never, 1, 0, tracker);
+  results['overhead.decode.us'] = hostTime(() => backend.decode(store, 0, q as never, out as never, attention, tracker), () => {});
+  const handle = (store as unknown as { device: { native: never } }).device.native;
+  const seqs = Int32Array.of(0);
+  const [qp, op] = [q.ptr, out.ptr];
+  results['overhead.rawDecode.us'] = hostTime(() => cuda.cudaDecode(handle, seqs, 1, qp, 1, 256, op, 1, 256, 4, 0.125, 1 | 0x200, 64, 0, stream), () => {});
   // One cheap asynchronous CUDA call through the addon, for scale.
-  const rec: number[] = [];
-  for (let s = 0; s < 10; s++) {
-    const t0 = process.hrtime.bigint();
-    for (let i = 0; i < calls; i++) cuda.cudaEventRecord(ev0, stream);
-    rec.push(Number(process.hrtime.bigint() - t0) / 1e3 / calls);
-  }
-  results['overhead.eventRecord.us'] = median(rec);
-  results['overhead.decode.us'] = median(dec);
-  results['overhead.rawDecode.us'] = median(raw);
+  results['overhead.eventRecord.us'] = hostTime(() => cuda.cudaEventRecord(ev0, stream), () => {});
   backend.dispose();
 }
 
@@ -182,6 +181,11 @@ if (args.case !== undefined) {
   if (found === undefined) throw new Error(`--case: expected one of ${compactions.map(([name]) => name).join(', ')}`);
   compactionCase(found[0], found[1], found[2], rng);
   console.error(`${args.case}: ${(results[`${args.case}.ms`] as number).toFixed(4)} ms`);
+  process.exit(0);
+}
+if (args['overhead-only']) {
+  overhead();
+  for (const [key, value] of Object.entries(results)) if (key.startsWith('overhead.')) console.log(`${key} ${(value as number).toFixed(2)}`);
   process.exit(0);
 }
 results['card'] = info.device?.name ?? 'unknown';
@@ -235,7 +239,9 @@ for (const [name] of compactions) {
   lines.push(`| ${name} | ${ms.toFixed(4)} | ${t.toFixed(4)} | ${(t / ms).toFixed(1)} |`);
 }
 lines.push('', '| host overhead per call | us |', '|---|---|',
-  `| KVCache.attend (append + decode, device tensors) | ${(results['overhead.attend.us'] as number).toFixed(2)} |`,
+  `| KVCache.attend (device tensors: one addon call, two launches) | ${(results['overhead.attend.us'] as number).toFixed(2)} |`,
+  `| backend.attend (the same, without the cache's planning) | ${(results['overhead.backendAttend.us'] as number).toFixed(2)} |`,
+  `| backend.append + backend.decode (two calls, three launches: attend before) | ${(results['overhead.appendDecode.us'] as number).toFixed(2)} |`,
   `| backend.decode (one addon call, two launches) | ${(results['overhead.decode.us'] as number).toFixed(2)} |`,
   `| raw addon cudaDecode | ${(results['overhead.rawDecode.us'] as number).toFixed(2)} |`,
   `| addon cudaEventRecord (one cheap CUDA call, for scale) | ${(results['overhead.eventRecord.us'] as number).toFixed(2)} |`);

@@ -171,6 +171,11 @@ Result append(const Store& store, int32_t seq, Tensor k, Tensor v, int32_t count
 // of seqs[b]. max_length sizes the split-K grid (any device length stays correct).
 Result decode(const Store& store, const int32_t* seqs, int32_t batch, int32_t max_length, Tensor q, Tensor out,
               int32_t query_heads, float scale, const TrackerSpec& tracker, void* stream);
+// append of one token (k, v at first_position) then decode of seq, as one launch on a dense store (the
+// split kernel block whose key range holds the new slot writes it first) and as append + decode on a packed
+// one. max_length is the length after the append (it sizes the grid).
+Result attend(const Store& store, int32_t seq, int32_t max_length, Tensor k, Tensor v, int32_t first_position, Tensor q,
+              Tensor out, int32_t query_heads, float scale, const TrackerSpec& tracker, void* stream);
 // Causal attention of `rows` rows over the kept tokens of seq (length sizes the grid).
 Result prefill(const Store& store, int32_t seq, int32_t length, Tensor q, int32_t rows, Tensor out, int32_t query_heads,
                float scale, const TrackerSpec& tracker, void* stream);

@@ -27,21 +27,6 @@ struct AppendParams {
   TrackerArgs tracker;
 };
 
-// Stores element i of a caller's array as T: a copy of the bits when the input has the store's dtype,
-// else rounded from f32 (exactly as the CPU backend rounds).
-template <typename T>
-__device__ __forceinline__ void put(T* dst, const Tensor& src, int64_t i) {
-  if constexpr (sizeof(T) == 4) {
-    *dst = static_cast<const float*>(src.data)[i];
-  } else {
-    if (src.dtype == DType::F32) {
-      Elem<T>::store_f32(dst, static_cast<const float*>(src.data)[i]);
-    } else {
-      *reinterpret_cast<uint16_t*>(dst) = static_cast<const uint16_t*>(src.data)[i];
-    }
-  }
-}
-
 template <typename T>
 __global__ void __launch_bounds__(256) append_kernel(const AppendParams p) {
   const int h = blockIdx.x;
@@ -53,28 +38,11 @@ __global__ void __launch_bounds__(256) append_kernel(const AppendParams p) {
     return;
   }
   const size_t base = at.base + n;
-  const int d = p.head_dim;
-  T* keys = reinterpret_cast<T*>(p.keys) + base * d;
-  T* values = reinterpret_cast<T*>(p.values) + base * d;
-  const int64_t total = static_cast<int64_t>(p.count) * d;
-  for (int64_t idx = threadIdx.x; idx < total; idx += blockDim.x) {
-    const int64_t i = idx / d;
-    const int64_t c = idx - i * d;
-    put(keys + idx, p.k, i * p.k.row_stride + static_cast<int64_t>(h) * d + c);
-    put(values + idx, p.v, i * p.v.row_stride + static_cast<int64_t>(h) * d + c);
-  }
-  // Aux words are word-major (HeadAt::aux_stride apart).
-  for (int64_t idx = threadIdx.x; idx < static_cast<int64_t>(p.count) * p.aux_words; idx += blockDim.x) {
-    const int64_t w = idx / p.count;
-    const int64_t i = idx - w * p.count;
-    p.aux[at.aux + w * at.aux_stride + n + i] = 0;
-  }
+  T* keys = reinterpret_cast<T*>(p.keys) + base * p.head_dim;
+  T* values = reinterpret_cast<T*>(p.values) + base * p.head_dim;
+  append_rows(keys, values, p.aux, at, n, p.k, p.v, h, p.head_dim, p.aux_words, p.count);
   __syncthreads();
-  for (int i = threadIdx.x; i < p.count; i += blockDim.x) {
-    const int32_t position = p.first_position + i;
-    p.positions[base + i] = position;
-    p.scores[base + i] = append_score(keys + static_cast<int64_t>(i) * d, d, p.tracker, p.layer, h, position);
-  }
+  append_state(keys, p.positions, p.scores, base, p.head_dim, p.count, p.first_position, p.tracker, p.layer, h);
   __syncthreads();
   if (threadIdx.x == 0) p.lengths[slot0] = n + p.count;
 }

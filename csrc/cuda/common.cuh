@@ -284,6 +284,54 @@ __device__ __forceinline__ float append_score(const T* key, int d, const Tracker
   return 0.0f;
 }
 
+// ---- dense append (append_kernel, and the decode split kernels when they append the token they attend) ----
+
+// Stores element i of a caller's array as T: a copy of the bits when the input has the store's dtype,
+// else rounded from f32 (exactly as the CPU backend rounds).
+template <typename T>
+__device__ __forceinline__ void put_input(T* dst, const Tensor& src, int64_t i) {
+  if constexpr (sizeof(T) == 4) {
+    *dst = static_cast<const float*>(src.data)[i];
+  } else {
+    if (src.dtype == DType::F32) {
+      Elem<T>::store_f32(dst, static_cast<const float*>(src.data)[i]);
+    } else {
+      *reinterpret_cast<uint16_t*>(dst) = static_cast<const uint16_t*>(src.data)[i];
+    }
+  }
+}
+
+// The block writes rows [0, count) of KV head h of the caller's k and v to keys and values (the head's
+// slot n onwards) and zeroes those tokens' aux words (word-major, HeadAt::aux_stride apart).
+template <typename T>
+__device__ __forceinline__ void append_rows(T* keys, T* values, uint32_t* aux, const HeadAt& at, int32_t n, const Tensor& k,
+                                            const Tensor& v, int h, int d, int aux_words, int32_t count) {
+  const int64_t total = static_cast<int64_t>(count) * d;
+  for (int64_t idx = threadIdx.x; idx < total; idx += blockDim.x) {
+    const int64_t i = idx / d;
+    const int64_t c = idx - i * d;
+    put_input(keys + idx, k, i * k.row_stride + static_cast<int64_t>(h) * d + c);
+    put_input(values + idx, v, i * v.row_stride + static_cast<int64_t>(h) * d + c);
+  }
+  for (int64_t idx = threadIdx.x; idx < static_cast<int64_t>(count) * aux_words; idx += blockDim.x) {
+    const int64_t w = idx / count;
+    const int64_t i = idx - w * count;
+    aux[at.aux + w * at.aux_stride + n + i] = 0;
+  }
+}
+
+// After append_rows and a barrier (the rule may read the stored keys): the tokens' positions and
+// starting scores at slots [slot, slot + count).
+template <typename T>
+__device__ __forceinline__ void append_state(const T* keys, int32_t* positions, float* scores, size_t slot, int d, int32_t count,
+                                             int32_t first_position, const TrackerArgs& t, uint32_t layer, int h) {
+  for (int i = threadIdx.x; i < count; i += blockDim.x) {
+    const int32_t position = first_position + i;
+    positions[slot + i] = position;
+    scores[slot + i] = append_score(keys + static_cast<int64_t>(i) * d, d, t, layer, h, position);
+  }
+}
+
 // ---- reductions ----
 
 // One key of a streaming attention loop (decode_stream, prefill): its score s enters the online softmax

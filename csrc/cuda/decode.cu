@@ -14,6 +14,11 @@
 //
 // The clock: every block reads steps[seq] as the observation's step; the last block of the sequence to
 // finish advances it.
+//
+// attend (dense stores) appends the token it attends in the same launch: the split block whose key range
+// holds the new slot writes the key, value and tracker state there before reading its keys, and every
+// block counts the token in the head's length. No block may write lengths while others read it, so the
+// new length is published once the head's blocks have met (finish_decode). Saves the append's launch.
 #include <algorithm>
 #include <cstdlib>
 #include <climits>
@@ -31,6 +36,17 @@ constexpr int kTile = 128;
 
 struct SeqList {
   int32_t ids[kMaxBatch];
+};
+
+// The token an attend appends (kernel argument of the split kernels; unused by a plain decode).
+struct FusedAppend {
+  int32_t* positions;
+  int32_t* error;
+  Tensor k;
+  Tensor v;
+  int32_t aux_words;
+  int32_t first_position;
+  uint32_t layer;
 };
 
 struct DecodeParams {
@@ -67,7 +83,25 @@ struct DecodeParams {
   int32_t* sync;
   // 1 when the launch is cooperative (every block resident): a head's blocks wait for each other.
   int32_t wait;
+  // attend: the token appended before the decode (fused != 0, dense stores only).
+  int32_t fused;
+  FusedAppend fa;
 };
+
+// The keys of a head that a decode attends: `stored` is its length before the call; an attend counts the
+// token it appends when the head has room (`appends`), and n is what the blocks attend.
+struct HeadKeys {
+  int32_t stored;
+  bool appends;
+  int n;
+};
+
+__device__ __forceinline__ HeadKeys head_keys(const DecodeParams& p, const HeadAt& at, size_t slot) {
+  const int32_t stored = p.lengths[slot];
+  const bool appends = p.fused != 0 && stored >= 0 && stored < at.cap;
+  const int n = appends ? stored + 1 : stored;
+  return HeadKeys{stored, appends, n < 0 ? 0 : min(n, min(at.cap, p.limit))};
+}
 
 // Waits until all `parties` blocks that share `meet` ([arrived, generation]) have called it, with their
 // global writes visible to each other. A sense-reversing barrier: the last to arrive resets the count
@@ -102,9 +136,11 @@ __device__ void finish_decode(const DecodeParams& p, float* spare) {
   const int gb = blockIdx.y - hk * p.gbatches;
   const int b = blockIdx.z;
   const int seq = p.seqs.ids[b];
-  const HeadAt at = head_at(p.heads, static_cast<size_t>(seq) * p.kv_heads + hk);
-  int n = p.lengths[static_cast<size_t>(seq) * p.kv_heads + hk];
-  n = n < 0 ? 0 : min(n, min(at.cap, p.limit));
+  const size_t slot = static_cast<size_t>(seq) * p.kv_heads + hk;
+  const HeadAt at = head_at(p.heads, slot);
+  // Read before this block arrives below: lengths[slot] changes only after every block of the head has.
+  const HeadKeys keys = head_keys(p, at, slot);
+  const int n = keys.n;
   const int t0 = split * p.chunk;
   const int t1 = split == p.splits - 1 ? n : min(n, t0 + p.chunk);
   float* gmax = spare;
@@ -135,6 +171,8 @@ __device__ void finish_decode(const DecodeParams& p, float* spare) {
     }
     __syncthreads();
   }
+  // Every block of the head has read its length: an attend's new length can be published.
+  if (keys.appends && tid == 0 && (p.wait != 0 ? split == 0 && gb == 0 : last != 0)) p.lengths[slot] = keys.stored + 1;
   // What this block merges (query heads [h0, h1), channels [c0, c1)) and observes (keys [j0, j1)).
   int h0 = 0, h1 = 0, c0 = 0, c1 = 0, j0 = 0, j1 = 0;
   if (p.wait != 0) {
@@ -310,6 +348,43 @@ __device__ __forceinline__ void load_queries(const DecodeParams& p, int b, int h
   }
 }
 
+struct KeyRange {
+  int n;
+  int t0;
+  int t1;
+};
+
+// An attend's new token in block (split, hk, gb), whose range [t0, t1) holds its slot `stored`: every
+// query batch's block of that split reads the slot, so each writes the same key and value bits; batch 0
+// writes its position and tracker state.
+template <typename T, int D>
+__device__ __forceinline__ void append_attended(const DecodeParams& p, const HeadAt& at, int32_t stored, int hk, int gb) {
+  const FusedAppend& f = p.fa;
+  // The store's own arrays, read-only to the decode proper.
+  T* keys = const_cast<T*>(reinterpret_cast<const T*>(p.keys)) + (at.base + stored) * D;
+  T* values = const_cast<T*>(reinterpret_cast<const T*>(p.values)) + (at.base + stored) * D;
+  append_rows(keys, values, p.aux, at, stored, f.k, f.v, hk, D, gb == 0 ? f.aux_words : 0, 1);
+  __syncthreads();
+  if (gb == 0) append_state(keys, f.positions, p.scores, at.base + stored, D, 1, f.first_position, p.tracker, f.layer, hk);
+}
+
+// The slots [t0, t1) of the head's n that split block (split, hk, gb) attends. An attend's n counts the
+// new token when the head has room, and the block whose range holds its slot stores it first; without
+// room, block (0, batch 0) sets the error flag append would set.
+template <typename T, int D>
+__device__ __forceinline__ KeyRange key_range(const DecodeParams& p, const HeadAt& at, size_t slot, int split, int hk, int gb) {
+  const HeadKeys keys = head_keys(p, at, slot);
+  const int t0 = split * p.chunk;
+  const int t1 = split == p.splits - 1 ? keys.n : min(keys.n, t0 + p.chunk);
+  if (p.fused != 0) {
+    if (!keys.appends && split == 0 && gb == 0 && threadIdx.x == 0) {
+      atomicOr(p.fa.error, keys.stored < 0 || keys.stored > at.cap ? kErrorBadLength : kErrorNoRoom);
+    }
+    if (keys.appends && keys.stored >= t0 && keys.stored < t1) append_attended<T, D>(p, at, keys.stored, hk, gb);
+  }
+  return KeyRange{keys.n, t0, t1};
+}
+
 template <typename T, int D, int GT>
 __global__ void __launch_bounds__(kThreads) decode_split(const DecodeParams p) {
   constexpr int VEC = 16 / static_cast<int>(sizeof(T));
@@ -334,10 +409,9 @@ __global__ void __launch_bounds__(kThreads) decode_split(const DecodeParams p) {
   const int lane = tid % 32;
 
   const HeadAt at = head_at(p.heads, static_cast<size_t>(seq) * p.kv_heads + hk);
-  int n = p.lengths[static_cast<size_t>(seq) * p.kv_heads + hk];
-  n = n < 0 ? 0 : min(n, min(at.cap, p.limit));
-  const int t0 = split * p.chunk;
-  const int t1 = split == p.splits - 1 ? n : min(n, t0 + p.chunk);
+  const KeyRange range = key_range<T, D>(p, at, static_cast<size_t>(seq) * p.kv_heads + hk, split, hk, gb);
+  const int t0 = range.t0;
+  const int t1 = range.t1;
   const size_t head = at.base;
   const T* K = reinterpret_cast<const T*>(p.keys) + head * D;
   const T* V = reinterpret_cast<const T*>(p.values) + head * D;
@@ -507,10 +581,9 @@ __global__ void __launch_bounds__(kThreads) decode_stream(const DecodeParams p) 
   const int lid = tid % LANES;
 
   const HeadAt at = head_at(p.heads, static_cast<size_t>(seq) * p.kv_heads + hk);
-  int n = p.lengths[static_cast<size_t>(seq) * p.kv_heads + hk];
-  n = n < 0 ? 0 : min(n, min(at.cap, p.limit));
-  const int t0 = split * p.chunk;
-  const int t1 = split == p.splits - 1 ? n : min(n, t0 + p.chunk);
+  const KeyRange range = key_range<T, D>(p, at, static_cast<size_t>(seq) * p.kv_heads + hk, split, hk, gb);
+  const int t0 = range.t0;
+  const int t1 = range.t1;
   const size_t head = at.base;
   const T* K = reinterpret_cast<const T*>(p.keys) + head * D;
   const T* V = reinterpret_cast<const T*>(p.values) + head * D;
@@ -1046,9 +1119,11 @@ Result launch_packed(DecodeParams& p, int64_t per_split, int64_t longest, int32_
 
 namespace {
 
-// decode over at most `limit` slots of each head (INT32_MAX: all of them).
+// decode over at most `limit` slots of each head (INT32_MAX: all of them), appending `fused`'s token first
+// when given (attend).
 Result decode_rows(const Store& store, const int32_t* seqs, int32_t batch, int32_t max_length, Tensor q, Tensor out,
-                   int32_t query_heads, float scale, const TrackerSpec& tracker, int32_t limit, void* stream) {
+                   int32_t query_heads, float scale, const TrackerSpec& tracker, int32_t limit, const FusedAppend* fused,
+                   void* stream) {
   const StoreSpec& s = store.spec;
   if (batch < 1 || batch > kMaxBatch || query_heads < 1 || query_heads % s.kv_heads != 0 || query_heads > s.query_heads) {
     return Result{Status::Argument, 0, "decode"};
@@ -1084,6 +1159,10 @@ Result decode_rows(const Store& store, const int32_t* seqs, int32_t batch, int32
   p.out_stride = out.row_stride;
   p.tracker = tracker_args(tracker);
   p.sync = store.sync;
+  if (fused != nullptr) {
+    p.fused = 1;
+    p.fa = *fused;
+  }
   for (int32_t b = 0; b < batch; ++b) {
     if (seqs[b] < 0 || seqs[b] >= s.max_sequences) return Result{Status::Argument, 0, "seq"};
     // A sequence twice would meet itself at finish_decode's barriers.
@@ -1132,7 +1211,28 @@ Result decode_rows(const Store& store, const int32_t* seqs, int32_t batch, int32
 
 Result decode(const Store& store, const int32_t* seqs, int32_t batch, int32_t max_length, Tensor q, Tensor out,
               int32_t query_heads, float scale, const TrackerSpec& tracker, void* stream) {
-  return decode_rows(store, seqs, batch, max_length, q, out, query_heads, scale, tracker, INT32_MAX, stream);
+  return decode_rows(store, seqs, batch, max_length, q, out, query_heads, scale, tracker, INT32_MAX, nullptr, stream);
+}
+
+Result attend(const Store& store, int32_t seq, int32_t max_length, Tensor k, Tensor v, int32_t first_position, Tensor q,
+              Tensor out, int32_t query_heads, float scale, const TrackerSpec& tracker, void* stream) {
+  const StoreSpec& s = store.spec;
+  if (seq < 0 || seq >= s.max_sequences) return Result{Status::Argument, 0, "attend"};
+  if (s.bits != 0) {
+    // Packed appends may pack a group and merge runs: their own kernel.
+    const Result r = append(store, seq, k, v, 1, first_position, tracker, stream);
+    if (!ok(r)) return r;
+    return decode(store, &seq, 1, max_length, q, out, query_heads, scale, tracker, stream);
+  }
+  FusedAppend f{};
+  f.positions = store.positions;
+  f.error = store.error;
+  f.k = k;
+  f.v = v;
+  f.aux_words = s.aux_words;
+  f.first_position = first_position;
+  f.layer = s.layer;
+  return decode_rows(store, &seq, 1, max_length, q, out, query_heads, scale, tracker, INT32_MAX, &f, stream);
 }
 
 Result prefill_packed(const Store& store, int32_t seq, int32_t length, Tensor q, int32_t rows, Tensor out,
@@ -1144,7 +1244,7 @@ Result prefill_packed(const Store& store, int32_t seq, int32_t length, Tensor q,
     qr.data = static_cast<const uint8_t*>(q.data) + static_cast<int64_t>(r) * q.row_stride * bytes_per_element(q.dtype);
     outr.data = static_cast<const uint8_t*>(out.data) + static_cast<int64_t>(r) * out.row_stride * bytes_per_element(out.dtype);
     const int32_t limit = length - rows + r + 1;
-    const Result res = decode_rows(store, &seq, 1, limit, qr, outr, query_heads, scale, tracker, limit, stream);
+    const Result res = decode_rows(store, &seq, 1, limit, qr, outr, query_heads, scale, tracker, limit, nullptr, stream);
     if (!ok(res)) return res;
   }
   return Result{};

@@ -78,6 +78,7 @@ class Addon : public Napi::Addon<Addon> {
   Napi::Value CudaStoreInfo(const Napi::CallbackInfo& info);
   Napi::Value CudaAppend(const Napi::CallbackInfo& info);
   Napi::Value CudaDecode(const Napi::CallbackInfo& info);
+  Napi::Value CudaAttend(const Napi::CallbackInfo& info);
   Napi::Value CudaPrefill(const Napi::CallbackInfo& info);
   Napi::Value CudaObserve(const Napi::CallbackInfo& info);
   Napi::Value CudaEvict(const Napi::CallbackInfo& info);

@@ -38,18 +38,23 @@ napi_value Args::property(napi_value object, Key key) const {
 int64_t Args::integer_value(napi_value value, const std::string& name, int64_t min, int64_t max) const {
   napi_valuetype type;
   napi_typeof(env_, value, &type);
-  double x = NAN;
-  if (type == napi_number) napi_get_value_double(env_, value, &x);
-  if (!(x >= static_cast<double>(min) && x <= static_cast<double>(max) && std::floor(x) == x)) {
-    fail(kArgument, name,
-         "expected an integer in [" + std::to_string(min) + ", " + std::to_string(max) + "], got " +
-             (type == napi_number ? describe(x) : std::string("a non-number")));
+  if (type != napi_number) {
+    fail(kArgument, name, "expected an integer in [" + std::to_string(min) + ", " + std::to_string(max) + "], got a non-number");
   }
-  return static_cast<int64_t>(x);
+  double x = NAN;
+  napi_get_value_double(env_, value, &x);
+  return integer_of(x, name, min, max);
 }
 
 int64_t Args::integer(size_t i, const char* name, int64_t min, int64_t max) const {
   return integer_value(argv_[i], name, min, max);
+}
+
+int64_t Args::integer_of(double x, const std::string& name, int64_t min, int64_t max) const {
+  if (!(x >= static_cast<double>(min) && x <= static_cast<double>(max) && std::floor(x) == x)) {
+    fail(kArgument, name, "expected an integer in [" + std::to_string(min) + ", " + std::to_string(max) + "], got " + describe(x));
+  }
+  return static_cast<int64_t>(x);
 }
 
 double Args::finite(size_t i, const char* name) const {

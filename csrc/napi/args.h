@@ -30,6 +30,8 @@ class Args {
 
   // An integer in [min, max].
   int64_t integer(size_t i, const char* name, int64_t min, int64_t max) const;
+  // A number read from an argument block (e.g. a Float64Array) that must be an integer in [min, max].
+  int64_t integer_of(double x, const std::string& name, int64_t min, int64_t max) const;
   // A finite number.
   double finite(size_t i, const char* name) const;
   // One of two strings: false for `first`, true for `second`.

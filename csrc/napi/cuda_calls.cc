@@ -55,27 +55,38 @@ cuda::Store& store_arg(const Args& args, size_t i) {
   return box->store;
 }
 
+DType dtype_of(const Args& args, double code, const char* name) { return static_cast<DType>(args.integer_of(code, name, 0, 2)); }
+
 DType dtype_arg(const Args& args, size_t i, const char* name) {
   return static_cast<DType>(args.integer(i, name, 0, 2));
 }
 
 // A caller's device tensor: address, element type (f32 or the store's dtype), row stride (>= the row).
-cuda::Tensor tensor_arg(const Args& args, size_t i, const char* name, const cuda::Store& store, int64_t row_elements) {
+cuda::Tensor tensor_of(const Args& args, uint64_t ptr, double dtype, double stride, const char* name, const cuda::Store& store,
+                       int64_t row_elements) {
+  if (ptr == 0) args.fail(kArgument, name, "expected a device address, got 0n");
   cuda::Tensor t;
-  t.data = as_ptr(args.pointer(i, name, false));
-  t.dtype = dtype_arg(args, i + 1, name);
+  t.data = as_ptr(ptr);
+  t.dtype = dtype_of(args, dtype, name);
   if (t.dtype != DType::F32 && t.dtype != store.spec.dtype) {
     args.fail(kDType, name, "expected f32 elements or the store's dtype");
   }
-  t.row_stride = args.integer(i + 2, name, row_elements, INT64_C(1) << 50);
+  t.row_stride = args.integer_of(stride, name, row_elements, INT64_C(1) << 50);
   const uintptr_t size = bytes_per_element(t.dtype);
   if (reinterpret_cast<uintptr_t>(t.data) % size != 0) args.fail(kArgument, name, "the address is not aligned to its element size");
   return t;
 }
 
+cuda::Tensor tensor_arg(const Args& args, size_t i, const char* name, const cuda::Store& store, int64_t row_elements) {
+  const uint64_t ptr = args.pointer(i, name, false);
+  const double dtype = static_cast<double>(args.integer(i + 1, name, 0, 2));
+  return tensor_of(args, ptr, dtype, static_cast<double>(args.integer(i + 2, name, row_elements, INT64_C(1) << 50)), name, store,
+                   row_elements);
+}
+
 // Tracker flags: kind | gqaMax << 8 | observes << 9, then window and seed.
-TrackerSpec tracker_arg(const Args& args, size_t i, const cuda::Store& store) {
-  const int64_t flags = args.integer(i, "tracker", 0, 0x3ff);
+TrackerSpec tracker_of(const Args& args, double flags_value, double window, double seed, const cuda::Store& store) {
+  const int64_t flags = args.integer_of(flags_value, "tracker", 0, 0x3ff);
   TrackerSpec t;
   t.kind = static_cast<TrackerKind>(flags & 0xff);
   if (static_cast<int>(t.kind) > 6) args.fail(kArgument, "tracker.kind", "unknown tracker kind");
@@ -84,8 +95,8 @@ TrackerSpec tracker_arg(const Args& args, size_t i, const cuda::Store& store) {
   }
   t.gqa = (flags & 0x100) != 0 ? GqaReduce::Max : GqaReduce::Mean;
   t.observes = (flags & 0x200) != 0;
-  t.window = static_cast<uint32_t>(args.integer(i + 1, "tracker.window", 0, INT32_MAX));
-  t.seed = static_cast<uint32_t>(args.integer(i + 2, "tracker.seed", INT32_MIN, UINT32_MAX));
+  t.window = static_cast<uint32_t>(args.integer_of(window, "tracker.window", 0, INT32_MAX));
+  t.seed = static_cast<uint32_t>(args.integer_of(seed, "tracker.seed", INT32_MIN, UINT32_MAX));
   if (t.kind == TrackerKind::Scissorhands) {
     const uint64_t words = (static_cast<uint64_t>(t.window) + 31) / 32;
     if (t.window == 0 || words > static_cast<uint64_t>(store.spec.aux_words)) {
@@ -95,11 +106,21 @@ TrackerSpec tracker_arg(const Args& args, size_t i, const cuda::Store& store) {
   return t;
 }
 
-int32_t query_heads_arg(const Args& args, size_t i, const cuda::Store& store) {
-  const int32_t qh = static_cast<int32_t>(args.integer(i, "attention.queryHeads", 1, store.spec.query_heads));
+TrackerSpec tracker_arg(const Args& args, size_t i, const cuda::Store& store) {
+  const double flags = static_cast<double>(args.integer(i, "tracker", 0, 0x3ff));
+  const double window = static_cast<double>(args.integer(i + 1, "tracker.window", 0, INT32_MAX));
+  return tracker_of(args, flags, window, static_cast<double>(args.integer(i + 2, "tracker.seed", INT32_MIN, UINT32_MAX)), store);
+}
+
+int32_t query_heads_of(const Args& args, double value, const cuda::Store& store) {
+  const int32_t qh = static_cast<int32_t>(args.integer_of(value, "attention.queryHeads", 1, store.spec.query_heads));
   if (qh % store.spec.kv_heads != 0) args.fail(kArgument, "attention.queryHeads", "must be a multiple of the store's kvHeads");
   if (qh / store.spec.kv_heads > cuda::kMaxGroup) args.fail(kArgument, "attention.queryHeads", "more than 256 query heads per KV head");
   return qh;
+}
+
+int32_t query_heads_arg(const Args& args, size_t i, const cuda::Store& store) {
+  return query_heads_of(args, static_cast<double>(args.integer(i, "attention.queryHeads", 1, store.spec.query_heads)), store);
 }
 
 // 1 to 64 distinct sequence ids of the store (an Int32Array), copied into `out`; returns how many.
@@ -179,6 +200,7 @@ void Addon::DefineCuda(Napi::Object exports) {
                                 InstanceMethod("cudaStoreInfo", &Addon::CudaStoreInfo, napi_enumerable),
                                 InstanceMethod("cudaAppend", &Addon::CudaAppend, napi_enumerable),
                                 InstanceMethod("cudaDecode", &Addon::CudaDecode, napi_enumerable),
+                                InstanceMethod("cudaAttend", &Addon::CudaAttend, napi_enumerable),
                                 InstanceMethod("cudaPrefill", &Addon::CudaPrefill, napi_enumerable),
                                 InstanceMethod("cudaObserve", &Addon::CudaObserve, napi_enumerable),
                                 InstanceMethod("cudaEvict", &Addon::CudaEvict, napi_enumerable),
@@ -471,6 +493,37 @@ Napi::Value Addon::CudaDecode(const Napi::CallbackInfo& info) {
   const TrackerSpec tracker = tracker_arg(args, 11, store);
   check_result(args, cuda::decode(store, seqs, batch, max_length, q, out, qh, scale, tracker,
                                   stream_arg(args, 14)));
+  return info.Env().Undefined();
+}
+
+// cudaAttend(store, numbers: Float64Array, pointers: BigUint64Array): append one token to seq, then decode
+// it (cuda::attend). The arguments come in two typed arrays the caller reuses (src/backend/cuda.ts
+// AttendNumber, AttendPointer: the same order), so a decode step crosses N-API with three values, not 22.
+enum AttendNumber {
+  kSeq, kMaxLength, kPosition, kKType, kKStride, kVType, kVStride, kQType, kQStride, kOutType, kOutStride, kQueryHeads,
+  kScale, kTrackerFlags, kTrackerWindow, kTrackerSeed, kAttendNumbers
+};
+enum AttendPointer { kKPtr, kVPtr, kQPtr, kOutPtr, kStreamPtr, kAttendPointers };
+
+Napi::Value Addon::CudaAttend(const Napi::CallbackInfo& info) {
+  const Args args(*this, info);
+  const cuda::Store& store = store_arg(args, 0);
+  const double* a = static_cast<const double*>(args.typed_array(1, "numbers", napi_float64_array, "Float64Array", kAttendNumbers));
+  const uint64_t* p =
+      static_cast<const uint64_t*>(args.typed_array(2, "pointers", napi_biguint64_array, "BigUint64Array", kAttendPointers));
+  const int32_t seq = static_cast<int32_t>(args.integer_of(a[kSeq], "seq", 0, store.spec.max_sequences - 1));
+  const int32_t max_length = static_cast<int32_t>(args.integer_of(a[kMaxLength], "maxLength", 1, store.spec.capacity));
+  const int32_t first = static_cast<int32_t>(args.integer_of(a[kPosition], "firstPosition", INT32_MIN, INT32_MAX - 1));
+  const int64_t row = static_cast<int64_t>(store.spec.kv_heads) * store.spec.head_dim;
+  const cuda::Tensor k = tensor_of(args, p[kKPtr], a[kKType], a[kKStride], "k", store, row);
+  const cuda::Tensor v = tensor_of(args, p[kVPtr], a[kVType], a[kVStride], "v", store, row);
+  const int32_t qh = query_heads_of(args, a[kQueryHeads], store);
+  const cuda::Tensor q = tensor_of(args, p[kQPtr], a[kQType], a[kQStride], "q", store, 0);
+  const cuda::Tensor out = tensor_of(args, p[kOutPtr], a[kOutType], a[kOutStride], "out", store, 0);
+  if (!std::isfinite(a[kScale])) args.fail(kArgument, "attention.scale", "expected a finite number");
+  const TrackerSpec tracker = tracker_of(args, a[kTrackerFlags], a[kTrackerWindow], a[kTrackerSeed], store);
+  check_result(args, cuda::attend(store, seq, max_length, k, v, first, q, out, qh, static_cast<float>(a[kScale]), tracker,
+                                  as_ptr(p[kStreamPtr])));
   return info.Env().Undefined();
 }
 

@@ -206,6 +206,15 @@ export interface Backend {
    */
   decode(store: LayerStore, seq: number, q: HostArray, out: HostArray, attention: AttentionSpec, tracker: ImportanceTracker): void;
   /**
+   * {@link Backend.append} of one token (`k`, `v` at `position`) followed by {@link Backend.decode} of `q`,
+   * with the same results: for backends that do both in one pass (the cuda backend: two launches instead
+   * of three). Absent where the two calls are as fast.
+   */
+  attend?(
+    store: LayerStore, seq: number, k: HostArray, v: HostArray, position: number, q: HostArray, out: HostArray,
+    attention: AttentionSpec, tracker: ImportanceTracker,
+  ): void;
+  /**
    * Causal attention of `rows` query rows (`[rows][queryHeads][headDim]`) whose tokens are the last `rows`
    * kept tokens of each head: row `i` sees the slots up to `length - rows + i`. Each row is one observation.
    */

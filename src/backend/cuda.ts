@@ -101,6 +101,15 @@ export interface CudaBackend extends Backend {
   /** Waits for the work queued on the stream. */
   synchronize(): void;
   /**
+   * {@link Backend.append} of one token then {@link Backend.decode}, as one addon call: on a dense store with
+   * device tensors, two launches (the split-K kernel block whose key range holds the new slot writes the
+   * token first) and no allocation; packed stores and host arrays run the two calls.
+   */
+  attend(
+    store: LayerStore, seq: number, k: CudaArray, v: CudaArray, position: number, q: CudaArray, out: CudaArray,
+    attention: AttentionSpec, tracker: ImportanceTracker,
+  ): void;
+  /**
    * One decode row for each of `seqs` (up to any number; 64 per launch) in one go: `q` and `out` are
    * `[seqs.length][queryHeads][headDim]`, row `b` belonging to `seqs[b]`.
    */
@@ -157,6 +166,15 @@ function packShape(options: PackOptions, length: number): { rows: number; cols: 
   return { rows, cols, bits: formatBits(format), axis, groupSize };
 }
 
+/** Slots of the numbers array of `cudaAttend` (csrc/napi/cuda_calls.cc AttendNumber: the same order). */
+const enum AttendNumber {
+  Seq, MaxLength, Position, KType, KStride, VType, VStride, QType, QStride, OutType, OutStride, QueryHeads, Scale, TrackerFlags,
+  TrackerWindow, TrackerSeed, Count,
+}
+
+/** Slots of the pointers array of `cudaAttend`. */
+const enum AttendPointer { K, V, Q, Out, Stream, Count }
+
 /** int64 words of totals before a byte ledger's entries (csrc/cuda/api.h kLedgerHeader). */
 const LEDGER_HEADER = 3;
 
@@ -204,6 +222,9 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
   /** Device staging for host-array inputs and outputs, by role; grown on demand. */
   const staging = new Map<string, { ptr: bigint; bytes: number }>();
   const one = new Int32Array(1);
+  /** The arguments of `cudaAttend`, reused by every call (the decode path allocates nothing). */
+  const attendNumbers = new Float64Array(AttendNumber.Count);
+  const attendPointers = new BigUint64Array(AttendPointer.Count);
   /** Device allocations of the ledgers made, freed with the backend. */
   const ledgers = new Set<bigint>();
 
@@ -265,6 +286,29 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
 
   function finish(out: CudaArray, ptr: bigint): void {
     if (!(out instanceof DeviceTensor)) live().cudaDownload(out, ptr, stream);
+  }
+
+  /** Throws unless every KV head of `seq` has room for `count` more tokens. */
+  function checkRoom(store: LayerStore, seq: number, count: number): void {
+    const { kvHeads } = store;
+    for (let h = 0; h < kvHeads; h++) {
+      const n = store.lengths[seq * kvHeads + h]!;
+      const capacity = headCapacity(store, seq * kvHeads + h);
+      if (count > capacity - n) {
+        throw new BudgetError(`head ${h} of sequence ${seq} keeps ${n} of ${capacity} tokens: no room for ${count} more`, 'count');
+      }
+    }
+  }
+
+  /**
+   * Puts device tensor `array` (`length` elements, rows of `rowLength`) in the `cudaAttend` arrays: its
+   * address in pointer slot `at`, its element type and row stride from number slot `type`.
+   */
+  function attendTensor(store: LayerStore, array: DeviceTensor, argument: string, length: number, rowLength: number, at: AttendPointer, type: number): void {
+    if (array.length !== length) throw new ShapeError(`expected ${length} elements, got ${array.length}`, argument);
+    attendPointers[at] = array.ptr;
+    attendNumbers[type] = typeOf(store, array, argument);
+    attendNumbers[type + 1] = array.strideFor(rowLength);
   }
 
   function checkSeq(store: LayerStore, seq: number): number {
@@ -410,13 +454,7 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
       checkInt(firstPosition, 'firstPosition', -(2 ** 31), 2 ** 31 - 1 - count);
       const flags = trackerFlags(store, tracker);
       const { kvHeads, headDim } = store;
-      for (let h = 0; h < kvHeads; h++) {
-        const n = store.lengths[seq * kvHeads + h]!;
-        const capacity = headCapacity(store, seq * kvHeads + h);
-        if (count > capacity - n) {
-          throw new BudgetError(`head ${h} of sequence ${seq} keeps ${n} of ${capacity} tokens: no room for ${count} more`, 'count');
-        }
-      }
+      checkRoom(store, seq, count);
       if (count === 0) return;
       if (device.storage !== undefined) {
         // Host inputs are refused here as on the CPU backends; device inputs by the kernel (errors()).
@@ -434,6 +472,41 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
       checkSeq(store, seq);
       one[0] = seq;
       backend.decodeBatch(store, one, q as CudaArray, out as CudaArray, attention, tracker);
+    },
+
+    attend(store, seq, k, v, position, q, out, attention, tracker): void {
+      if (!(k instanceof DeviceTensor && v instanceof DeviceTensor && q instanceof DeviceTensor && out instanceof DeviceTensor)) {
+        // Host arrays are staged and waited for anyway: the two calls cost no more.
+        backend.append(store, seq, k as HostArray, v as HostArray, 1, position, tracker);
+        backend.decode(store, seq, q as HostArray, out as HostArray, attention, tracker);
+        return;
+      }
+      const binding = live();
+      const device = deviceOf(store);
+      checkSeq(store, seq);
+      checkInt(position, 'firstPosition', -(2 ** 31), 2 ** 31 - 2);
+      const queryHeads = checkAttention(store, attention);
+      const flags = trackerFlags(store, tracker);
+      checkRoom(store, seq, 1);
+      const { kvHeads, headDim } = store;
+      const row = queryHeads * headDim;
+      attendTensor(store, k, 'k', kvHeads * headDim, kvHeads * headDim, AttendPointer.K, AttendNumber.KType);
+      attendTensor(store, v, 'v', kvHeads * headDim, kvHeads * headDim, AttendPointer.V, AttendNumber.VType);
+      attendTensor(store, q, 'q', row, row, AttendPointer.Q, AttendNumber.QType);
+      attendTensor(store, out, 'out', row, row, AttendPointer.Out, AttendNumber.OutType);
+      if (attendNumbers[AttendNumber.OutType] !== attendNumbers[AttendNumber.QType]) throw new DTypeError('expected the same element type as q', 'out');
+      attendPointers[AttendPointer.Stream] = stream;
+      attendNumbers[AttendNumber.Seq] = seq;
+      attendNumbers[AttendNumber.MaxLength] = longest(store, seq) + 1;
+      attendNumbers[AttendNumber.Position] = position;
+      attendNumbers[AttendNumber.QueryHeads] = queryHeads;
+      attendNumbers[AttendNumber.Scale] = attention.scale;
+      attendNumbers[AttendNumber.TrackerFlags] = flags;
+      attendNumbers[AttendNumber.TrackerWindow] = tracker.kernel!.window;
+      attendNumbers[AttendNumber.TrackerSeed] = tracker.kernel!.seed;
+      binding.cudaAttend(device.native, attendNumbers, attendPointers);
+      for (let h = 0; h < kvHeads; h++) store.lengths[seq * kvHeads + h]! += 1;
+      store.steps[seq]! += 1;
     },
 
     decodeBatch(store, seqs, q, out, attention, tracker): void {

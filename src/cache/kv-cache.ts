@@ -115,6 +115,8 @@ export class KVCache implements Disposable {
   readonly #budgets: Int32Array | undefined;
   /** `[layer][seq]` {@link PROMPT} or {@link DECODE}: whose tracker state the tokens hold (composed caches). */
   readonly #phase: Uint8Array | undefined;
+  /** The plan of a decode step without per-head budgets, reused by every {@link KVCache.attend} (no allocation). */
+  readonly #decodeStep: Step;
 
   private constructor(options: ResolvedOptions, backend: Backend) {
     this.#options = options;
@@ -148,6 +150,7 @@ export class KVCache implements Disposable {
     this.#evictions = new Float64Array(layers);
     this.#group = queryHeads / kvHeads;
     this.#attention = { queryHeads, scale: options.scale };
+    this.#decodeStep = { rows: 1, counts: new Int32Array(1), sinks: options.policy.sinks, recent: Math.max(0, options.policy.recent - 1) };
   }
 
   /**
@@ -276,9 +279,18 @@ export class KVCache implements Disposable {
     const output = this.#output(out, q, queryHeads * headDim);
     this.#checkValues(k, v);
     this.#enter(store, seq, layer, DECODE);
-    const [step] = this.#plan(store, seq, layer, 1, false);
-    this.#apply(store, seq, layer, step!, k, v, this.tracker);
-    this.#backend.decode(store, seq, q as HostArray, output as HostArray, this.#attention, this.tracker);
+    const step = this.#planDecode(store, seq, layer);
+    const backend = this.#backend;
+    if (backend.attend === undefined) {
+      this.#apply(store, seq, layer, step, k, v, this.tracker);
+      backend.decode(store, seq, q as HostArray, output as HostArray, this.#attention, this.tracker);
+      return output;
+    }
+    this.#evict(store, seq, layer, step.counts, step.sinks, step.recent, this.tracker);
+    const position = this.#seen[layer * this.maxSequences + seq]!;
+    // Device tensors reach only the cuda backend (#checkArray), whose kernels take either kind of array.
+    backend.attend(store, seq, k as HostArray, v as HostArray, position, q as HostArray, output as HostArray, this.#attention, this.tracker);
+    this.#appended(store, seq, layer, 1);
     return output;
   }
 
@@ -714,18 +726,7 @@ export class KVCache implements Disposable {
       const fits = !chunked || (lengths[0]! + left <= store.capacity
         && policy.evictions({ layer, length: lengths[0]!, incoming: left, seen, capacity: store.capacity }) === 0);
       const incoming = fits ? left : Math.min(left, this.#options.prefillChunks[layer]!);
-      const counts = Int32Array.from(lengths, (length, h) => {
-        const capacity = capacities[h]!;
-        const count = policy.evictions({ layer, length, incoming, seen, capacity, ...(budgets === undefined ? {} : { budget: budgets[h]! }) });
-        const candidates = evictionCandidates(policy, { length, incoming });
-        if (!Number.isInteger(count) || count < 0 || count > candidates) {
-          throw new BudgetError(`policy ${policy.name} asked to evict ${String(count)} tokens; ${candidates} are not protected`, 'policy');
-        }
-        if (length - count + incoming > capacity) {
-          throw new BudgetError(`policy ${policy.name} leaves ${length - count} tokens; ${incoming} more do not fit in ${capacity}`, 'policy');
-        }
-        return count;
-      });
+      const counts = Int32Array.from(lengths, (length, h) => this.#count(layer, length, incoming, seen, capacities[h]!, budgets?.[h]));
       steps.push({ rows: incoming, counts, sinks: policy.sinks, recent: Math.max(0, policy.recent - incoming) });
       lengths.forEach((length, h) => (lengths[h] = length + incoming - counts[h]!));
       seen += incoming;
@@ -734,14 +735,49 @@ export class KVCache implements Disposable {
     return steps;
   }
 
+  /**
+   * The tokens each head drops before `incoming` new ones join `length` kept (`budget`: the head's own, with
+   * a prompt rule), as the policy says, checked against its protections and the head's `capacity`.
+   */
+  #count(layer: number, length: number, incoming: number, seen: number, capacity: number, budget: number | undefined): number {
+    const { policy } = this;
+    // Two literals, not a spread: this runs on every decode step.
+    const count = policy.evictions(budget === undefined ? { layer, length, incoming, seen, capacity } : { layer, length, incoming, seen, capacity, budget });
+    const candidates = evictionCandidates(policy, { length, incoming });
+    if (!Number.isInteger(count) || count < 0 || count > candidates) {
+      throw new BudgetError(`policy ${policy.name} asked to evict ${String(count)} tokens; ${candidates} are not protected`, 'policy');
+    }
+    if (length - count + incoming > capacity) {
+      throw new BudgetError(`policy ${policy.name} leaves ${length - count} tokens; ${incoming} more do not fit in ${capacity}`, 'policy');
+    }
+    return count;
+  }
+
+  /**
+   * {@link KVCache.#plan} of one decode row: without per-head budgets head 0 speaks for all, and the plan is
+   * the reused {@link KVCache.#decodeStep}.
+   */
+  #planDecode(store: LayerStore, seq: number, layer: number): Step {
+    if (this.#budgets !== undefined) return this.#plan(store, seq, layer, 1, false)[0]!;
+    const first = seq * this.geometry.kvHeads;
+    const capacity = store.heads?.capacities[first] ?? store.capacity;
+    const step = this.#decodeStep;
+    step.counts[0] = this.#count(layer, store.lengths[first]!, 1, this.#seenOf(seq, layer), capacity, undefined);
+    return step;
+  }
+
   /** Evicts what the step says, then appends its tokens with `tracker`'s append rule. */
   #apply(store: LayerStore, seq: number, layer: number, step: Step, k: CacheArray, v: CacheArray, tracker: ImportanceTracker): void {
     this.#evict(store, seq, layer, step.counts, step.sinks, step.recent, tracker);
-    const at = layer * this.maxSequences + seq;
     // Device tensors reach only the cuda backend (#checkArray), whose kernels take either kind of array.
-    this.#backend.append(store, seq, k as HostArray, v as HostArray, step.rows, this.#seen[at]!, tracker);
-    this.#seen[at]! += step.rows;
-    this.#kept += step.rows * this.geometry.kvHeads;
+    this.#backend.append(store, seq, k as HostArray, v as HostArray, step.rows, this.#seenOf(seq, layer), tracker);
+    this.#appended(store, seq, layer, step.rows);
+  }
+
+  /** Counts `rows` tokens just appended to (layer, seq). */
+  #appended(store: LayerStore, seq: number, layer: number, rows: number): void {
+    this.#seen[layer * this.maxSequences + seq]! += rows;
+    this.#kept += rows * this.geometry.kvHeads;
     this.#account(store, seq, layer);
   }
 

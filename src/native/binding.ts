@@ -263,6 +263,12 @@ export interface RawCudaBinding extends RawBinding {
     outType: number, outStride: number, queryHeads: number, scale: number, tracker: number, window: number, seed: number,
     stream: bigint,
   ): void;
+  /**
+   * `cudaAppend` of one token then `cudaDecode` of `seq` in one call (two launches on a dense store), the
+   * arguments in two reused arrays: `numbers` in the order of `AttendNumber` (src/backend/cuda.ts),
+   * `pointers` k, v, q, out, stream.
+   */
+  cudaAttend(store: NativeDeviceStore, numbers: Float64Array, pointers: BigUint64Array): void;
   cudaPrefill(
     store: NativeDeviceStore, seq: number, length: number, q: bigint, qType: number, qStride: number, rows: number, out: bigint,
     outType: number, outStride: number, queryHeads: number, scale: number, tracker: number, window: number, seed: number,

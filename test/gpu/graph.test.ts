@@ -2,7 +2,8 @@
  * An engine can capture its decode step in a CUDA graph: `append` and `decode` with device tensors on the
  * backend's stream are captured in global mode (where any call that synchronises or allocates, from any
  * thread, fails the capture), and replaying the graph step after step gives what the same calls made
- * eagerly give, on dense and packed stores (whose window packs a group during the replays). Lengths and
+ * eagerly give, on dense and packed stores (whose window packs a group during the replays); so does `attend`
+ * on a dense store, where the append runs inside the decode kernels. Lengths and
  * clocks live on the device, so replays advance them; the host mirror and the captured position do not
  * (an engine that replays owns the planning of evictions, and positions are what it captured).
  * Through a packed KVCache, `attend` on every layer is captured the same way, its byte ledger update
@@ -35,8 +36,11 @@ function sameBytes(a: ArrayBufferView, b: ArrayBufferView, what: string): void {
 
 describe('the decode step in a CUDA graph', () => {
   const int4: PackedStorage = { format: 'int4', bits: 4, groupSize: 32, residual: 32 };
-  for (const storage of [undefined, int4]) {
-    it(`append + decode captured and replayed, ${storage === undefined ? 'dense f16' : 'packed int4'}`, () => {
+  // fused: the graph captures `attend` (on a dense store, the append inside the decode kernels) and the
+  // eager twin still runs append + decode.
+  for (const [storage, fused] of [[undefined, false], [int4, false], [undefined, true]] as const) {
+    const name = fused ? 'attend' : 'append + decode';
+    it(`${name} captured and replayed, ${storage === undefined ? 'dense f16' : 'packed int4'}`, () => {
       const stream = raw.cudaStreamCreate();
       const backend = createCudaBackend({ stream });
       try {
@@ -62,6 +66,10 @@ describe('the decode step in a CUDA graph', () => {
           backend.append(store, seq, k as never, v as never, 1, position, tracker);
           backend.decode(store, seq, q as never, out as never, attention, tracker);
         };
+        const captured = (store: LayerStore, out: DeviceTensor): void => {
+          if (fused) backend.attend(store, seq, k as never, v as never, position, q as never, out as never, attention, tracker);
+          else step(store, out);
+        };
         const upload = (): void => {
           k.upload(f16(kvHeads * d, rng), stream);
           v.upload(f16(kvHeads * d, rng), stream);
@@ -69,14 +77,14 @@ describe('the decode step in a CUDA graph', () => {
         };
         // One eager step on both first (kernel attributes and occupancy are queried once per process).
         upload();
-        step(graphed, outGraph);
+        captured(graphed, outGraph);
         step(eager, outEager);
         backend.synchronize();
 
         raw.cudaGraphCaptureBegin(stream);
         let exec = 0n;
         try {
-          step(graphed, outGraph);
+          captured(graphed, outGraph);
         } finally {
           exec = raw.cudaGraphCaptureEnd(stream);
         }

@@ -216,6 +216,105 @@ describe('cuda kernels at scale', () => {
   });
 });
 
+interface AttendCase {
+  readonly dtype: DType;
+  readonly headDim: number;
+  readonly queryHeads: number;
+  readonly kvHeads: number;
+  readonly tracker: ImportanceTracker;
+  /** Tokens kept before the steps: the new slots fall in the first split block, or in a middle or the last one. */
+  readonly length: number;
+  /** k and v as slices of a fused QKV row (row stride beyond the row), in the store's dtype; else f32. */
+  readonly strided: boolean;
+  readonly seed: number;
+}
+
+/** cuda.attend (the append inside the decode kernels) against cpu.append + cpu.decode, three steps. */
+function runAttend(c: AttendCase): void {
+  const rng = new Rng(c.seed);
+  const { dtype, headDim: d, queryHeads, kvHeads, tracker } = c;
+  const spec = { layer: 2, dtype, maxSequences: 2, kvHeads, headDim: d, capacity: c.length + 5, auxWords: tracker.auxWords, queryHeads };
+  const { host, device } = twins(spec);
+  const attention: AttentionSpec = { queryHeads, scale: 1 / Math.sqrt(d) };
+  const seq = 1;
+  const kvRow = kvHeads * d;
+  const qRow = queryHeads * d;
+  const k0 = floats(c.length * kvRow, rng);
+  const v0 = floats(c.length * kvRow, rng);
+  cpu.append(host, seq, k0, v0, c.length, 0, tracker);
+  copyStoreToDevice(cuda, host, device);
+  const bits = c.strided && dtype !== 'f32';
+  const type: DType = bits ? dtype : 'f32';
+  const width = qRow + 2 * kvRow;
+  const [rtol, atol] = OUT_TOL[dtype];
+  for (let step = 0; step < 3; step++) {
+    const row = hostArray(floats(width, rng), dtype, bits);
+    const q1 = row.subarray(0, qRow);
+    const k1 = row.subarray(qRow, qRow + kvRow);
+    const v1 = row.subarray(qRow + kvRow);
+    const expected = bits ? new Uint16Array(qRow) : new Float32Array(qRow);
+    cpu.append(host, seq, k1, v1, 1, c.length + step, tracker);
+    cpu.decode(host, seq, q1, expected, attention, tracker);
+    using fused = DeviceTensor.fromHost(row, type);
+    using out = DeviceTensor.alloc(type, qRow);
+    const at = (offset: number): bigint => fused.ptr + BigInt(offset * bytesPerElement(type));
+    const q = fused.subarray(0, qRow);
+    const k = c.strided ? DeviceTensor.wrap(at(qRow), type, kvRow, { rowLength: kvRow, rowStride: width }) : fused.subarray(qRow, qRow + kvRow);
+    const v = c.strided ? DeviceTensor.wrap(at(qRow + kvRow), type, kvRow, { rowLength: kvRow, rowStride: width }) : fused.subarray(qRow + kvRow);
+    cuda.attend(device, seq, k, v, c.length + step, q, out, attention, tracker);
+    expectClose(values(out.toHost(undefined, cuda.stream), dtype), values(expected, dtype), rtol, atol, `attend ${step} output`);
+    const got = copyStoreToHost(cuda, device);
+    expectSameData(got, host, `attend ${step}`);
+    expectCloseState(got, host, tracker, `attend ${step}`);
+    assert.deepEqual(Array.from(device.lengths), Array.from(host.lengths), `attend ${step}: host mirror of the lengths`);
+    copyStoreToDevice(cuda, host, device);
+  }
+  assert.equal(cuda.errors(device), 0, 'device error flags');
+}
+
+describe('attend: the append inside the decode kernels, against the cpu append + decode', () => {
+  // 1 token: the only split block appends; 700 and 3000: several splits, the new slot in the last one or,
+  // with the split count rounded, in a middle one; 32/2 runs two query batches per KV head (both read
+  // the new slot); 16/16 and 6/2 the streaming kernel, 8/2 and 32/2 the tiled one.
+  const cases: AttendCase[] = QUICK
+    ? [{ dtype: 'f16', headDim: 128, queryHeads: 8, kvHeads: 2, tracker: scissorhands({ window: 40 }), length: 700, strided: true, seed: 1 }]
+    : [
+      { dtype: 'f16', headDim: 128, queryHeads: 8, kvHeads: 2, tracker: scissorhands({ window: 40 }), length: 700, strided: true, seed: 1 },
+      { dtype: 'f32', headDim: 64, queryHeads: 16, kvHeads: 16, tracker: h2o(), length: 1, strided: false, seed: 2 },
+      { dtype: 'bf16', headDim: 256, queryHeads: 32, kvHeads: 2, tracker: tova(), length: 3000, strided: true, seed: 3 },
+      { dtype: 'f16', headDim: 64, queryHeads: 6, kvHeads: 2, tracker: keyNorm(), length: 257, strided: false, seed: 4 },
+      { dtype: 'bf16', headDim: 128, queryHeads: 4, kvHeads: 4, tracker: random({ seed: 3 }), length: 3000, strided: false, seed: 5 },
+      { dtype: 'f16', headDim: 256, queryHeads: 32, kvHeads: 2, tracker: h2o({ gqa: 'max' }), length: 64, strided: true, seed: 6 },
+      { dtype: 'f32', headDim: 128, queryHeads: 8, kvHeads: 1, tracker: streamingLLM(), length: 1500, strided: true, seed: 7 },
+    ];
+  for (const c of cases) {
+    it(`${c.dtype} d${c.headDim} ${c.queryHeads}/${c.kvHeads} ${c.tracker.name}, ${c.length} kept, ${c.strided ? 'strided' : 'f32'} inputs`, () => runAttend(c));
+  }
+
+  it('a head without room: the device leaves the store as it was and sets error flag 1, as append does', () => {
+    const tracker = h2o();
+    const spec = { layer: 0, dtype: 'f16' as DType, maxSequences: 1, kvHeads: 2, headDim: 64, capacity: 6, auxWords: 0, queryHeads: 4 };
+    const store = cuda.allocate(spec);
+    using k = DeviceTensor.fromHost(floats(6 * 128, new Rng(1)), 'f32');
+    cuda.append(store, 0, k as never, k as never, 6, 0, tracker);
+    using q = DeviceTensor.alloc('f32', 256);
+    q.upload(new Float32Array(256).fill(0.5));
+    using out = DeviceTensor.alloc('f32', 256);
+    assert.throws(() => cuda.attend(store, 0, k.subarray(0, 128), k.subarray(0, 128), 6, q, out, { queryHeads: 4, scale: 0.125 }, tracker),
+      (e: unknown) => e instanceof KvError && e.code === 'KV_BUDGET');
+    // The raw call, as a graph replay past the capacity would make it.
+    const before = copyStoreToHost(cuda, store);
+    const numbers = Float64Array.from([0, 6, 6, 0, 128, 0, 128, 0, 256, 0, 256, 4, 0.125, tracker.kernel!.kind, 0, 0]);
+    const pointers = BigUint64Array.from([k.ptr, k.ptr, q.ptr, out.ptr, cuda.stream]);
+    loadCuda().cudaAttend((store as unknown as { device: { native: never } }).device.native, numbers, pointers);
+    assert.equal(cuda.errors(store), 1, 'no room');
+    const after = copyStoreToHost(cuda, store);
+    before.steps[0]! += 1; // the decode still ran, over the tokens kept
+    expectSameData(after, before, 'a refused attend');
+    assert.deepEqual(Array.from(after.lengths), [6, 6]);
+  });
+});
+
 describe('cuda errors', () => {
   it('an unsupported head size is a typed error at allocation', () => {
     assert.throws(() => cuda.allocate({ layer: 0, dtype: 'f16', maxSequences: 1, kvHeads: 1, headDim: 80, capacity: 8, auxWords: 0 }),
