@@ -40,7 +40,6 @@ function packing(rng: Rng): void {
     const scales = cuda.cudaMalloc((rows * cols) / 32 * 2);
     const zeros = cuda.cudaMalloc((rows * cols) / 32 * 2);
     for (const axis of [1, 0] as const) {
-      if (format !== 'int4' && axis === 0) continue;
       const options = { format, shape: [rows, cols] as [number, number], axis, groupSize: 32 };
       const ms = deviceTime(() => backend.packDevice(input, options, { codes, scales, zeros }), 1, args.quick ? 5 : 15, 2);
       results[`pack.${format}.axis${axis}.ms`] = ms;
@@ -100,9 +99,9 @@ const cases: DecodeCase[] = [
   { name: 'decode.gqa32x8.b16.n8192', batch: 16, queryHeads: 32, kvHeads: 8, tokens: 8192 },
 ];
 const int4: PackedStorage = { format: 'int4', bits: 4, groupSize: 32, residual: 32 };
-// --case NAME runs one int4 case alone (for a profiler).
+// --case NAME runs one int4 case alone (for a profiler); --pack-only skips decode.
 const only = args.case;
-for (const c of cases) {
+for (const c of args['pack-only'] ? [] : cases) {
   if (only !== undefined && c.name !== only) continue;
   decodeCase(c, rng, int4, 'int4');
   if (only === undefined) decodeCase(c, rng, undefined, 'f16');
@@ -118,13 +117,13 @@ const lines = [
   '| packing 1 GiB of f16, groups of 32 | ms | GB/s of f16 input | target | torch ops GB/s |',
   '|---|---|---|---|---|',
 ];
-for (const key of args['decode-only'] ? [] : ['int4.axis1', 'int4.axis0', 'int2.axis1', 'int8.axis1']) {
+for (const key of args['decode-only'] ? [] : ['int4.axis1', 'int4.axis0', 'int2.axis1', 'int2.axis0', 'int8.axis1', 'int8.axis0']) {
   const [format, axis] = key.split('.');
   const tk = torch[`pack.${key}.gbps`] ?? NaN;
   lines.push(`| ${format}, ${axis === 'axis1' ? 'values (axis 1)' : 'keys (axis 0)'} | ${(results[`pack.${key}.ms`] as number).toFixed(3)} | ${(results[`pack.${key}.gbps`] as number).toFixed(0)} | >= 1500 | ${tk.toFixed(0)} |`);
 }
-lines.push('', '| decode with probability capture, head size 128 | int4 ms | dense f16 ms (ours) | torch f16 SDPA ms | int4 / SDPA | target |', '|---|---|---|---|---|---|');
-for (const c of cases) {
+if (!args['pack-only']) lines.push('', '| decode with probability capture, head size 128 | int4 ms | dense f16 ms (ours) | torch f16 SDPA ms | int4 / SDPA | target |', '|---|---|---|---|---|---|');
+for (const c of args['pack-only'] ? [] : cases) {
   const p = results[`${c.name}.int4.ms`] as number;
   const f = results[`${c.name}.f16.ms`] as number;
   const s = torch[`${c.name}.sdpa_ms`] ?? NaN;

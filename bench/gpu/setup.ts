@@ -1,7 +1,7 @@
 /**
  * What every GPU benchmark starts with: its command line (`--torch FILE --out DIR --quick --decode-only
- * --overhead-only --case NAME`), the addon and a stream, the PyTorch figures of the same run, a results record, the
- * CUDA-event timer, and random f16 inputs.
+ * --overhead-only --pack-only --case NAME`), the addon and a stream, the PyTorch figures of the same run, a
+ * results record, the CUDA-event timer, and random f16 inputs.
  * @module
  */
 import { readFileSync } from 'node:fs';
@@ -15,7 +15,11 @@ import { deviceTimer } from './timing.js';
 /** Parses the command line and sets up the addon, a stream and the timer (samples: 5 with --quick, else 30). */
 export function gpuBench() {
   const { values: args } = parseArgs({
-    options: { torch: { type: 'string' }, out: { type: 'string', default: '.' }, quick: { type: 'boolean', default: false }, 'decode-only': { type: 'boolean', default: false }, 'overhead-only': { type: 'boolean', default: false }, case: { type: 'string' } },
+    options: {
+      torch: { type: 'string' }, out: { type: 'string', default: '.' }, quick: { type: 'boolean', default: false },
+      'decode-only': { type: 'boolean', default: false }, 'overhead-only': { type: 'boolean', default: false },
+      'pack-only': { type: 'boolean', default: false }, case: { type: 'string' },
+    },
   });
   const cuda = loadCuda();
   const stream = cuda.cudaStreamCreate();

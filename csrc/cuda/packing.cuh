@@ -26,9 +26,18 @@ __device__ __forceinline__ void group_params_d(float mn, float mx, uint32_t qmax
   const uint16_t zero = f16_floor_d(mn);
   const float z = f16_bits_to_f32(zero);
   uint16_t scale = f16_ceil_d(__fdiv_rn(__fsub_rn(mx, z), static_cast<float>(qmax)));
-  // Exact in f64: an f16 plus a product of at most 19 significant bits.
-  while (__dadd_rn(static_cast<double>(z), __dmul_rn(static_cast<double>(qmax), static_cast<double>(f16_bits_to_f32(scale)))) <
-         static_cast<double>(mx)) {
+  // Cover [z, mx]: raise the scale while z + qmax * scale < mx, compared exactly. The product is exact in f32
+  // and rounding is monotone, so one fused multiply-add decides a strict result; f64 (an f16 plus a product of
+  // at most 19 significant bits, exact) decides equality, and the non-finite ranges that callers refuse later,
+  // which then end the loop as on the CPU.
+  for (;;) {
+    const float sf = f16_bits_to_f32(scale);
+    const float top = __fmaf_rn(static_cast<float>(qmax), sf, z);
+    if (top > mx) break;
+    if (!(top < mx) &&
+        !(__dadd_rn(static_cast<double>(z), __dmul_rn(static_cast<double>(qmax), static_cast<double>(sf))) < static_cast<double>(mx))) {
+      break;
+    }
     scale = f16_up_d(scale);
   }
   *scale_out = scale;
@@ -43,17 +52,32 @@ __device__ __forceinline__ uint32_t quantise_d(float x, float s, float z, uint32
   return code > static_cast<float>(qmax) ? qmax : static_cast<uint32_t>(code);
 }
 
-// The same code from a reciprocal multiply: (x - z) * (1 / s) is within a few ulps of the rounded quotient,
-// so it rounds to the same integer unless it lies within 2^-10 of a half; then the exact division decides.
-// (Codes are at most 255 and ulp(256) = 2^-15, far inside that margin.) inv_s = __frcp_rn(s).
-__device__ __forceinline__ uint32_t quantise_fast_d(float x, float s, float inv_s, float z, uint32_t qmax) {
-  if (s == 0.0f) return 0;
+// 1 / s for quantise_fast_d: the hardware reciprocal (within an ulp, which the tie margin below absorbs), and 0
+// for a zero scale so that every code of a constant group comes out 0.
+__device__ __forceinline__ float inverse_d(float s) {
+  float inv;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(inv) : "f"(s));
+  return s == 0.0f ? 0.0f : inv;
+}
+
+// The code of quantise_d from a multiply by inv = inverse_d(s): t = (x - z) * inv is within 2^-13 of the rounded
+// quotient (t <= qmax <= 255), so both round to the same integer unless t lies within 2^-10 of a half; then
+// `near` is set and the caller must take quantise_d. Adding 1.5 * 2^23 rounds t (0 <= t < 2^22) half to even
+// into the low mantissa bits, which avoids the slower rint and float-to-integer conversions. No clamp is
+// needed: x - z <= qmax * s exactly, so t rounds to at most qmax.
+__device__ __forceinline__ uint32_t quantise_fast_d(float x, float inv, float z, uint32_t qmax, bool& near) {
+  constexpr float kRound = 12582912.0f;
   const float d = __fsub_rn(x, z);
-  float t = __fmul_rn(d, inv_s);
-  float code = rintf(t);
-  if (fabsf(fabsf(__fsub_rn(t, code)) - 0.5f) < 0.0009765625f) code = rintf(__fdiv_rn(d, s));
-  if (!(code > 0.0f)) return 0;
-  return code > static_cast<float>(qmax) ? qmax : static_cast<uint32_t>(code);
+  const float y = __fmaf_rn(d, inv, kRound);
+  near = near || fabsf(__fmaf_rn(d, inv, -__fsub_rn(y, kRound))) > 0.4990234375f;
+  return __float_as_uint(y) & qmax;
+}
+
+// quantise_fast_d with its fallback, element by element (for the kernels off the hot path).
+__device__ __forceinline__ uint32_t quantise_checked_d(float x, float s, float inv, float z, uint32_t qmax) {
+  bool near = false;
+  const uint32_t code = quantise_fast_d(x, inv, z, qmax, near);
+  return near ? quantise_d(x, s, z, qmax) : code;
 }
 
 // A small unsigned integer as a float without the slow integer conversion: 2^23 + code, minus 2^23 (exact).

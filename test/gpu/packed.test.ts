@@ -44,19 +44,28 @@ describe('cuda packer against the cpu packer', () => {
       for (const axis of [0, 1] as const) {
         it(`${format} ${dtype} axis ${axis}`, () => {
           for (let trial = 0; trial < (QUICK ? 1 : 4); trial++) {
-            // Powers of two take the lane-per-8-elements kernel on axis 1; 24 the thread-per-group one.
+            // Powers of two take the lane-per-8-elements kernel on axis 1; 24 the thread-per-group one. On axis 0,
+            // 16-bit inputs with groups of 8, 16 or 32 and a multiple of 4 columns take the 4-column kernel; odd
+            // trials give int4 and int8 two more columns, so that the thread-per-byte-column one runs too.
             const groupSize = [8, 16, 24, 32, 64, 128][Math.floor(rng.float() * 6)]!;
             const rows = axis === 0 ? groupSize * (1 + Math.floor(rng.float() * 6)) : 1 + Math.floor(rng.float() * 40);
-            const cols = axis === 1 ? groupSize * (1 + Math.floor(rng.float() * 6)) : 8 * (1 + Math.floor(rng.float() * 24));
+            const cols = axis === 1 ? groupSize * (1 + Math.floor(rng.float() * 6)) : 8 * (1 + Math.floor(rng.float() * 24)) + (bits !== 2 && trial % 2 === 1 ? 2 : 0);
             const scale = [1e-3, 1, 300][trial % 3]!;
             const x = floats(rows * cols, rng, scale);
-            // A constant group, exact zeros of both signs, and (axis 1) a group of exact ties: range [0, 15]
-            // so that int4's scale is 1 and k + 0.5 lies exactly between two codes.
-            x.fill(0.75, 0, Math.min(x.length, groupSize));
-            if (x.length > 3) x[3] = -0;
-            if (axis === 1 && x.length >= 2 * groupSize) {
-              for (let j = 0; j < groupSize; j++) x[groupSize + j] = j === 0 ? 0 : j === 1 ? 15 : (j % 15) + 0.5;
+            // A constant group, exact zeros of both signs, and a group of exact ties (axis 1: the second group of
+            // row 0; axis 0: the first group of column 1): range [0, 15] so that int4's scale is 1 and k + 0.5
+            // lies exactly between two codes.
+            const tie = (j: number) => (j === 0 ? 0 : j === 1 ? 15 : (j % 15) + 0.5);
+            if (axis === 1) {
+              x.fill(0.75, 0, Math.min(x.length, groupSize));
+              if (x.length >= 2 * groupSize) for (let j = 0; j < groupSize; j++) x[groupSize + j] = tie(j);
+            } else {
+              for (let j = 0; j < groupSize; j++) {
+                x[j * cols] = 0.75;
+                x[j * cols + 1] = tie(j);
+              }
             }
+            if (x.length > 3) x[3] = -0;
             const input = hostArray(x, dtype, true);
             const options = { format, shape: [rows, cols] as [number, number], axis, groupSize, dtype };
             const expected = native.pack(input, options);
@@ -84,6 +93,28 @@ describe('cuda packer against the cpu packer', () => {
     assert.throws(() => cuda.pack(x, { format: 'int4', shape: [2, 32] }), (e: unknown) => e instanceof KvError && e.code === 'KV_ARGUMENT');
     assert.throws(() => cuda.pack(new Float32Array(9), { format: 'int2', shape: [3, 3], axis: 1, groupSize: 3 }),
       (e: unknown) => e instanceof KvError && e.code === 'KV_ARGUMENT');
+  });
+  it('refuses NaN, infinite and out-of-range 16-bit elements in every kernel', () => {
+    // 16-bit inputs find these from the range of a group (NaN-propagating min and max), not element by element.
+    const bad = { f16: [0x7e00, 0x7c00, 0xfc00], bf16: [0x7fc0, 0x7f80, 0xff80, 0x4780, 0xc780] } as const;
+    const kernels = [
+      { axis: 1, groupSize: 32, cols: 64 }, // lanes
+      { axis: 1, groupSize: 24, cols: 48 }, // thread per group
+      { axis: 0, groupSize: 32, cols: 8 }, // 4 columns a thread
+      { axis: 0, groupSize: 24, cols: 8 }, // thread per byte column
+    ] as const;
+    for (const [dtype, values] of Object.entries(bad) as ['f16' | 'bf16', readonly number[]][]) {
+      for (const k of kernels) {
+        for (const value of values) {
+          const rows = k.axis === 0 ? 2 * k.groupSize : 2;
+          const input = new Uint16Array(rows * k.cols).fill(dtype === 'f16' ? 0x3c00 : 0x3f80);
+          input[input.length - 3] = value;
+          const options = { format: 'int4', shape: [rows, k.cols] as [number, number], axis: k.axis, groupSize: k.groupSize, dtype } as const;
+          assert.throws(() => cuda.pack(input, options), (e: unknown) => e instanceof KvError && e.code === 'KV_ARGUMENT',
+            `${dtype} 0x${value.toString(16)} axis ${k.axis} group ${k.groupSize}`);
+        }
+      }
+    }
   });
 });
 
