@@ -153,14 +153,14 @@ function overhead(): void {
   const store = backend.allocate({ layer: 0, dtype: 'f16', maxSequences: 1, kvHeads: 1, headDim: 64, capacity: 4096, auxWords: tracker.auxWords, queryHeads: 4 });
   const attention = { queryHeads: 4, scale: 0.125 };
   const clear = (): void => backend.clear(store, 0);
-  // The step through the backend: attend (one addon call, two launches) and, as before it, append + decode
-  // (two calls, three launches).
+  // The step through the backend: attend (one addon call, one launch) and, as before it, append + decode
+  // (two calls, two launches).
   results['overhead.backendAttend.us'] = hostTime((i) => backend.attend(store, 0, k, k, i, q, out, attention, tracker), clear);
   results['overhead.appendDecode.us'] = hostTime((i) => {
     backend.append(store, 0, k as never, k as never, 1, i, tracker);
     backend.decode(store, 0, q as never, out as never, attention, tracker);
   }, clear);
-  // decode alone through the backend and through the raw addon (one call, two launches)
+  // decode alone through the backend and through the raw addon (one call, one launch)
   backend.append(store, 0, k as never, k as never, 1, 0, tracker);
   results['overhead.decode.us'] = hostTime(() => backend.decode(store, 0, q as never, out as never, attention, tracker), () => {});
   const handle = (store as unknown as { device: { native: never } }).device.native;
@@ -239,10 +239,10 @@ for (const [name] of compactions) {
   lines.push(`| ${name} | ${ms.toFixed(4)} | ${t.toFixed(4)} | ${(t / ms).toFixed(1)} |`);
 }
 lines.push('', '| host overhead per call | us |', '|---|---|',
-  `| KVCache.attend (device tensors: one addon call, two launches) | ${(results['overhead.attend.us'] as number).toFixed(2)} |`,
+  `| KVCache.attend (device tensors: one addon call, one launch) | ${(results['overhead.attend.us'] as number).toFixed(2)} |`,
   `| backend.attend (the same, without the cache's planning) | ${(results['overhead.backendAttend.us'] as number).toFixed(2)} |`,
-  `| backend.append + backend.decode (two calls, three launches: attend before) | ${(results['overhead.appendDecode.us'] as number).toFixed(2)} |`,
-  `| backend.decode (one addon call, two launches) | ${(results['overhead.decode.us'] as number).toFixed(2)} |`,
+  `| backend.append + backend.decode (two calls, two launches: attend before) | ${(results['overhead.appendDecode.us'] as number).toFixed(2)} |`,
+  `| backend.decode (one addon call, one launch) | ${(results['overhead.decode.us'] as number).toFixed(2)} |`,
   `| raw addon cudaDecode | ${(results['overhead.rawDecode.us'] as number).toFixed(2)} |`,
   `| addon cudaEventRecord (one cheap CUDA call, for scale) | ${(results['overhead.eventRecord.us'] as number).toFixed(2)} |`);
 }

@@ -34,7 +34,7 @@ for step in "${steps[@]}"; do
     sanitize)
       for tool in memcheck racecheck; do
         SH_GPU_QUICK=1 timeout 240 compute-sanitizer --tool "$tool" --error-exitcode 9 /tmp/node --test --test-concurrency=1 \
-          $bundle/tests/packed.test.mjs $bundle/tests/kernels.test.mjs $bundle/tests/head-layout.test.mjs > "$out/sanitizer-$tool.log" 2>&1
+          $bundle/tests/packed.test.mjs $bundle/tests/kernels.test.mjs $bundle/tests/head-layout.test.mjs $bundle/tests/graph.test.mjs > "$out/sanitizer-$tool.log" 2>&1
         echo "$tool: rc $?"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|^# (pass|fail)" "$out/sanitizer-$tool.log"
       done ;;
     bench)

@@ -103,6 +103,11 @@ __device__ __forceinline__ void load16(const T* p, float* out) {
 // Raw 16-byte load (decoded later, so several loads can be in flight first).
 __device__ __forceinline__ uint4 raw16(const void* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
 
+// 16 bytes read once per call (a decode's keys and values): evict-first in the caches, so the smaller
+// arrays the same launch reads again (raw scores, partials, tracker state) stay in L2. Coherent with the
+// launch's own writes (an attend's new token).
+__device__ __forceinline__ uint4 stream16(const void* p) { return __ldcs(reinterpret_cast<const uint4*>(p)); }
+
 template <typename T>
 __device__ __forceinline__ void decode16(uint4 raw, float* out) {
   if constexpr (sizeof(T) == 4) {

@@ -52,7 +52,7 @@ struct FusedAppend {
 struct DecodeParams {
   const uint8_t* keys;
   const uint8_t* values;
-  const int32_t* lengths;
+  int32_t* lengths;  // written once per head by an attend (finish_decode)
   double* steps;
   float* scratch;
   float* partial;
@@ -440,7 +440,7 @@ __global__ void __launch_bounds__(kThreads) decode_split(const DecodeParams p) {
         const int k = k0 + u * GROUPS + grp;
 #pragma unroll
         for (int v = 0; v < NV; ++v) {
-          raw[u][v] = k < nt ? raw16(K + static_cast<size_t>(base + k) * D + (v * LANES + lid) * VEC) : make_uint4(0, 0, 0, 0);
+          raw[u][v] = k < nt ? stream16(K + static_cast<size_t>(base + k) * D + (v * LANES + lid) * VEC) : make_uint4(0, 0, 0, 0);
         }
       }
 #pragma unroll
@@ -500,7 +500,7 @@ __global__ void __launch_bounds__(kThreads) decode_split(const DecodeParams p) {
         const int k = k0 + u * GROUPS + grp;
         if (k < nt) {
 #pragma unroll
-          for (int v = 0; v < NV; ++v) raw[u][v] = raw16(V + static_cast<size_t>(base + k) * D + (v * LANES + lid) * VEC);
+          for (int v = 0; v < NV; ++v) raw[u][v] = stream16(V + static_cast<size_t>(base + k) * D + (v * LANES + lid) * VEC);
         }
       }
 #pragma unroll
@@ -612,8 +612,8 @@ __global__ void __launch_bounds__(kThreads) decode_stream(const DecodeParams p) 
 #pragma unroll
       for (int v = 0; v < NV; ++v) {
         const size_t at = static_cast<size_t>(k) * D + (v * LANES + lid) * VEC;
-        kr[u][v] = k < t1 ? raw16(K + at) : make_uint4(0, 0, 0, 0);
-        vr[u][v] = k < t1 ? raw16(V + at) : make_uint4(0, 0, 0, 0);
+        kr[u][v] = k < t1 ? stream16(K + at) : make_uint4(0, 0, 0, 0);
+        vr[u][v] = k < t1 ? stream16(V + at) : make_uint4(0, 0, 0, 0);
       }
     }
 #pragma unroll

@@ -207,8 +207,8 @@ export interface Backend {
   decode(store: LayerStore, seq: number, q: HostArray, out: HostArray, attention: AttentionSpec, tracker: ImportanceTracker): void;
   /**
    * {@link Backend.append} of one token (`k`, `v` at `position`) followed by {@link Backend.decode} of `q`,
-   * with the same results: for backends that do both in one pass (the cuda backend: two launches instead
-   * of three). Absent where the two calls are as fast.
+   * with the same results: for backends that do both in one pass (the cuda backend: one launch instead
+   * of two). Absent where the two calls are as fast.
    */
   attend?(
     store: LayerStore, seq: number, k: HostArray, v: HostArray, position: number, q: HostArray, out: HostArray,

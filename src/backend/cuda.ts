@@ -102,7 +102,7 @@ export interface CudaBackend extends Backend {
   synchronize(): void;
   /**
    * {@link Backend.append} of one token then {@link Backend.decode}, as one addon call: on a dense store with
-   * device tensors, two launches (the split-K kernel block whose key range holds the new slot writes the
+   * device tensors, one launch (the split-K kernel block whose key range holds the new slot writes the
    * token first) and no allocation; packed stores and host arrays run the two calls.
    */
   attend(

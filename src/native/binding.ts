@@ -264,7 +264,7 @@ export interface RawCudaBinding extends RawBinding {
     stream: bigint,
   ): void;
   /**
-   * `cudaAppend` of one token then `cudaDecode` of `seq` in one call (two launches on a dense store), the
+   * `cudaAppend` of one token then `cudaDecode` of `seq` in one call (one launch on a dense store), the
    * arguments in two reused arrays: `numbers` in the order of `AttendNumber` (src/backend/cuda.ts),
    * `pointers` k, v, q, out, stream.
    */
