@@ -28,6 +28,10 @@ struct Plan {
   size_t group;
   size_t dp;
   size_t tile_tokens;
+  // Fused: packed tokens per pass of the key and value kernels, so that their fixed costs per call (value
+  // scales and zero points converted to f32, accumulators loaded and stored) are paid once per many tokens;
+  // the residual window still goes a tile at a time.
+  size_t chunk_tokens;
   size_t block_rows;
   size_t s_stride;
   uint64_t first_step;
@@ -92,6 +96,10 @@ Scratch carve(const Plan& plan, float* base) {
 // prefetcher alone leaves these streams latency-bound on this class of machine, as it does dense rows
 // (see simd_avx2.cc).
 constexpr size_t kPrefetchTokens = 48;
+
+// Value groups (tokens x groups per token) whose f32 scales and zero points one pass of the fused value
+// kernels holds: Plan::chunk_tokens is this over the groups per token (at least 16: d <= 512, g >= 8).
+constexpr size_t kChunkGroups = 1024;
 
 SH_AVX512 inline void prefetch_token(const uint8_t* p, size_t cb) {
   for (size_t b = 0; b < cb; b += 64) _mm_prefetch(reinterpret_cast<const char*>(p + b), _MM_HINT_T0);
@@ -437,6 +445,8 @@ SH_AVX512 SH_INLINE void value_blocks_split(const uint8_t* codes, size_t cb, con
   for (int nb = 0; nb < NB; ++nb) first[nb] = (b0 + static_cast<size_t>(nb) * K) / g_size;
   codes += b0 * BITS / 8;
   for (size_t t = 0; t < n; ++t, codes += cb, ss += groups, zs += groups) {
+    // The line this pass reads, kPrefetchTokens tokens ahead.
+    _mm_prefetch(reinterpret_cast<const char*>(codes + kPrefetchTokens * cb), _MM_HINT_T0);
     __m512 x[NB * R];
     for (int nb = 0; nb < NB; ++nb) {
       const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + static_cast<size_t>(nb) * 16)));
@@ -493,17 +503,14 @@ template <uint32_t BITS>
 SH_AVX512 void value_accumulate_split_of(const uint8_t* codes, size_t cb, const uint16_t* scales, const uint16_t* zeros, size_t groups,
                                          size_t g_size, size_t n, const float* p, size_t p_stride, size_t nq, size_t d, size_t dp,
                                          float* acc) {
-  // n * groups <= (4096 / dp) * (d / g) <= 512, plus 16 floats a block's lanes may read past the end.
-  alignas(64) float ss[kTileFloats / 8 + 16];
-  alignas(64) float zs[kTileFloats / 8 + 16];
+  // n * groups <= kChunkGroups (Plan::chunk_tokens), plus 16 floats a block's lanes may read past the end.
+  alignas(64) float ss[kChunkGroups + 16];
+  alignas(64) float zs[kChunkGroups + 16];
   const size_t count = n * groups;
-  for (size_t b = 0; b < count * 2; b += 64) {
-    _mm_prefetch(reinterpret_cast<const char*>(scales + kPrefetchTokens * groups) + b, _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(zeros + kPrefetchTokens * groups) + b, _MM_HINT_T0);
-  }
-  for (size_t t = 0; t < n; ++t) prefetch_token(codes + (t + kPrefetchTokens) * cb, cb);
   size_t k = 0;
   for (; k + 16 <= count; k += 16) {
+    _mm_prefetch(reinterpret_cast<const char*>(scales + k + kChunkGroups), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(zeros + k + kChunkGroups), _MM_HINT_T0);
     _mm512_store_ps(ss + k, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales + k))));
     _mm512_store_ps(zs + k, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(zeros + k))));
   }
@@ -544,6 +551,8 @@ SH_AVX512 SH_INLINE void value_block(const uint8_t* codes, size_t cb, const floa
   }
   for (size_t t = 0; t < n; ++t) {
     const uint8_t* row = codes + t * cb;
+    // The line this block reads, kPrefetchTokens tokens ahead.
+    _mm_prefetch(reinterpret_cast<const char*>(row + kPrefetchTokens * cb + c * BITS / 8), _MM_HINT_T0);
     __m512 x[CB];
     for (int b = 0; b < CB; ++b) {
       const size_t ch = c + 16 * static_cast<size_t>(b);
@@ -571,17 +580,14 @@ SH_AVX512 SH_INLINE void value_queries(const uint8_t* codes, size_t cb, const fl
 template <uint32_t BITS>
 SH_AVX512 void value_accumulate_of(const uint8_t* codes, size_t cb, const uint16_t* scales, const uint16_t* zeros, size_t groups,
                                    size_t g_size, size_t n, const float* p, size_t p_stride, size_t nq, size_t d, size_t dp, float* acc) {
-  // n * groups <= (4096 / dp) * (d / g) <= 512: a tile's worth (see Plan::tile_tokens, g >= 8).
-  alignas(64) float ss[kTileFloats / 8 + 16];
-  alignas(64) float zs[kTileFloats / 8 + 16];
+  // n * groups <= kChunkGroups (Plan::chunk_tokens).
+  alignas(64) float ss[kChunkGroups];
+  alignas(64) float zs[kChunkGroups];
   const size_t count = n * groups;
-  for (size_t b = 0; b < count * 2; b += 64) {
-    _mm_prefetch(reinterpret_cast<const char*>(scales + kPrefetchTokens * groups) + b, _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(zeros + kPrefetchTokens * groups) + b, _MM_HINT_T0);
-  }
-  for (size_t t = 0; t < n; ++t) prefetch_token(codes + (t + kPrefetchTokens) * cb, cb);
   size_t k = 0;
   for (; k + 16 <= count; k += 16) {
+    _mm_prefetch(reinterpret_cast<const char*>(scales + k + kChunkGroups), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(zeros + k + kChunkGroups), _MM_HINT_T0);
     _mm512_store_ps(ss + k, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales + k))));
     _mm512_store_ps(zs + k, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(zeros + k))));
   }
@@ -814,6 +820,7 @@ void attend_head(const Plan& plan, const Scratch& sc, int32_t head) {
   const size_t group = plan.group;
   const size_t dp = plan.dp;
   const int64_t first = static_cast<int64_t>(kept(view, args.seq, head)) - args.rows + 1;
+  const size_t packed = plan.fused ? static_cast<size_t>(plan.view->packed[plan.view->index(args.seq, head)]) : 0;
 
   for (int32_t b0 = args.row_begin; b0 < args.row_end; b0 += static_cast<int32_t>(plan.block_rows)) {
     const int32_t b1 = std::min(args.row_end, b0 + static_cast<int32_t>(plan.block_rows));
@@ -822,14 +829,18 @@ void attend_head(const Plan& plan, const Scratch& sc, int32_t head) {
     auto attended = [&](size_t query) {
       return static_cast<size_t>(std::max<int64_t>(0, first + b0 + static_cast<int64_t>(query / group)));
     };
+    // Fused: the packed tokens in chunks, then the residual window in tiles (so a tile never mixes them).
+    auto tile_length = [&](size_t t0) {
+      return std::min(n_max - t0, t0 < packed ? std::min(plan.chunk_tokens, packed - t0) : plan.tile_tokens);
+    };
 
     load_queries(plan, head, b0, b1, sc.q);
     if (plan.split) interleave_queries(sc.q, queries, static_cast<size_t>(view.head_dim), dp, sc.q4);
     std::fill(sc.max, sc.max + queries, -std::numeric_limits<float>::infinity());
     if (plan.split) std::fill(sc.lane_max, sc.lane_max + 16 * queries, -std::numeric_limits<float>::infinity());
     RunCursor cursor{-1, 0, 0};
-    for (size_t t0 = 0; t0 < n_max; t0 += plan.tile_tokens) {
-      const size_t nt = std::min(plan.tile_tokens, n_max - t0);
+    for (size_t t0 = 0, nt = 0; t0 < n_max; t0 += nt) {
+      nt = tile_length(t0);
       if (plan.fused) {
         tile_scores(plan, sc, head, t0, nt, &cursor, queries);
       } else {
@@ -850,8 +861,8 @@ void attend_head(const Plan& plan, const Scratch& sc, int32_t head) {
     }
     std::fill(sc.acc, sc.acc + queries * dp, 0.0f);
     if (plan.split) std::fill(sc.acc_split, sc.acc_split + queries * dp, 0.0f);
-    for (size_t t0 = 0; t0 < n_max; t0 += plan.tile_tokens) {
-      const size_t nt = std::min(plan.tile_tokens, n_max - t0);
+    for (size_t t0 = 0, nt = 0; t0 < n_max; t0 += nt) {
+      nt = tile_length(t0);
       if (plan.fused) {
         tile_values(plan, sc, head, t0, nt, queries);
       } else {
@@ -917,6 +928,7 @@ Status packed_attend(Context& ctx, const PackedView& pv, const AttentionArgs& ar
   plan.group = static_cast<size_t>(args.query_heads / view.kv_heads);
   plan.dp = padded_dim(view.head_dim);
   plan.tile_tokens = std::max<size_t>(4, kTileFloats / plan.dp);
+  plan.chunk_tokens = kChunkGroups / static_cast<size_t>(view.head_dim / pv.group_size);
   plan.block_rows = std::min(std::max<size_t>(1, kBlockQueries / plan.group), static_cast<size_t>(args.row_end - args.row_begin));
   plan.first_step = static_cast<uint64_t>(view.steps[args.seq]);
   const bool simd = std::strcmp(ctx.simd(), "avx512") == 0 && pack_simd_available();
