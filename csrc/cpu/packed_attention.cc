@@ -848,27 +848,36 @@ void attend_head(const Plan& plan, const Scratch& sc, int32_t head) {
       }
     }
     if (plan.split) fold_lane_max(sc.lane_max, queries, sc.max);
+    // A query that sees fewer tokens than the block's longest takes the maximum of its own.
     for (size_t q = 0; q < queries; ++q) {
-      float* row = sc.s + q * plan.s_stride;
+      const float* row = sc.s + q * plan.s_stride;
       const size_t n = attended(q);
-      float max = sc.max[q];
       if (n < n_max) {
-        max = -std::numeric_limits<float>::infinity();
+        float max = -std::numeric_limits<float>::infinity();
         for (size_t j = 0; j < n; ++j) max = row[j] > max ? row[j] : max;
+        sc.max[q] = max;
       }
-      sc.inv[q] = n > 0 ? 1.0f / prims.exp_sum(row, n, max) : 0.0f;
-      std::fill(row + n, row + n_max, 0.0f);
     }
+    std::fill(sc.inv, sc.inv + queries, 0.0f);
     std::fill(sc.acc, sc.acc + queries * dp, 0.0f);
     if (plan.split) std::fill(sc.acc_split, sc.acc_split + queries * dp, 0.0f);
     for (size_t t0 = 0, nt = 0; t0 < n_max; t0 += nt) {
       nt = tile_length(t0);
+      // Each tile's scores become weights just before its values are summed, while they are in L1 (a
+      // separate pass would stream every score through the outer caches once more); sc.inv sums them.
+      for (size_t q = 0; q < queries; ++q) {
+        float* row = sc.s + q * plan.s_stride;
+        const size_t e = std::min(t0 + nt, std::max(attended(q), t0));
+        if (e > t0) sc.inv[q] += prims.exp_sum(row + t0, e - t0, sc.max[q]);
+        std::fill(row + e, row + t0 + nt, 0.0f);
+      }
       if (plan.fused) {
         tile_values(plan, sc, head, t0, nt, queries);
       } else {
         prims.accumulate(tile_rows(plan, sc, head, t0, nt, nullptr), nt, sc.s + t0, plan.s_stride, queries, dp, sc.acc);
       }
     }
+    for (size_t q = 0; q < queries; ++q) sc.inv[q] = attended(q) > 0 ? 1.0f / sc.inv[q] : 0.0f;
     if (plan.split) {
       for (size_t q = 0; q < queries; ++q) add_from_split(sc.acc_split + q * dp, static_cast<size_t>(view.head_dim), 8 / plan.view->bits, sc.acc + q * dp);
     }
