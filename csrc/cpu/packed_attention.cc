@@ -297,15 +297,26 @@ SH_AVX512 SH_INLINE __m512 split_codes(__m512i bytes, int j) {
 // and dotted with its zero points once (run_queries), and each code then costs its conversion and one
 // fused multiply-add per query.
 
+// The sums of the lanes of four vectors, at once.
+SH_AVX512 SH_INLINE void hsum4(const __m512* v, float* out) {
+  const __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(v[0], v[1]), _mm512_unpackhi_ps(v[0], v[1]));
+  const __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(v[2], v[3]), _mm512_unpackhi_ps(v[2], v[3]));
+  // 128-bit lane j: partial sums of v[0], v[1], v[2], v[3] in that order.
+  const __m512 abcd = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(ab), _mm512_castps_pd(cd))),
+                                    _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(ab), _mm512_castps_pd(cd))));
+  const __m256 half = _mm256_add_ps(_mm512_castps512_ps256(abcd), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(abcd), 1)));
+  _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(half), _mm256_extractf128_ps(half, 1)));
+}
+
 // The queries of `groups` groups of four (Scratch::q4) scaled by a run's key scales (qr, in the same
-// layout) and dotted with its zero points (qz[4 * i + g]).
-SH_AVX512 void run_queries(const float* q4, size_t groups, size_t d, const float* s, const float* z, float* qr, float* qz) {
+// layout) and dotted with its zero points (qz[4 * i + g]); scales and zero points as stored (f16).
+SH_AVX512 void run_queries(const float* q4, size_t groups, size_t d, const uint16_t* scales, const uint16_t* zeros, float* qr, float* qz) {
   for (size_t i = 0; i < groups; ++i, q4 += 4 * d, qr += 4 * d) {
     __m512 dz[4];
     for (int g = 0; g < 4; ++g) dz[g] = _mm512_setzero_ps();
     for (size_t c = 0; c < d; c += 16) {
-      const __m512 sv = _mm512_loadu_ps(s + c);
-      const __m512 zv = _mm512_loadu_ps(z + c);
+      const __m512 sv = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales + c)));
+      const __m512 zv = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(zeros + c)));
       for (int g = 0; g < 4; ++g) {
         const size_t at = 4 * c + 16 * static_cast<size_t>(g);
         const __m512 qv = _mm512_loadu_ps(q4 + at);
@@ -313,7 +324,7 @@ SH_AVX512 void run_queries(const float* q4, size_t groups, size_t d, const float
         dz[g] = _mm512_fmadd_ps(qv, zv, dz[g]);
       }
     }
-    for (int g = 0; g < 4; ++g) qz[4 * i + static_cast<size_t>(g)] = hsum(dz[g]);
+    hsum4(dz, qz + 4 * i);
   }
 }
 
@@ -716,8 +727,11 @@ void tile_scores(const Plan& plan, const Scratch& sc, int32_t head, size_t t0, s
       cursor->start = cursor->end;
       cursor->end += static_cast<size_t>(view.run_lengths[view.run_base(i) + static_cast<size_t>(cursor->run)]);
       const size_t entry = (view.run_base(i) + static_cast<size_t>(cursor->run)) * d;
-      run_parameters_avx512(view.key_scales + entry, view.key_zeros + entry, d, sc.run_scales, sc.run_zeros);
-      if (plan.split) run_queries(sc.q4, (queries + 3) / 4, d, sc.run_scales, sc.run_zeros, sc.q_run, sc.q_zero);
+      if (plan.split) {
+        run_queries(sc.q4, (queries + 3) / 4, d, view.key_scales + entry, view.key_zeros + entry, sc.q_run, sc.q_zero);
+      } else {
+        run_parameters_avx512(view.key_scales + entry, view.key_zeros + entry, d, sc.run_scales, sc.run_zeros);
+      }
     }
     const size_t n = std::min(stop, cursor->end) - t;
     if (plan.split) {
