@@ -96,6 +96,10 @@ Scratch carve(const Plan& plan, float* base) {
 // prefetcher alone leaves these streams latency-bound on this class of machine, as it does dense rows
 // (see simd_avx2.cc).
 constexpr size_t kPrefetchTokens = 48;
+// Runs ahead whose key scales and zero points are requested while a run is scored: each run's 4 * d bytes
+// are read once, at its start, too sparse a stream for the hardware prefetcher to run ahead of, and over a
+// cache larger than the last-level cache each of those reads otherwise waits for memory.
+constexpr size_t kPrefetchRuns = 4;
 
 // Value groups (tokens x groups per token) whose f32 scales and zero points one pass of the fused value
 // kernels holds: Plan::chunk_tokens is this over the groups per token (at least 16: d <= 512, g >= 8).
@@ -727,6 +731,8 @@ void tile_scores(const Plan& plan, const Scratch& sc, int32_t head, size_t t0, s
       cursor->start = cursor->end;
       cursor->end += static_cast<size_t>(view.run_lengths[view.run_base(i) + static_cast<size_t>(cursor->run)]);
       const size_t entry = (view.run_base(i) + static_cast<size_t>(cursor->run)) * d;
+      prefetch_token(reinterpret_cast<const uint8_t*>(view.key_scales + entry + kPrefetchRuns * d), d * sizeof(uint16_t));
+      prefetch_token(reinterpret_cast<const uint8_t*>(view.key_zeros + entry + kPrefetchRuns * d), d * sizeof(uint16_t));
       if (plan.split) {
         run_queries(sc.q4, (queries + 3) / 4, d, view.key_scales + entry, view.key_zeros + entry, sc.q_run, sc.q_zero);
       } else {
