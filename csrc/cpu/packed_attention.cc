@@ -28,6 +28,10 @@ struct Plan {
   size_t group;
   size_t dp;
   size_t tile_tokens;
+  // Fused: packed tokens per pass of the key and value kernels, so that their fixed costs per call (value
+  // scales and zero points converted to f32, accumulators loaded and stored) are paid once per many tokens;
+  // the residual window still goes a tile at a time.
+  size_t chunk_tokens;
   size_t block_rows;
   size_t s_stride;
   uint64_t first_step;
@@ -92,6 +96,14 @@ Scratch carve(const Plan& plan, float* base) {
 // prefetcher alone leaves these streams latency-bound on this class of machine, as it does dense rows
 // (see simd_avx2.cc).
 constexpr size_t kPrefetchTokens = 48;
+// Runs ahead whose key scales and zero points are requested while a run is scored: each run's 4 * d bytes
+// are read once, at its start, too sparse a stream for the hardware prefetcher to run ahead of, and over a
+// cache larger than the last-level cache each of those reads otherwise waits for memory.
+constexpr size_t kPrefetchRuns = 4;
+
+// Value groups (tokens x groups per token) whose f32 scales and zero points one pass of the fused value
+// kernels holds: Plan::chunk_tokens is this over the groups per token (at least 16: d <= 512, g >= 8).
+constexpr size_t kChunkGroups = 1024;
 
 SH_AVX512 inline void prefetch_token(const uint8_t* p, size_t cb) {
   for (size_t b = 0; b < cb; b += 64) _mm_prefetch(reinterpret_cast<const char*>(p + b), _MM_HINT_T0);
@@ -289,15 +301,26 @@ SH_AVX512 SH_INLINE __m512 split_codes(__m512i bytes, int j) {
 // and dotted with its zero points once (run_queries), and each code then costs its conversion and one
 // fused multiply-add per query.
 
+// The sums of the lanes of four vectors, at once.
+SH_AVX512 SH_INLINE void hsum4(const __m512* v, float* out) {
+  const __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(v[0], v[1]), _mm512_unpackhi_ps(v[0], v[1]));
+  const __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(v[2], v[3]), _mm512_unpackhi_ps(v[2], v[3]));
+  // 128-bit lane j: partial sums of v[0], v[1], v[2], v[3] in that order.
+  const __m512 abcd = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(ab), _mm512_castps_pd(cd))),
+                                    _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(ab), _mm512_castps_pd(cd))));
+  const __m256 half = _mm256_add_ps(_mm512_castps512_ps256(abcd), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(abcd), 1)));
+  _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(half), _mm256_extractf128_ps(half, 1)));
+}
+
 // The queries of `groups` groups of four (Scratch::q4) scaled by a run's key scales (qr, in the same
-// layout) and dotted with its zero points (qz[4 * i + g]).
-SH_AVX512 void run_queries(const float* q4, size_t groups, size_t d, const float* s, const float* z, float* qr, float* qz) {
+// layout) and dotted with its zero points (qz[4 * i + g]); scales and zero points as stored (f16).
+SH_AVX512 void run_queries(const float* q4, size_t groups, size_t d, const uint16_t* scales, const uint16_t* zeros, float* qr, float* qz) {
   for (size_t i = 0; i < groups; ++i, q4 += 4 * d, qr += 4 * d) {
     __m512 dz[4];
     for (int g = 0; g < 4; ++g) dz[g] = _mm512_setzero_ps();
     for (size_t c = 0; c < d; c += 16) {
-      const __m512 sv = _mm512_loadu_ps(s + c);
-      const __m512 zv = _mm512_loadu_ps(z + c);
+      const __m512 sv = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales + c)));
+      const __m512 zv = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(zeros + c)));
       for (int g = 0; g < 4; ++g) {
         const size_t at = 4 * c + 16 * static_cast<size_t>(g);
         const __m512 qv = _mm512_loadu_ps(q4 + at);
@@ -305,7 +328,7 @@ SH_AVX512 void run_queries(const float* q4, size_t groups, size_t d, const float
         dz[g] = _mm512_fmadd_ps(qv, zv, dz[g]);
       }
     }
-    for (int g = 0; g < 4; ++g) qz[4 * i + static_cast<size_t>(g)] = hsum(dz[g]);
+    hsum4(dz, qz + 4 * i);
   }
 }
 
@@ -437,6 +460,8 @@ SH_AVX512 SH_INLINE void value_blocks_split(const uint8_t* codes, size_t cb, con
   for (int nb = 0; nb < NB; ++nb) first[nb] = (b0 + static_cast<size_t>(nb) * K) / g_size;
   codes += b0 * BITS / 8;
   for (size_t t = 0; t < n; ++t, codes += cb, ss += groups, zs += groups) {
+    // The line this pass reads, kPrefetchTokens tokens ahead.
+    _mm_prefetch(reinterpret_cast<const char*>(codes + kPrefetchTokens * cb), _MM_HINT_T0);
     __m512 x[NB * R];
     for (int nb = 0; nb < NB; ++nb) {
       const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + static_cast<size_t>(nb) * 16)));
@@ -493,17 +518,14 @@ template <uint32_t BITS>
 SH_AVX512 void value_accumulate_split_of(const uint8_t* codes, size_t cb, const uint16_t* scales, const uint16_t* zeros, size_t groups,
                                          size_t g_size, size_t n, const float* p, size_t p_stride, size_t nq, size_t d, size_t dp,
                                          float* acc) {
-  // n * groups <= (4096 / dp) * (d / g) <= 512, plus 16 floats a block's lanes may read past the end.
-  alignas(64) float ss[kTileFloats / 8 + 16];
-  alignas(64) float zs[kTileFloats / 8 + 16];
+  // n * groups <= kChunkGroups (Plan::chunk_tokens), plus 16 floats a block's lanes may read past the end.
+  alignas(64) float ss[kChunkGroups + 16];
+  alignas(64) float zs[kChunkGroups + 16];
   const size_t count = n * groups;
-  for (size_t b = 0; b < count * 2; b += 64) {
-    _mm_prefetch(reinterpret_cast<const char*>(scales + kPrefetchTokens * groups) + b, _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(zeros + kPrefetchTokens * groups) + b, _MM_HINT_T0);
-  }
-  for (size_t t = 0; t < n; ++t) prefetch_token(codes + (t + kPrefetchTokens) * cb, cb);
   size_t k = 0;
   for (; k + 16 <= count; k += 16) {
+    _mm_prefetch(reinterpret_cast<const char*>(scales + k + kChunkGroups), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(zeros + k + kChunkGroups), _MM_HINT_T0);
     _mm512_store_ps(ss + k, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales + k))));
     _mm512_store_ps(zs + k, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(zeros + k))));
   }
@@ -544,6 +566,8 @@ SH_AVX512 SH_INLINE void value_block(const uint8_t* codes, size_t cb, const floa
   }
   for (size_t t = 0; t < n; ++t) {
     const uint8_t* row = codes + t * cb;
+    // The line this block reads, kPrefetchTokens tokens ahead.
+    _mm_prefetch(reinterpret_cast<const char*>(row + kPrefetchTokens * cb + c * BITS / 8), _MM_HINT_T0);
     __m512 x[CB];
     for (int b = 0; b < CB; ++b) {
       const size_t ch = c + 16 * static_cast<size_t>(b);
@@ -571,17 +595,14 @@ SH_AVX512 SH_INLINE void value_queries(const uint8_t* codes, size_t cb, const fl
 template <uint32_t BITS>
 SH_AVX512 void value_accumulate_of(const uint8_t* codes, size_t cb, const uint16_t* scales, const uint16_t* zeros, size_t groups,
                                    size_t g_size, size_t n, const float* p, size_t p_stride, size_t nq, size_t d, size_t dp, float* acc) {
-  // n * groups <= (4096 / dp) * (d / g) <= 512: a tile's worth (see Plan::tile_tokens, g >= 8).
-  alignas(64) float ss[kTileFloats / 8 + 16];
-  alignas(64) float zs[kTileFloats / 8 + 16];
+  // n * groups <= kChunkGroups (Plan::chunk_tokens).
+  alignas(64) float ss[kChunkGroups];
+  alignas(64) float zs[kChunkGroups];
   const size_t count = n * groups;
-  for (size_t b = 0; b < count * 2; b += 64) {
-    _mm_prefetch(reinterpret_cast<const char*>(scales + kPrefetchTokens * groups) + b, _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(zeros + kPrefetchTokens * groups) + b, _MM_HINT_T0);
-  }
-  for (size_t t = 0; t < n; ++t) prefetch_token(codes + (t + kPrefetchTokens) * cb, cb);
   size_t k = 0;
   for (; k + 16 <= count; k += 16) {
+    _mm_prefetch(reinterpret_cast<const char*>(scales + k + kChunkGroups), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(zeros + k + kChunkGroups), _MM_HINT_T0);
     _mm512_store_ps(ss + k, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales + k))));
     _mm512_store_ps(zs + k, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(zeros + k))));
   }
@@ -710,8 +731,13 @@ void tile_scores(const Plan& plan, const Scratch& sc, int32_t head, size_t t0, s
       cursor->start = cursor->end;
       cursor->end += static_cast<size_t>(view.run_lengths[view.run_base(i) + static_cast<size_t>(cursor->run)]);
       const size_t entry = (view.run_base(i) + static_cast<size_t>(cursor->run)) * d;
-      run_parameters_avx512(view.key_scales + entry, view.key_zeros + entry, d, sc.run_scales, sc.run_zeros);
-      if (plan.split) run_queries(sc.q4, (queries + 3) / 4, d, sc.run_scales, sc.run_zeros, sc.q_run, sc.q_zero);
+      prefetch_token(reinterpret_cast<const uint8_t*>(view.key_scales + entry + kPrefetchRuns * d), d * sizeof(uint16_t));
+      prefetch_token(reinterpret_cast<const uint8_t*>(view.key_zeros + entry + kPrefetchRuns * d), d * sizeof(uint16_t));
+      if (plan.split) {
+        run_queries(sc.q4, (queries + 3) / 4, d, view.key_scales + entry, view.key_zeros + entry, sc.q_run, sc.q_zero);
+      } else {
+        run_parameters_avx512(view.key_scales + entry, view.key_zeros + entry, d, sc.run_scales, sc.run_zeros);
+      }
     }
     const size_t n = std::min(stop, cursor->end) - t;
     if (plan.split) {
@@ -814,6 +840,7 @@ void attend_head(const Plan& plan, const Scratch& sc, int32_t head) {
   const size_t group = plan.group;
   const size_t dp = plan.dp;
   const int64_t first = static_cast<int64_t>(kept(view, args.seq, head)) - args.rows + 1;
+  const size_t packed = plan.fused ? static_cast<size_t>(plan.view->packed[plan.view->index(args.seq, head)]) : 0;
 
   for (int32_t b0 = args.row_begin; b0 < args.row_end; b0 += static_cast<int32_t>(plan.block_rows)) {
     const int32_t b1 = std::min(args.row_end, b0 + static_cast<int32_t>(plan.block_rows));
@@ -822,14 +849,18 @@ void attend_head(const Plan& plan, const Scratch& sc, int32_t head) {
     auto attended = [&](size_t query) {
       return static_cast<size_t>(std::max<int64_t>(0, first + b0 + static_cast<int64_t>(query / group)));
     };
+    // Fused: the packed tokens in chunks, then the residual window in tiles (so a tile never mixes them).
+    auto tile_length = [&](size_t t0) {
+      return std::min(n_max - t0, t0 < packed ? std::min(plan.chunk_tokens, packed - t0) : plan.tile_tokens);
+    };
 
     load_queries(plan, head, b0, b1, sc.q);
     if (plan.split) interleave_queries(sc.q, queries, static_cast<size_t>(view.head_dim), dp, sc.q4);
     std::fill(sc.max, sc.max + queries, -std::numeric_limits<float>::infinity());
     if (plan.split) std::fill(sc.lane_max, sc.lane_max + 16 * queries, -std::numeric_limits<float>::infinity());
     RunCursor cursor{-1, 0, 0};
-    for (size_t t0 = 0; t0 < n_max; t0 += plan.tile_tokens) {
-      const size_t nt = std::min(plan.tile_tokens, n_max - t0);
+    for (size_t t0 = 0, nt = 0; t0 < n_max; t0 += nt) {
+      nt = tile_length(t0);
       if (plan.fused) {
         tile_scores(plan, sc, head, t0, nt, &cursor, queries);
       } else {
@@ -837,27 +868,36 @@ void attend_head(const Plan& plan, const Scratch& sc, int32_t head) {
       }
     }
     if (plan.split) fold_lane_max(sc.lane_max, queries, sc.max);
+    // A query that sees fewer tokens than the block's longest takes the maximum of its own.
     for (size_t q = 0; q < queries; ++q) {
-      float* row = sc.s + q * plan.s_stride;
+      const float* row = sc.s + q * plan.s_stride;
       const size_t n = attended(q);
-      float max = sc.max[q];
       if (n < n_max) {
-        max = -std::numeric_limits<float>::infinity();
+        float max = -std::numeric_limits<float>::infinity();
         for (size_t j = 0; j < n; ++j) max = row[j] > max ? row[j] : max;
+        sc.max[q] = max;
       }
-      sc.inv[q] = n > 0 ? 1.0f / prims.exp_sum(row, n, max) : 0.0f;
-      std::fill(row + n, row + n_max, 0.0f);
     }
+    std::fill(sc.inv, sc.inv + queries, 0.0f);
     std::fill(sc.acc, sc.acc + queries * dp, 0.0f);
     if (plan.split) std::fill(sc.acc_split, sc.acc_split + queries * dp, 0.0f);
-    for (size_t t0 = 0; t0 < n_max; t0 += plan.tile_tokens) {
-      const size_t nt = std::min(plan.tile_tokens, n_max - t0);
+    for (size_t t0 = 0, nt = 0; t0 < n_max; t0 += nt) {
+      nt = tile_length(t0);
+      // Each tile's scores become weights just before its values are summed, while they are in L1 (a
+      // separate pass would stream every score through the outer caches once more); sc.inv sums them.
+      for (size_t q = 0; q < queries; ++q) {
+        float* row = sc.s + q * plan.s_stride;
+        const size_t e = std::min(t0 + nt, std::max(attended(q), t0));
+        if (e > t0) sc.inv[q] += prims.exp_sum(row + t0, e - t0, sc.max[q]);
+        std::fill(row + e, row + t0 + nt, 0.0f);
+      }
       if (plan.fused) {
         tile_values(plan, sc, head, t0, nt, queries);
       } else {
         prims.accumulate(tile_rows(plan, sc, head, t0, nt, nullptr), nt, sc.s + t0, plan.s_stride, queries, dp, sc.acc);
       }
     }
+    for (size_t q = 0; q < queries; ++q) sc.inv[q] = attended(q) > 0 ? 1.0f / sc.inv[q] : 0.0f;
     if (plan.split) {
       for (size_t q = 0; q < queries; ++q) add_from_split(sc.acc_split + q * dp, static_cast<size_t>(view.head_dim), 8 / plan.view->bits, sc.acc + q * dp);
     }
@@ -917,6 +957,7 @@ Status packed_attend(Context& ctx, const PackedView& pv, const AttentionArgs& ar
   plan.group = static_cast<size_t>(args.query_heads / view.kv_heads);
   plan.dp = padded_dim(view.head_dim);
   plan.tile_tokens = std::max<size_t>(4, kTileFloats / plan.dp);
+  plan.chunk_tokens = kChunkGroups / static_cast<size_t>(view.head_dim / pv.group_size);
   plan.block_rows = std::min(std::max<size_t>(1, kBlockQueries / plan.group), static_cast<size_t>(args.row_end - args.row_begin));
   plan.first_step = static_cast<uint64_t>(view.steps[args.seq]);
   const bool simd = std::strcmp(ctx.simd(), "avx512") == 0 && pack_simd_available();

@@ -25,6 +25,28 @@ function expectSamePacked(native: LayerStore, oracle: LayerStore, what: string):
   }
 }
 
+/** Every row of an attention call against a full-precision attention over the dequantised keys and values it saw. */
+function expectRowsMatch(native: LayerStore, seq: number, dtype: DType, q: Float32Array | Uint16Array, out: Float32Array | Uint16Array,
+  rows: number, group: number, attention: { queryHeads: number; scale: number }, what: string): void {
+  const d = native.headDim;
+  const outType = out instanceof Float32Array ? 'f32' : dtype;
+  const got = hostValues(out, dtype);
+  const qs = hostValues(q, dtype);
+  for (let h = 0; h < attention.queryHeads; h++) {
+    const view = cpu.view(native, seq, Math.floor(h / group));
+    for (let r = 0; r < rows; r++) {
+      const visible = view.length - rows + r + 1;
+      const ref = referenceAttention(qs, view.keys, view.values, visible, d, attention.scale, (r * attention.queryHeads + h) * d);
+      const tol = attentionTolerance(ref, d, outType);
+      for (let c = 0; c < d; c++) {
+        const want = ref.out[c]!;
+        const have = got[(r * attention.queryHeads + h) * d + c]!;
+        if (!(Math.abs(have - want) <= tol(want))) expect.fail(`${what} row ${r} head ${h} element ${c}: ${have}, reference ${want}`);
+      }
+    }
+  }
+}
+
 interface Shape {
   readonly dtype: DType;
   readonly format: PackFormat;
@@ -84,25 +106,59 @@ describe.each(SHAPES)('packed store $format $dtype, head size $headDim, groups o
         reference.prefill(oracle, seq, q, rows, expected, attention, tracker);
       }
       expectSamePacked(native, oracle, `step ${step} attend`);
-      // Every row against a full-precision attention over the dequantised keys and values it saw.
-      const outType = out instanceof Float32Array ? 'f32' : shape.dtype;
-      const got = hostValues(out, shape.dtype);
-      const qs = hostValues(q, shape.dtype);
-      for (let h = 0; h < queryHeads; h++) {
-        const view = cpu.view(native, seq, Math.floor(h / group));
-        for (let r = 0; r < rows; r++) {
-          const visible = view.length - rows + r + 1;
-          const ref = referenceAttention(qs, view.keys, view.values, visible, d, attention.scale, (r * queryHeads + h) * d);
-          const tol = attentionTolerance(ref, d, outType);
-          for (let c = 0; c < d; c++) {
-            const want = ref.out[c]!;
-            const have = got[(r * queryHeads + h) * d + c]!;
-            if (!(Math.abs(have - want) <= tol(want))) expect.fail(`step ${step} row ${r} head ${h} element ${c}: ${have}, reference ${want}`);
-          }
-        }
-      }
+      expectRowsMatch(native, seq, shape.dtype, q, out, rows, group, attention, `step ${step}`);
     }
     expect(native.packed!.packed[0]).toBeGreaterThan(0);
+  });
+});
+
+// The fused kernels take the packed tokens in passes of 1024 value groups (256 tokens at head size 128 and
+// groups of 32); caches longer than that, with runs thinned by eviction so that passes and runs do not
+// line up, every row of a prefill seeing a different number of them.
+describe.each([
+  { format: 'int4' as const, headDim: 128, groupSize: 32 },
+  { format: 'int2' as const, headDim: 64, groupSize: 16 },
+  { format: 'int8' as const, headDim: 128, groupSize: 32 },
+])('packed store $format, head size $headDim: more packed tokens than one pass of the kernels', (shape) => {
+  it('bits equal to the reference, attention matches the dequantised reference', () => {
+    const kvHeads = 2;
+    const group = 4;
+    const storage = resolveStorage({ format: shape.format, groupSize: shape.groupSize, residual: 16 }, shape.headDim);
+    const tracker = random({ seed: 3 });
+    const spec = { layer: 0, dtype: 'f16' as const, maxSequences: 1, kvHeads, headDim: shape.headDim, capacity: 900, auxWords: 0, storage };
+    const { native, oracle } = twins(spec);
+    const rng = new Rng(shape.headDim + shape.groupSize);
+    const d = shape.headDim;
+    const attention = { queryHeads: kvHeads * group, scale: 1 / Math.sqrt(d) };
+    let seen = 0;
+    const append = (rows: number): void => {
+      const k = hostArray(floats(rows * kvHeads * d, rng, 2), 'f16', true);
+      const v = hostArray(floats(rows * kvHeads * d, rng, 2), 'f16', true);
+      cpu.append(native, 0, k, v, rows, seen, tracker);
+      reference.append(oracle, 0, k, v, rows, seen, tracker);
+      seen += rows;
+    };
+    for (let i = 0; i < 8; i++) append(100);
+    cpu.evict(native, 0, 230, 1, 1, 'head');
+    reference.evict(oracle, 0, 230, 1, 1, 'head');
+    append(37);
+    expectSamePacked(native, oracle, 'filled');
+    expect(native.packed!.packed[0]).toBeGreaterThan(512);
+    for (const rows of [1, 9]) {
+      append(rows);
+      const q = hostArray(floats(rows * attention.queryHeads * d, rng, 2), 'f16', true);
+      const out = new Uint16Array(q.length);
+      const expected = new Uint16Array(q.length);
+      if (rows === 1) {
+        cpu.decode(native, 0, q, out, attention, tracker);
+        reference.decode(oracle, 0, q, expected, attention, tracker);
+      } else {
+        cpu.prefill(native, 0, q, rows, out, attention, tracker);
+        reference.prefill(oracle, 0, q, rows, expected, attention, tracker);
+      }
+      expectSamePacked(native, oracle, `${rows} rows`);
+      expectRowsMatch(native, 0, 'f16', q, out, rows, group, attention, `${rows} rows`);
+    }
   });
 });
 
