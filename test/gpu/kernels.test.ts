@@ -216,17 +216,11 @@ describe('cuda kernels at scale', () => {
   });
 });
 
-interface AttendCase {
-  readonly dtype: DType;
-  readonly headDim: number;
-  readonly queryHeads: number;
-  readonly kvHeads: number;
-  readonly tracker: ImportanceTracker;
+interface AttendCase extends Case {
   /** Tokens kept before the steps: the new slots fall in the first split block, or in a middle or the last one. */
   readonly length: number;
   /** k and v as slices of a fused QKV row (row stride beyond the row), in the store's dtype; else f32. */
   readonly strided: boolean;
-  readonly seed: number;
 }
 
 /** cuda.attend (the append inside the decode kernels) against cpu.append + cpu.decode, three steps. */
