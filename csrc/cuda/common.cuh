@@ -108,6 +108,9 @@ __device__ __forceinline__ uint4 raw16(const void* p) { return __ldg(reinterpret
 // launch's own writes (an attend's new token).
 __device__ __forceinline__ uint4 stream16(const void* p) { return __ldcs(reinterpret_cast<const uint4*>(p)); }
 
+// Fetches the 128-byte line at p into L2, to be kept there over streamed data.
+__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2::evict_last [%0];" ::"l"(p)); }
+
 template <typename T>
 __device__ __forceinline__ void decode16(uint4 raw, float* out) {
   if constexpr (sizeof(T) == 4) {

@@ -155,7 +155,28 @@ __device__ void finish_decode(const DecodeParams& p, float* spare) {
   int32_t* seq_meet = p.sync + static_cast<size_t>(seq) * (1 + 2 * p.kv_heads);
   int32_t* head_meet = seq_meet + 1 + 2 * hk;
   if (tid == 0) clock = __ldcg(p.steps + seq);
+  // What this block merges (query heads [h0, h1), channels [c0, c1)) and observes (keys [j0, j1)): its
+  // own share when the head's blocks wait for each other, else everything if it is the last to finish.
+  int h0 = 0, h1 = 0, c0 = 0, c1 = 0, j0 = 0, j1 = 0;
   if (p.wait != 0) {
+    h0 = gb * GT;
+    h1 = min(p.group, h0 + GT);
+    const int slice = (D + p.splits - 1) / p.splits;
+    c0 = min(D, split * slice);
+    c1 = min(D, c0 + slice);
+    const int len = max(0, t1 - t0);
+    j0 = t0 + static_cast<int>(static_cast<int64_t>(len) * gb / p.gbatches);
+    j1 = t0 + static_cast<int>(static_cast<int64_t>(len) * (gb + 1) / p.gbatches);
+    // The tracker state it will observe is fetched into L2 before it waits: the wait hides the trip to DRAM.
+    if (tracker_observes(p.tracker)) {
+      __syncthreads();
+      const bool has_word = p.tracker.kind == static_cast<int32_t>(TrackerKind::Scissorhands);
+      const uint32_t* words = p.aux + at.aux + observed_word(p.tracker, static_cast<uint64_t>(clock)) * at.aux_stride;
+      for (int j = j0 + tid * 32; j < j1; j += kThreads * 32) {
+        prefetch_l2(p.scores + at.base + j);
+        if (has_word) prefetch_l2(words + j);
+      }
+    }
     head_barrier(head_meet, parties);
   } else {
     __syncthreads();
@@ -170,25 +191,14 @@ __device__ void finish_decode(const DecodeParams& p, float* spare) {
       last = done;
     }
     __syncthreads();
+    if (last != 0) {
+      h1 = p.group;
+      c1 = D;
+      j1 = n;
+    }
   }
   // Every block of the head has read its length: an attend's new length can be published.
   if (keys.appends && tid == 0 && (p.wait != 0 ? split == 0 && gb == 0 : last != 0)) p.lengths[slot] = keys.stored + 1;
-  // What this block merges (query heads [h0, h1), channels [c0, c1)) and observes (keys [j0, j1)).
-  int h0 = 0, h1 = 0, c0 = 0, c1 = 0, j0 = 0, j1 = 0;
-  if (p.wait != 0) {
-    h0 = gb * GT;
-    h1 = min(p.group, h0 + GT);
-    const int slice = (D + p.splits - 1) / p.splits;
-    c0 = min(D, split * slice);
-    c1 = min(D, c0 + slice);
-    const int len = max(0, t1 - t0);
-    j0 = t0 + static_cast<int>(static_cast<int64_t>(len) * gb / p.gbatches);
-    j1 = t0 + static_cast<int>(static_cast<int64_t>(len) * (gb + 1) / p.gbatches);
-  } else if (last != 0) {
-    h1 = p.group;
-    c1 = D;
-    j1 = n;
-  }
   const bool observes = tracker_observes(p.tracker) && j1 > j0;
   const size_t stride = static_cast<size_t>(D) + 2;
   const float* part = p.partial + (static_cast<size_t>(seq) * p.scratch_heads + static_cast<size_t>(hk) * p.group) * p.max_splits * stride;
