@@ -63,7 +63,9 @@ for step in "${steps[@]}"; do
         SCISSORHANDS_EVICT_CHUNK_BYTES=$bytes timeout 100 /tmp/node $bundle/bench/decode.mjs --case compact.b1.n4096 2>&1 | tail -1
       done ;;
     decode)
-      timeout 200 /tmp/node $bundle/bench/decode.mjs --torch "$out/torch.json" --out "$out" > "$out/decode-bench.log" 2>&1
+      # PyTorch's figures when the bench step ran first in this call; else the PyTorch columns stay empty.
+      torch=(); [ -f "$out/torch.json" ] && torch=(--torch "$out/torch.json")
+      timeout 200 /tmp/node $bundle/bench/decode.mjs "${torch[@]}" --out "$out" > "$out/decode-bench.log" 2>&1
       echo "decode bench: rc $?"; tail -n 25 "$out/decode-bench.log" ;;
   esac
 done
