@@ -155,6 +155,7 @@ __device__ void finish_decode(const DecodeParams& p, float* spare) {
   int32_t* seq_meet = p.sync + static_cast<size_t>(seq) * (1 + 2 * p.kv_heads);
   int32_t* head_meet = seq_meet + 1 + 2 * hk;
   if (tid == 0) clock = __ldcg(p.steps + seq);
+  const bool has_word = p.tracker.kind == static_cast<int32_t>(TrackerKind::Scissorhands);
   // What this block merges (query heads [h0, h1), channels [c0, c1)) and observes (keys [j0, j1)): its
   // own share when the head's blocks wait for each other, else everything if it is the last to finish.
   int h0 = 0, h1 = 0, c0 = 0, c1 = 0, j0 = 0, j1 = 0;
@@ -170,7 +171,6 @@ __device__ void finish_decode(const DecodeParams& p, float* spare) {
     // The tracker state it will observe is fetched into L2 before it waits: the wait hides the trip to DRAM.
     if (tracker_observes(p.tracker)) {
       __syncthreads();
-      const bool has_word = p.tracker.kind == static_cast<int32_t>(TrackerKind::Scissorhands);
       const uint32_t* words = p.aux + at.aux + observed_word(p.tracker, static_cast<uint64_t>(clock)) * at.aux_stride;
       for (int j = j0 + tid * 32; j < j1; j += kThreads * 32) {
         prefetch_l2(p.scores + at.base + j);
@@ -248,7 +248,6 @@ __device__ void finish_decode(const DecodeParams& p, float* spare) {
     // the GQA benchmark case).
     constexpr int UNROLL = 4;
     const uint64_t step = static_cast<uint64_t>(clock);
-    const bool has_word = p.tracker.kind == static_cast<int32_t>(TrackerKind::Scissorhands);
     const float* raw = p.scratch + (static_cast<size_t>(seq) * p.scratch_heads + static_cast<size_t>(hk) * p.group) * p.capacity;
     float* scores = p.scores + at.base;
     uint32_t* words = p.aux + at.aux + observed_word(p.tracker, step) * at.aux_stride;

@@ -287,7 +287,7 @@ export class KVCache implements Disposable {
       return output;
     }
     this.#evict(store, seq, layer, step.counts, step.sinks, step.recent, this.tracker);
-    const position = this.#seen[layer * this.maxSequences + seq]!;
+    const position = this.#seenOf(seq, layer);
     // Device tensors reach only the cuda backend (#checkArray), whose kernels take either kind of array.
     backend.attend(store, seq, k as HostArray, v as HostArray, position, q as HostArray, output as HostArray, this.#attention, this.tracker);
     this.#appended(store, seq, layer, 1);
