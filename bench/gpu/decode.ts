@@ -6,6 +6,7 @@
  *    head size 128: batch 1 x 32 heads x 4096 tokens, batch 8 x 32 heads x 4096, and grouped 32/8 heads
  *    x batch 16 x 8192 tokens; K+V bytes over time against the read bandwidth, and against PyTorch's
  *    attention that returns probabilities (matmul, softmax, matmul) and its fused SDPA (no probabilities);
+ *    and against one launch that only reads the same K+V bytes (the floor under the decode);
  *  - compaction after dropping 20% (choice + in-place move) against torch top-k + gather;
  *  - host overhead of one call through the addon (decode alone; KVCache.attend and backend.attend, which
  *    append inside the decode kernels; append + decode as two calls). --overhead-only runs this alone.
@@ -87,7 +88,22 @@ function decodeCase(c: DecodeCase, rng: Rng): void {
   results[`${c.name}.gbps`] = gbps;
   results[`${c.name}.noTracker.ms`] = msFree;
   results[`${c.name}.kvBytes`] = kvBytes;
+  results[`${c.name}.readMs`] = readTime(kvBytes, sets, inner);
   backend.dispose();
+}
+
+/**
+ * The floor under a decode of `bytes`: one launch that only reads that many bytes, timed back to back
+ * like the decode and rotating over `sets` buffers so L2 does not hold them.
+ */
+function readTime(bytes: number, sets: number, inner: number): number {
+  const buffers = Array.from({ length: sets }, () => cuda.cudaMalloc(bytes));
+  const sink = cuda.cudaMalloc(1 << 16);
+  for (const b of buffers) cuda.cudaMemset(b, 0x3c, bytes, stream);
+  const ms = deviceTime((i) => cuda.cudaReadBench(buffers[i % sets]!, bytes, sink, stream), inner);
+  for (const b of buffers) cuda.cudaFree(b);
+  cuda.cudaFree(sink);
+  return ms;
 }
 
 function compactionCase(name: string, batch: number, tokens: number, rng: Rng): void {
@@ -175,11 +191,18 @@ function overhead(): void {
 const rng = new Rng(2024);
 // Compactions: name, batch, tokens.
 const compactions = [['compact.b1.n4096', 1, 4096], ['compact.b32.n2048', 32, 2048]] as const;
-// --case NAME runs that compaction alone (for a profiler).
+const cases: DecodeCase[] = [
+  { name: 'decode.b1.h32.n4096', batch: 1, queryHeads: 32, kvHeads: 32, tokens: 4096 },
+  { name: 'decode.b8.h32.n4096', batch: 8, queryHeads: 32, kvHeads: 32, tokens: 4096 },
+  { name: 'decode.gqa32x8.b16.n8192', batch: 16, queryHeads: 32, kvHeads: 8, tokens: 8192 },
+];
+// --case NAME runs that decode or compaction alone (for a profiler).
 if (args.case !== undefined) {
+  const decode = cases.find((c) => c.name === args.case);
   const found = compactions.find(([name]) => name === args.case);
-  if (found === undefined) throw new Error(`--case: expected one of ${compactions.map(([name]) => name).join(', ')}`);
-  compactionCase(found[0], found[1], found[2], rng);
+  if (decode !== undefined) decodeCase(decode, rng);
+  else if (found !== undefined) compactionCase(found[0], found[1], found[2], rng);
+  else throw new Error(`--case: expected one of ${[...cases.map((c) => c.name), ...compactions.map(([name]) => name)].join(', ')}`);
   console.error(`${args.case}: ${(results[`${args.case}.ms`] as number).toFixed(4)} ms`);
   process.exit(0);
 }
@@ -192,11 +215,6 @@ results['card'] = info.device?.name ?? 'unknown';
 results['date'] = new Date().toISOString();
 results['readGBps'] = readBandwidth();
 console.error(`read bandwidth ${(results['readGBps'] as number).toFixed(0)} GB/s`);
-const cases: DecodeCase[] = [
-  { name: 'decode.b1.h32.n4096', batch: 1, queryHeads: 32, kvHeads: 32, tokens: 4096 },
-  { name: 'decode.b8.h32.n4096', batch: 8, queryHeads: 32, kvHeads: 32, tokens: 4096 },
-  { name: 'decode.gqa32x8.b16.n8192', batch: 16, queryHeads: 32, kvHeads: 8, tokens: 8192 },
-];
 for (const c of cases) {
   decodeCase(c, rng);
   console.error(`${c.name}: ${(results[`${c.name}.ms`] as number).toFixed(4)} ms`);
@@ -220,8 +238,8 @@ const lines = [
   '',
   `Read bandwidth (one pass over 1 GiB): ${read.toFixed(0)} GB/s (PyTorch 1 GiB f16 sum: ${(torch['read_gbps'] ?? NaN).toFixed(0)} GB/s; device copy r+w: ${(torch['copy_gbps'] ?? NaN).toFixed(0)} GB/s).`,
   '',
-  '| decode with probability capture | ours ms | GB/s of K+V | % of read bw | no capture ms | torch probs (repeat KV) ms | torch probs (grouped) ms | torch SDPA ms | x torch repeat | x torch grouped | x SDPA |',
-  '|---|---|---|---|---|---|---|---|---|---|---|',
+  '| decode with probability capture | ours ms | GB/s of K+V | % of read bw | no capture ms | read of the K+V bytes, one launch ms | torch probs (repeat KV) ms | torch probs (grouped) ms | torch SDPA ms | x torch repeat | x torch grouped | x SDPA |',
+  '|---|---|---|---|---|---|---|---|---|---|---|---|',
 ];
 for (const c of cases) {
   const ms = results[`${c.name}.ms`] as number;
@@ -229,7 +247,7 @@ for (const c of cases) {
   const tr = torch[`${c.name}.probs_repeat_ms`] ?? NaN;
   const tp = torch[`${c.name}.probs_ms`] ?? NaN;
   const ts = torch[`${c.name}.sdpa_ms`] ?? NaN;
-  lines.push(`| ${c.name} | ${ms.toFixed(4)} | ${gbps.toFixed(0)} | ${((100 * gbps) / read).toFixed(1)}% | ${(results[`${c.name}.noTracker.ms`] as number).toFixed(4)} | ${tr.toFixed(4)} | ${tp.toFixed(4)} | ${ts.toFixed(4)} | ${(tr / ms).toFixed(1)} | ${(tp / ms).toFixed(1)} | ${(ts / ms).toFixed(2)} |`);
+  lines.push(`| ${c.name} | ${ms.toFixed(4)} | ${gbps.toFixed(0)} | ${((100 * gbps) / read).toFixed(1)}% | ${(results[`${c.name}.noTracker.ms`] as number).toFixed(4)} | ${(results[`${c.name}.readMs`] as number).toFixed(4)} | ${tr.toFixed(4)} | ${tp.toFixed(4)} | ${ts.toFixed(4)} | ${(tr / ms).toFixed(1)} | ${(tp / ms).toFixed(1)} | ${(ts / ms).toFixed(2)} |`);
 }
 if (!args['decode-only']) {
 lines.push('', '| compaction, drop 20% (8 KV heads) | ours ms | torch top-k + gather ms | x torch |', '|---|---|---|---|');
