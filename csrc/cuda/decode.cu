@@ -245,8 +245,10 @@ __device__ void finish_decode(const DecodeParams& p, float* spare) {
   if (observes) {
     // UNROLL tokens a thread at a time, every load first: one token at a time would wait for memory twice
     // per token (raw scores, then score and aux word), and a block may observe a few thousand (2048 in
-    // the GQA benchmark case).
-    constexpr int UNROLL = 4;
+    // the GQA benchmark case). The last head to finish streaming waits for this loop with memory idle:
+    // 8 tokens a thread (two passes over a batch-8 block's 1376 keys instead of three) took an H100's
+    // batch-8 decode from 0.208 to 0.206 ms.
+    constexpr int UNROLL = 8;
     const uint64_t step = static_cast<uint64_t>(clock);
     const float* raw = p.scratch + (static_cast<size_t>(seq) * p.scratch_heads + static_cast<size_t>(hk) * p.group) * p.capacity;
     float* scores = p.scores + at.base;
