@@ -9,10 +9,13 @@
  * near-tie can intervene, the packed bits themselves must agree.
  */
 import * as fc from 'fast-check';
-import { describe, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { Geometry } from '../../src/index.js';
-import { BUILTIN_TRACKERS, cacheConfigArb, operationsArb, policySpecArb, runModel, trackerSpecArb } from '../../src/testing/index.js';
-import { BACKENDS, runs, seed } from './helpers.js';
+import {
+  AttendCommand, type CacheConfig, type DataSpec, PrefillCommand, BUILTIN_TRACKERS, cacheConfigArb, operationsArb, policySpec, policySpecArb,
+  runModel, trackerSpec, trackerSpecArb,
+} from '../../src/testing/index.js';
+import { BACKENDS, CPU_AVAILABLE, runs, seed } from './helpers.js';
 
 /** Small geometries whose head sizes are multiples of 8 (so that some group size divides them). */
 const geometries: fc.Arbitrary<Geometry> = fc.record({
@@ -55,5 +58,30 @@ describe.each(BACKENDS)('KVCache with packed storage against its model on the %s
       ),
       { numRuns: runs(8), ...seed },
     );
+  });
+});
+
+describe.skipIf(!CPU_AVAILABLE)('packed storage: a near-tie inside a chunked prefill', () => {
+  // Found by the tova property above (SCISSORHANDS_PROPERTY_RUNS=100, seed -1813118140, shrunk). The
+  // 22-row 'tiny' prefill goes in chunks of 5 and evicts in three of them; TOVA scores an ulp apart made
+  // the cpu backend keep position 14 and the reference 13 after one chunk, both evicted it later, so
+  // both end with the same positions, but head 1's key groups were packed over different tokens and
+  // dequantise differently: the last attend then differed by 0.1 and the model failed with an
+  // unexplained [oracle] error. A tolerated divergence, as for any chunked prefill; where the backends
+  // break the tie alike (other SIMD paths) there is no divergence and nothing to record.
+  it('counts the different packed bits as a chunked-prefill divergence instead of failing', () => {
+    const config: CacheConfig = {
+      geometry: { layers: 1, queryHeads: 6, kvHeads: 2, headDim: 24 }, tracker: trackerSpec('tova', { gqa: 'max' }),
+      policy: policySpec('fixedBudget', { tokens: 22, sinks: 2, recent: 5, drop: 6 }), dtype: 'f32', maxSequences: 2, prefillChunk: 5,
+      storage: { format: 'int2', groupSize: 8, residual: 3 },
+    };
+    const data = (s: number, kind: DataSpec['kind']): DataSpec => ({ seed: s, kind, bits: false, offset: false, out: false });
+    const report = runModel(config, [
+      new PrefillCommand(0, 0, 5, data(3321574034, 'normal')), new AttendCommand(0, 0, data(478646656, 'normal')),
+      new PrefillCommand(0, 0, 3, data(1414291584, 'large')), new PrefillCommand(0, 0, 3, data(1073095013, 'large')),
+      new AttendCommand(0, 0, data(2907915304, 'normal')), new PrefillCommand(0, 0, 22, data(2697660208, 'tiny')),
+      new AttendCommand(0, 0, data(0, 'normal')),
+    ], { backend: 'cpu', oracle: 'reference' });
+    for (const divergence of report.divergences) expect(divergence).toMatch(/\[chunked prefill: intermediate kept sets not analysed\]$/);
   });
 });
