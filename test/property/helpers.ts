@@ -3,8 +3,9 @@
  *
  * Runs: every property has a small default `numRuns` so that the whole property suite stays well under
  * two minutes on two cores. `SCISSORHANDS_PROPERTY_RUNS=<n>` multiplies every default by `n / 10`
- * (so `SCISSORHANDS_PROPERTY_RUNS=100` gives ten times the default runs, `=1000` a hundred times) for
- * long runs. fast-check prints the seed and replay path of any failure; replay it with
+ * (so `SCISSORHANDS_PROPERTY_RUNS=100` gives ten times the default runs) for long runs; past about 300
+ * the slowest prompt tests need more than vitest's 120 s a test (146-161 s at 1000 under load), so add
+ * `--testTimeout`. fast-check prints the seed and replay path of any failure; replay it with
  * `SCISSORHANDS_PROPERTY_SEED=<seed>`.
  */
 import type { BackendName } from '../../src/index.js';
