@@ -36,13 +36,7 @@ const ev1 = cuda.cudaEventCreate();
 /** Read bandwidth: one pass over 1 GiB. */
 function readBandwidth(): number {
   const bytes = 1 << 30;
-  const buffer = cuda.cudaMalloc(bytes);
-  const sink = cuda.cudaMalloc(1 << 16);
-  cuda.cudaMemset(buffer, 0x3c, bytes, stream);
-  const ms = deviceTime(() => cuda.cudaReadBench(buffer, bytes, sink, stream), 1);
-  cuda.cudaFree(buffer);
-  cuda.cudaFree(sink);
-  return bytes / (ms * 1e6);
+  return bytes / (readTime(bytes, 1, 1) * 1e6);
 }
 
 interface DecodeCase {

@@ -103,6 +103,18 @@ __device__ __forceinline__ HeadKeys head_keys(const DecodeParams& p, const HeadA
   return HeadKeys{stored, appends, n < 0 ? 0 : min(n, min(at.cap, p.limit))};
 }
 
+struct KeyRange {
+  int n;
+  int t0;
+  int t1;
+};
+
+// The slots [t0, t1) of a head's n that split block `split` takes (the last split takes the rest).
+__device__ __forceinline__ KeyRange split_keys(const DecodeParams& p, int n, int split) {
+  const int t0 = split * p.chunk;
+  return KeyRange{n, t0, split == p.splits - 1 ? n : min(n, t0 + p.chunk)};
+}
+
 // Waits until all `parties` blocks that share `meet` ([arrived, generation]) have called it, with their
 // global writes visible to each other. A sense-reversing barrier: the last to arrive resets the count
 // and opens the next generation, so the same two ints serve every launch.
@@ -141,8 +153,9 @@ __device__ void finish_decode(const DecodeParams& p, float* spare) {
   // Read before this block arrives below: lengths[slot] changes only after every block of the head has.
   const HeadKeys keys = head_keys(p, at, slot);
   const int n = keys.n;
-  const int t0 = split * p.chunk;
-  const int t1 = split == p.splits - 1 ? n : min(n, t0 + p.chunk);
+  const KeyRange range = split_keys(p, n, split);
+  const int t0 = range.t0;
+  const int t1 = range.t1;
   float* gmax = spare;
   float* ginv = spare + p.group;
   __shared__ float split_weight[64];  // splits <= 64 (splits_for in store.cu)
@@ -359,12 +372,6 @@ __device__ __forceinline__ void load_queries(const DecodeParams& p, int b, int h
   }
 }
 
-struct KeyRange {
-  int n;
-  int t0;
-  int t1;
-};
-
 // An attend's new token in block (split, hk, gb), whose range [t0, t1) holds its slot `stored`: every
 // query batch's block of that split reads the slot, so each writes the same key and value bits; batch 0
 // writes its position and tracker state.
@@ -385,15 +392,14 @@ __device__ __forceinline__ void append_attended(const DecodeParams& p, const Hea
 template <typename T, int D>
 __device__ __forceinline__ KeyRange key_range(const DecodeParams& p, const HeadAt& at, size_t slot, int split, int hk, int gb) {
   const HeadKeys keys = head_keys(p, at, slot);
-  const int t0 = split * p.chunk;
-  const int t1 = split == p.splits - 1 ? keys.n : min(keys.n, t0 + p.chunk);
+  const KeyRange range = split_keys(p, keys.n, split);
   if (p.fused != 0) {
     if (!keys.appends && split == 0 && gb == 0 && threadIdx.x == 0) {
       atomicOr(p.fa.error, keys.stored < 0 || keys.stored > at.cap ? kErrorBadLength : kErrorNoRoom);
     }
-    if (keys.appends && keys.stored >= t0 && keys.stored < t1) append_attended<T, D>(p, at, keys.stored, hk, gb);
+    if (keys.appends && keys.stored >= range.t0 && keys.stored < range.t1) append_attended<T, D>(p, at, keys.stored, hk, gb);
   }
-  return KeyRange{keys.n, t0, t1};
+  return range;
 }
 
 template <typename T, int D, int GT>
@@ -789,8 +795,9 @@ __global__ void __launch_bounds__(kThreads) decode_packed(const DecodeParams p) 
   int n = p.lengths[i];
   n = n < 0 ? 0 : min(n, min(p.capacity, p.limit));
   const int packed = min(max(pk.packed[i], 0), min(n, pk.packed_slots));
-  const int t0 = split * p.chunk;
-  const int t1 = split == p.splits - 1 ? n : min(n, t0 + p.chunk);
+  const KeyRange range = split_keys(p, n, split);
+  const int t0 = range.t0;
+  const int t1 = range.t1;
   float* raw_scores = p.scratch + (static_cast<size_t>(seq) * p.scratch_heads + hk * p.group + gb * GT) * p.capacity;
   const int groups = D / pk.group;
   const uint8_t* key_codes = pk.key_codes + i * pk.packed_slots * CB;
