@@ -111,6 +111,24 @@ __device__ __forceinline__ uint4 stream16(const void* p) { return __ldcs(reinter
 // Fetches the 128-byte line at p into L2, to be kept there over streamed data.
 __device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2::evict_last [%0];" ::"l"(p)); }
 
+// Flags between blocks of one launch, at GPU scope (PTX memory model). A block publishes what its threads
+// wrote by __syncthreads() and then one thread's release; a thread that acquires the flag, followed by
+// __syncthreads(), gives its block those writes. Release and acquire order only what they must, where
+// __threadfence() is a sequentially consistent fence.
+__device__ __forceinline__ int32_t atomic_add_acq_rel(int32_t* p, int32_t v) {
+  int32_t old;
+  asm volatile("atom.acq_rel.gpu.global.add.s32 %0, [%1], %2;" : "=r"(old) : "l"(p), "r"(v) : "memory");
+  return old;
+}
+__device__ __forceinline__ int32_t load_acquire(const int32_t* p) {
+  int32_t v;
+  asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+__device__ __forceinline__ void store_release(int32_t* p, int32_t v) {
+  asm volatile("st.release.gpu.global.s32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+
 template <typename T>
 __device__ __forceinline__ void decode16(uint4 raw, float* out) {
   if constexpr (sizeof(T) == 4) {

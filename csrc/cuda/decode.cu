@@ -121,17 +121,14 @@ __device__ __forceinline__ KeyRange split_keys(const DecodeParams& p, int n, int
 __device__ __forceinline__ void head_barrier(int32_t* meet, int parties) {
   __syncthreads();
   if (threadIdx.x == 0) {
-    volatile int32_t* generation = meet + 1;
-    const int32_t seen = *generation;
-    __threadfence();
-    if (atomicAdd(meet, 1) == parties - 1) {
-      atomicExch(meet, 0);
-      __threadfence();
-      atomicAdd(meet + 1, 1);
+    // Read before arriving (the arrival's release keeps it there): the generation cannot move before then.
+    const int32_t seen = *reinterpret_cast<volatile int32_t*>(meet + 1);
+    if (atomic_add_acq_rel(meet, 1) == parties - 1) {
+      meet[0] = 0;
+      store_release(meet + 1, seen + 1);
     } else {
-      while (*generation == seen) __nanosleep(40);
+      while (load_acquire(meet + 1) == seen) __nanosleep(40);
     }
-    __threadfence();
   }
   __syncthreads();
 }
@@ -196,10 +193,8 @@ __device__ void finish_decode(const DecodeParams& p, float* spare) {
     if (tid == 0) {
       int done = 1;
       if (parties > 1) {
-        __threadfence();
-        done = atomicAdd(head_meet, 1) == parties - 1 ? 1 : 0;
-        if (done != 0) atomicExch(head_meet, 0);
-        __threadfence();
+        done = atomic_add_acq_rel(head_meet, 1) == parties - 1 ? 1 : 0;
+        if (done != 0) head_meet[0] = 0;
       }
       last = done;
     }

@@ -387,10 +387,10 @@ __global__ void __launch_bounds__(kMoveThreads) evict_move(const OrderedParams p
   const int c = s_chunk;
   const int n = state[kLengthBefore];
   const int epoch = state[kEpoch];
-  volatile int32_t* marks = state + kStateHeader + 2 * p.chunks;
+  int32_t* marks = state + kStateHeader + 2 * p.chunks;
   const int c0 = c * p.chunk;
   if (n < 0 || c0 >= n) {
-    if (tid == 0) marks[c] = epoch;
+    if (tid == 0) store_release(marks + c, epoch);
     return;
   }
   const uint32_t threshold = static_cast<uint32_t>(state[kThreshold]);
@@ -442,13 +442,11 @@ __global__ void __launch_bounds__(kMoveThreads) evict_move(const OrderedParams p
   __syncthreads();
   if (tid == 0) {
     // This chunk is read; then wait for the earlier chunks its rows land on.
-    __threadfence();
-    marks[c] = epoch;
+    store_release(marks + c, epoch);
     const int lowest = max(0, c0 - moved_before_chunk) / p.chunk;
     for (int w = lowest; w < c; ++w) {
-      while (marks[w] != epoch) __nanosleep(64);
+      while (load_acquire(marks + w) != epoch) __nanosleep(64);
     }
-    __threadfence();
   }
   __syncthreads();
   for (int idx = tid; idx < vecs; idx += kMoveThreads) {
