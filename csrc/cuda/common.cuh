@@ -111,6 +111,14 @@ __device__ __forceinline__ uint4 stream16(const void* p) { return __ldcs(reinter
 // Fetches the 128-byte line at p into L2, to be kept there over streamed data.
 __device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2::evict_last [%0];" ::"l"(p)); }
 
+// Fetches into L2 the 128-byte lines that hold [p, p + bytes), a line a thread of the block.
+__device__ __forceinline__ void prefetch_lines(const void* p, int bytes) {
+  if (bytes <= 0) return;
+  const uintptr_t first = reinterpret_cast<uintptr_t>(p) >> 7;
+  const uintptr_t last = (reinterpret_cast<uintptr_t>(p) + bytes - 1) >> 7;
+  for (uintptr_t line = first + threadIdx.x; line <= last; line += blockDim.x) prefetch_l2(reinterpret_cast<const void*>(line << 7));
+}
+
 // Flags between blocks of one launch, at GPU scope (PTX memory model). A block publishes what its threads
 // wrote by __syncthreads() and then one thread's release; a thread that acquires the flag, followed by
 // __syncthreads(), gives its block those writes. Release and acquire order only what they must, where
