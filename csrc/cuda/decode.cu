@@ -251,11 +251,10 @@ __device__ void finish_decode(const DecodeParams& p, float* spare) {
   }
 
   if (observes) {
-    // UNROLL tokens a thread at a time, every load first: one token at a time would wait for memory twice
-    // per token (raw scores, then score and aux word), and a block may observe a few thousand (2048 in
-    // the GQA benchmark case). The last head to finish streaming waits for this loop with memory idle:
-    // 8 tokens a thread (two passes over a batch-8 block's 1376 keys instead of three) took an H100's
-    // batch-8 decode from 0.208 to 0.206 ms.
+    // UNROLL tokens a thread at a time, every load of a pass issued before any is used: a block may observe
+    // a few thousand tokens (2048 in the GQA benchmark case), and the last head to finish streaming waits
+    // for this loop with memory idle. Loaded where they were used (under the exponential), the raw scores
+    // each waited for the one before: UNROLL trips to L2 per query head and pass (ncu, H100).
     constexpr int UNROLL = 8;
     const uint64_t step = static_cast<uint64_t>(clock);
     const float* raw = p.scratch + (static_cast<size_t>(seq) * p.scratch_heads + static_cast<size_t>(hk) * p.group) * p.capacity;
@@ -265,6 +264,7 @@ __device__ void finish_decode(const DecodeParams& p, float* spare) {
       float c[UNROLL];
       float score[UNROLL];
       uint32_t word[UNROLL];
+      float r[UNROLL];
 #pragma unroll
       for (int u = 0; u < UNROLL; ++u) {
         const int k = min(j + u * kThreads, j1 - 1);
@@ -274,11 +274,9 @@ __device__ void finish_decode(const DecodeParams& p, float* spare) {
       }
       for (int g = 0; g < p.group; ++g) {
 #pragma unroll
-        for (int u = 0; u < UNROLL; ++u) {
-          const int k = min(j + u * kThreads, j1 - 1);
-          const float prob = __fmul_rn(expf(__ldcg(raw + static_cast<size_t>(g) * p.capacity + k) - gmax[g]), ginv[g]);
-          c[u] = gqa_fold(c[u], prob, g, p.tracker.gqa_max);
-        }
+        for (int u = 0; u < UNROLL; ++u) r[u] = __ldcg(raw + static_cast<size_t>(g) * p.capacity + min(j + u * kThreads, j1 - 1));
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) c[u] = gqa_fold(c[u], __fmul_rn(expf(r[u] - gmax[g]), ginv[g]), g, p.tracker.gqa_max);
       }
 #pragma unroll
       for (int u = 0; u < UNROLL; ++u) {
