@@ -214,15 +214,24 @@ __device__ void finish_decode(const DecodeParams& p, float* spare) {
   // Each query head's max and sum over the splits: the block's own heads, or the whole group to observe.
   const int g0 = observes ? 0 : h0;
   const int g1 = observes ? p.group : h1;
+  // A lane holds splits lane and lane + 32 (splits <= 64), both loaded at once: one trip to L2.
   for (int g = g0 + warp; g < g1; g += kThreads / 32) {
     const float* pg = part + static_cast<size_t>(g) * p.max_splits * stride;
-    float mx = -INFINITY;
-    for (int s = lane; s < p.splits; s += 32) mx = fmaxf(mx, __ldcg(pg + s * stride + D));
-    mx = warp_max(mx);
+    float ms[2] = {-INFINITY, -INFINITY};
+    float ls[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int s = lane + 32 * i;
+      if (s < p.splits) {
+        ms[i] = __ldcg(pg + s * stride + D);
+        ls[i] = __ldcg(pg + s * stride + D + 1);
+      }
+    }
+    const float mx = warp_max(fmaxf(ms[0], ms[1]));
     float l = 0.0f;
-    for (int s = lane; s < p.splits; s += 32) {
-      const float ms = __ldcg(pg + s * stride + D);
-      if (ms != -INFINITY) l += __ldcg(pg + s * stride + D + 1) * __expf(ms - mx);
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      if (ms[i] != -INFINITY) l += ls[i] * __expf(ms[i] - mx);
     }
     l = warp_sum(l);
     if (lane == 0) {
@@ -270,11 +279,14 @@ __device__ void finish_decode(const DecodeParams& p, float* spare) {
         const int k = min(j + u * kThreads, j1 - 1);
         score[u] = scores[k];
         word[u] = has_word ? words[k] : 0u;
+        r[u] = __ldcg(raw + k);
         c[u] = 0.0f;
       }
       for (int g = 0; g < p.group; ++g) {
+        if (g > 0) {
 #pragma unroll
-        for (int u = 0; u < UNROLL; ++u) r[u] = __ldcg(raw + static_cast<size_t>(g) * p.capacity + min(j + u * kThreads, j1 - 1));
+          for (int u = 0; u < UNROLL; ++u) r[u] = __ldcg(raw + static_cast<size_t>(g) * p.capacity + min(j + u * kThreads, j1 - 1));
+        }
 #pragma unroll
         for (int u = 0; u < UNROLL; ++u) c[u] = gqa_fold(c[u], __fmul_rn(expf(r[u] - gmax[g]), ginv[g]), g, p.tracker.gqa_max);
       }
