@@ -7,7 +7,8 @@
  *    against the same quantisation written as PyTorch ops;
  *  - packed int4 decode attention with probability capture (Scissorhands tracker in the same pass) over
  *    the same tokens as PyTorch's f16 fused SDPA (no probabilities): the time ratio (target <= 0.4x), and
- *    the dense f16 decode of this backend for reference.
+ *    the dense f16 decode of this backend for reference;
+ *  - causal prefill of a 2048-token prompt (32 heads, tracker fed) over an int4 store and a dense f16 one.
  *
  * Bundled by scripts/device-bundle.sh; on the GPU machine:
  *   python3 bench/gpu/torch_baseline.py > torch.json && node .device/bench/packed.mjs --torch torch.json --out DIR
@@ -89,6 +90,30 @@ function decodeCase(c: DecodeCase, rng: Rng, storage: PackedStorage | undefined,
   backend.dispose();
 }
 
+// A prompt's causal prefill over the store it was appended to: 32 heads, `rows` rows, the tracker fed.
+function prefillCase(rows: number, rng: Rng, storage: PackedStorage | undefined, label: string): void {
+  const d = 128;
+  const heads = 32;
+  const backend: CudaBackend = createCudaBackend({ stream });
+  const tracker = scissorhands({ window: 400 });
+  const store = backend.allocate({
+    layer: 0, dtype: 'f16', maxSequences: 1, kvHeads: heads, headDim: d, capacity: rows, auxWords: tracker.auxWords,
+    queryHeads: heads, ...(storage === undefined ? {} : { storage }),
+  });
+  {
+    using data = DeviceTensor.fromHost(randomF16(rows * heads * d, rng), 'f16');
+    backend.append(store, 0, data as never, data as never, rows, 0, tracker);
+  }
+  using q = DeviceTensor.fromHost(randomF16(rows * heads * d, rng), 'f16');
+  using out = DeviceTensor.alloc('f16', rows * heads * d);
+  const attention = { queryHeads: heads, scale: 1 / Math.sqrt(d) };
+  const ms = deviceTime(() => backend.prefill(store, 0, q as never, rows, out as never, attention, tracker), 1, args.quick ? 3 : 9, 1);
+  if (backend.errors(store) !== 0) throw new Error(`prefill ${label}: device error flags`);
+  results[`prefill.h32.n${rows}.${label}.ms`] = ms;
+  console.error(`prefill ${rows} rows ${label}: ${ms.toFixed(3)} ms`);
+  backend.dispose();
+}
+
 const rng = new Rng(7);
 results['card'] = info.device?.name ?? 'unknown';
 results['date'] = new Date().toISOString();
@@ -107,6 +132,8 @@ for (const c of args['pack-only'] ? [] : cases) {
   if (only === undefined) decodeCase(c, rng, undefined, 'f16');
 }
 if (only !== undefined) process.exit(0);
+const prefillRows = 2048;
+if (!args['pack-only']) for (const [storage, label] of [[int4, 'int4'], [undefined, 'f16']] as const) prefillCase(prefillRows, rng, storage, label);
 
 const lines = [
   `# Packed storage on the GPU: ${results['card']} (${results['date']})`,
@@ -128,6 +155,12 @@ for (const c of args['pack-only'] ? [] : cases) {
   const f = results[`${c.name}.f16.ms`] as number;
   const s = torch[`${c.name}.sdpa_ms`] ?? NaN;
   lines.push(`| ${c.name} | ${p.toFixed(4)} | ${f.toFixed(4)} | ${s.toFixed(4)} | ${(p / s).toFixed(2)}x | <= 0.4x |`);
+}
+if (!args['pack-only']) {
+  const p = results[`prefill.h32.n${prefillRows}.int4.ms`] as number;
+  const f = results[`prefill.h32.n${prefillRows}.f16.ms`] as number;
+  lines.push('', `| causal prefill, ${prefillRows} rows x 32 heads, tracker fed | int4 ms | dense f16 ms (ours) | int4 / f16 |`, '|---|---|---|---|');
+  lines.push(`| prefill.h32.n${prefillRows} | ${p.toFixed(3)} | ${f.toFixed(3)} | ${(p / f).toFixed(2)}x |`);
 }
 const report = lines.join('\n') + '\n';
 writeFileSync(join(args.out, 'gpu-packed.md'), report);
