@@ -97,7 +97,10 @@ __global__ void __launch_bounds__(128) prefill_attend(const PrefillParams p) {
       for (int e = 0; e < PER; ++e) s = fmaf(q[e], ks[k][e * 4 + part], s);
       s += __shfl_xor_sync(0xffffffffu, s, 1);
       s += __shfl_xor_sync(0xffffffffu, s, 2);
-      s *= p.scale;
+      // Rounded here (__fmul_rn is never fused into a multiply-add): contracted into the exponent's
+      // s - max, the product's rounding error (up to 1.5e-5 at logits in the hundreds) would give the
+      // row's largest score a probability below 1, and prefill_track could not reproduce it.
+      s = __fmul_rn(s, p.scale);
       if (kb + k < visible) {
         const float w = online_softmax<PER>(s, m, l, acc);
 #pragma unroll
@@ -174,7 +177,7 @@ __global__ void __launch_bounds__(256) prefill_track(const PrefillParams p) {
 #pragma unroll
           for (int t = 0; t < 4; ++t) part[t] = fmaf(qs[qi][e * 4 + t], ks[j][e * 4 + t], part[t]);
         }
-        const float s = ((part[0] + part[1]) + (part[2] + part[3])) * p.scale;
+        const float s = __fmul_rn((part[0] + part[1]) + (part[2] + part[3]), p.scale);
         const int r = r0 + qi / G;
         const int g = qi - (qi / G) * G;
         const float* stats = p.scratch + (static_cast<size_t>(p.seq) * p.scratch_heads + hk * G + g) * p.capacity + 2 * (r - p.row0);

@@ -12,7 +12,9 @@ import { backendInfo } from '../../src/backend/select.js';
 import { KVCache } from '../../src/cache/kv-cache.js';
 import { loadCuda } from '../../src/native/loader.js';
 import { fixedBudget } from '../../src/policies/index.js';
-import { BUILTIN_TRACKERS, cacheConfigArb, operationsArb, runModel, trackerSpecArb } from '../../src/testing/index.js';
+import {
+  BUILTIN_TRACKERS, type CacheConfig, PrefillCommand, cacheConfigArb, operationsArb, policySpec, runModel, trackerSpec, trackerSpecArb,
+} from '../../src/testing/index.js';
 import { h2o, scissorhands } from '../../src/trackers/index.js';
 import { Rng, floats } from './helpers.js';
 
@@ -53,6 +55,30 @@ describe('KVCache against its model on the cuda backend', () => {
         }),
         { numRuns: QUICK ? 2 : 20, seed: 4343 },
       );
+    });
+  }
+});
+
+describe('prefill feeds the tracker what the oracle computes', () => {
+  // Logits in the hundreds ('large' data): a score's rounding error there is about 1e-5, so a kernel
+  // whose score for the softmax and for the tracker differ by a rounding (a multiply fused into the
+  // exponent's subtraction) gives a row's only or largest token a probability below 1, and Scissorhands
+  // counts it unimportant. Dense and packed stores, every element type, with and without GQA.
+  for (const storage of [undefined, { format: 'int4', groupSize: 32, residual: 8 } as const, { format: 'int2', groupSize: 32, residual: 2 } as const]) {
+    it(`scissorhands over ${storage?.format ?? 'dense'} stores, large logits, rows of 1 to 3`, () => {
+      for (const dtype of ['f32', 'f16', 'bf16'] as const) {
+        for (const [queryHeads, gqa] of [[8, 'mean'], [8, 'max'], [2, 'mean']] as const) {
+          const config: CacheConfig = {
+            geometry: { layers: 1, queryHeads, kvHeads: 2, headDim: 128 }, tracker: trackerSpec('scissorhands', { gqa }),
+            policy: policySpec('fullCache', { maxTokens: 12 }), dtype, maxSequences: 2, prefillChunk: 3, ...(storage === undefined ? {} : { storage }),
+          };
+          for (let seed = 0; seed < (QUICK ? 3 : 12); seed++) {
+            for (const rows of [1, 2, 3, 7]) {
+              runModel(config, [new PrefillCommand(0, 0, rows, { seed, kind: 'large', bits: false, offset: false, out: false })], { backend: 'cuda', oracle: 'reference' });
+            }
+          }
+        }
+      }
     });
   }
 });
