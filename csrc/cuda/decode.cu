@@ -21,7 +21,6 @@
 // new length is published once the head's blocks have met (finish_decode). Saves the append's launch.
 #include <algorithm>
 #include <cstdlib>
-#include <climits>
 #include <cstring>
 #include <type_traits>
 
@@ -71,8 +70,6 @@ struct DecodeParams {
   SeqList seqs;
   // Packed stores: the packed arrays (decode_packed); unused by the dense kernels.
   PackedArgs pk;
-  // Slots attended: min(length, limit) (a prefill row of a packed store sees a prefix).
-  int32_t limit;
   // What finish_decode needs: the output, the tracker state and rule, the meeting points (Store::sync).
   float* scores;
   uint32_t* aux;
@@ -100,7 +97,7 @@ __device__ __forceinline__ HeadKeys head_keys(const DecodeParams& p, const HeadA
   const int32_t stored = p.lengths[slot];
   const bool appends = p.fused != 0 && stored >= 0 && stored < at.cap;
   const int n = appends ? stored + 1 : stored;
-  return HeadKeys{stored, appends, n < 0 ? 0 : min(n, min(at.cap, p.limit))};
+  return HeadKeys{stored, appends, n < 0 ? 0 : min(n, at.cap)};
 }
 
 struct KeyRange {
@@ -798,7 +795,7 @@ __global__ void __launch_bounds__(kThreads) decode_packed(const DecodeParams p) 
   const PackedArgs& pk = p.pk;
   const size_t i = static_cast<size_t>(seq) * p.kv_heads + hk;
   int n = p.lengths[i];
-  n = n < 0 ? 0 : min(n, min(p.capacity, p.limit));
+  n = n < 0 ? 0 : min(n, p.capacity);
   const int packed = min(max(pk.packed[i], 0), min(n, pk.packed_slots));
   const KeyRange range = split_keys(p, n, split);
   const int t0 = range.t0;
@@ -1164,10 +1161,9 @@ Result launch_packed(DecodeParams& p, int64_t per_split, int64_t longest, int32_
 
 namespace {
 
-// decode over at most `limit` slots of each head (INT32_MAX: all of them), appending `fused`'s token first
-// when given (attend).
+// decode, appending `fused`'s token first when given (attend).
 Result decode_rows(const Store& store, const int32_t* seqs, int32_t batch, int32_t max_length, Tensor q, Tensor out,
-                   int32_t query_heads, float scale, const TrackerSpec& tracker, int32_t limit, const FusedAppend* fused,
+                   int32_t query_heads, float scale, const TrackerSpec& tracker, const FusedAppend* fused,
                    void* stream) {
   const StoreSpec& s = store.spec;
   if (batch < 1 || batch > kMaxBatch || query_heads < 1 || query_heads % s.kv_heads != 0 || query_heads > s.query_heads) {
@@ -1196,7 +1192,6 @@ Result decode_rows(const Store& store, const int32_t* seqs, int32_t batch, int32
   p.gbatches = gbatches;
   p.scratch_heads = s.query_heads;
   p.max_splits = store.max_splits;
-  p.limit = limit;
   p.scores = store.scores;
   p.aux = store.aux;
   p.out = const_cast<void*>(out.data);
@@ -1256,7 +1251,7 @@ Result decode_rows(const Store& store, const int32_t* seqs, int32_t batch, int32
 
 Result decode(const Store& store, const int32_t* seqs, int32_t batch, int32_t max_length, Tensor q, Tensor out,
               int32_t query_heads, float scale, const TrackerSpec& tracker, void* stream) {
-  return decode_rows(store, seqs, batch, max_length, q, out, query_heads, scale, tracker, INT32_MAX, nullptr, stream);
+  return decode_rows(store, seqs, batch, max_length, q, out, query_heads, scale, tracker, nullptr, stream);
 }
 
 Result attend(const Store& store, int32_t seq, int32_t max_length, Tensor k, Tensor v, int32_t first_position, Tensor q,
@@ -1277,22 +1272,7 @@ Result attend(const Store& store, int32_t seq, int32_t max_length, Tensor k, Ten
   f.aux_words = s.aux_words;
   f.first_position = first_position;
   f.layer = s.layer;
-  return decode_rows(store, &seq, 1, max_length, q, out, query_heads, scale, tracker, INT32_MAX, &f, stream);
-}
-
-Result prefill_packed(const Store& store, int32_t seq, int32_t length, Tensor q, int32_t rows, Tensor out,
-                      int32_t query_heads, float scale, const TrackerSpec& tracker, void* stream) {
-  // Row i is a decode over the first length - rows + i + 1 slots, in row order (one observation each).
-  for (int32_t r = 0; r < rows; ++r) {
-    Tensor qr = q;
-    Tensor outr = out;
-    qr.data = static_cast<const uint8_t*>(q.data) + static_cast<int64_t>(r) * q.row_stride * bytes_per_element(q.dtype);
-    outr.data = static_cast<const uint8_t*>(out.data) + static_cast<int64_t>(r) * out.row_stride * bytes_per_element(out.dtype);
-    const int32_t limit = length - rows + r + 1;
-    const Result res = decode_rows(store, &seq, 1, limit, qr, outr, query_heads, scale, tracker, limit, nullptr, stream);
-    if (!ok(res)) return res;
-  }
-  return Result{};
+  return decode_rows(store, &seq, 1, max_length, q, out, query_heads, scale, tracker, &f, stream);
 }
 
 }  // namespace sh::cuda

@@ -19,10 +19,6 @@ inline size_t evict_state_ints(int32_t chunks) { return 8 + 3 * static_cast<size
 Result append_packed(const Store& store, int32_t seq, Tensor k, Tensor v, int32_t count, int32_t first_position,
                      const TrackerSpec& tracker, void* stream);
 
-// prefill for a packed store (decode.cu): each row a decode over its causal prefix; prefill() dispatches to it.
-Result prefill_packed(const Store& store, int32_t seq, int32_t length, Tensor q, int32_t rows, Tensor out,
-                      int32_t query_heads, float scale, const TrackerSpec& tracker, void* stream);
-
 // Per-head layouts (heads.cu): every head of `seq` (all sequences for -1) owns
 // min(capacity, floor(slots / kvHeads)) slots, in head order from the sequence's first slot.
 Result spread_evenly(const Store& store, int32_t seq, void* stream);

@@ -12,10 +12,14 @@
 // each block both kernels, so every slot still sees its observations in row order. The clock: block
 // (0, 0) of the first kernel advances steps[seq] by the block's rows; the second reads the block's first
 // step as steps[seq] - rows of the block.
+//
+// Both kernels read keys and values through a Rows type: a dense store's rows (DenseRows), or a packed
+// store's codes dequantised element by element as the CPU does, then its residual window (PackedRows).
 #include <algorithm>
 
 #include "common.cuh"
 #include "internal.cuh"
+#include "packing.cuh"
 
 namespace sh::cuda {
 namespace {
@@ -43,11 +47,79 @@ struct PrefillParams {
   int32_t scratch_heads;
   float scale;
   TrackerArgs tracker;
+  // Packed stores: the packed arrays (PackedRows); unused for dense stores.
+  PackedArgs pk;
 };
 
 constexpr int kRows = 32;
 
+// Names a Rows type for the host's dispatch below.
+template <typename R>
+struct RowsTag {
+  using type = R;
+};
+
+// Slot j's key and value elements of one (sequence, KV head) of a dense store.
 template <typename T, int D>
+struct DenseRows {
+  const T* keys;
+  const T* values;
+  __device__ static DenseRows at(const PrefillParams& p, const HeadAt& h, size_t, int) {
+    return DenseRows{reinterpret_cast<const T*>(p.keys) + h.base * D, reinterpret_cast<const T*>(p.values) + h.base * D};
+  }
+  __device__ float key(int j, int c) const { return Elem<T>::load(keys + static_cast<size_t>(j) * D + c); }
+  __device__ float value(int j, int c) const { return Elem<T>::load(values + static_cast<size_t>(j) * D + c); }
+};
+
+// The same of a packed store (docs/semantics.md): slots below `packed` are f32(zero + code * scale), keys
+// with their run's per-channel scale, values with their own per-group one; the residual window follows.
+template <typename T, int D, int BITS>
+struct PackedRows {
+  static constexpr int CB = D * BITS / 8;
+  const uint8_t* key_codes;
+  const uint8_t* value_codes;
+  const uint16_t* key_scales;
+  const uint16_t* key_zeros;
+  const uint16_t* value_scales;
+  const uint16_t* value_zeros;
+  const int32_t* slot_run;
+  const T* residual_keys;
+  const T* residual_values;
+  int packed;
+  int group;
+  __device__ static PackedRows at(const PrefillParams& p, const HeadAt&, size_t i, int n) {
+    const PackedArgs& pk = p.pk;
+    const int groups = D / pk.group;
+    return PackedRows{pk.key_codes + i * pk.packed_slots * CB,
+                      pk.value_codes + i * pk.packed_slots * CB,
+                      pk.key_scales + i * pk.max_runs * D,
+                      pk.key_zeros + i * pk.max_runs * D,
+                      pk.value_scales + i * pk.packed_slots * groups,
+                      pk.value_zeros + i * pk.packed_slots * groups,
+                      pk.slot_run + i * pk.packed_slots,
+                      reinterpret_cast<const T*>(pk.residual_keys) + i * pk.residual_slots * D,
+                      reinterpret_cast<const T*>(pk.residual_values) + i * pk.residual_slots * D,
+                      min(max(pk.packed[i], 0), min(n, pk.packed_slots)),
+                      pk.group};
+  }
+  // Channel c's code of slot j (codes low bits first; BITS divides 8, so a code never straddles bytes).
+  __device__ static uint32_t code(const uint8_t* codes, int j, int c) {
+    const int bit = c * BITS;
+    return (static_cast<uint32_t>(codes[static_cast<size_t>(j) * CB + (bit >> 3)]) >> (bit & 7)) & ((1u << BITS) - 1u);
+  }
+  __device__ float key(int j, int c) const {
+    if (j >= packed) return Elem<T>::load(residual_keys + static_cast<size_t>(j - packed) * D + c);
+    const size_t at = static_cast<size_t>(slot_run[j]) * D + c;
+    return dequantise_d(code(key_codes, j, c), f16_bits_to_f32(key_scales[at]), f16_bits_to_f32(key_zeros[at]));
+  }
+  __device__ float value(int j, int c) const {
+    if (j >= packed) return Elem<T>::load(residual_values + static_cast<size_t>(j - packed) * D + c);
+    const size_t at = static_cast<size_t>(j) * (D / group) + c / group;
+    return dequantise_d(code(value_codes, j, c), f16_bits_to_f32(value_scales[at]), f16_bits_to_f32(value_zeros[at]));
+  }
+};
+
+template <int D, typename Rows>
 __global__ void __launch_bounds__(128) prefill_attend(const PrefillParams p) {
   constexpr int BK = 4096 / D;
   constexpr int PER = D / 4;
@@ -61,13 +133,12 @@ __global__ void __launch_bounds__(128) prefill_attend(const PrefillParams p) {
   const bool active = rr < p.row0 + p.nrows;
   if (blockIdx.x == 0 && blockIdx.y == 0 && tid == 0) p.steps[p.seq] += static_cast<double>(p.nrows);
 
-  const HeadAt at = head_at(p.heads, static_cast<size_t>(p.seq) * p.kv_heads + hk);
-  int n = p.lengths[static_cast<size_t>(p.seq) * p.kv_heads + hk];
+  const size_t i = static_cast<size_t>(p.seq) * p.kv_heads + hk;
+  const HeadAt at = head_at(p.heads, i);
+  int n = p.lengths[i];
   n = n < p.rows ? p.rows : (n > at.cap ? at.cap : n);
   const int first = n - p.rows;
-  const size_t head = at.base;
-  const T* K = reinterpret_cast<const T*>(p.keys) + head * D;
-  const T* V = reinterpret_cast<const T*>(p.values) + head * D;
+  const Rows kv = Rows::at(p, at, i, n);
 
   float q[PER];
   float acc[PER];
@@ -87,8 +158,8 @@ __global__ void __launch_bounds__(128) prefill_attend(const PrefillParams p) {
     for (int idx = tid; idx < nk * D; idx += 128) {
       const int k = idx / D;
       const int c = idx - k * D;
-      ks[k][c] = Elem<T>::load(K + static_cast<size_t>(kb + k) * D + c);
-      vs[k][c] = Elem<T>::load(V + static_cast<size_t>(kb + k) * D + c);
+      ks[k][c] = kv.key(kb + k, c);
+      vs[k][c] = kv.value(kb + k, c);
     }
     __syncthreads();
     for (int k = 0; k < nk; ++k) {
@@ -126,7 +197,7 @@ __global__ void __launch_bounds__(128) prefill_attend(const PrefillParams p) {
 // Query rows per tile: 16 queries (rows x group) at a time.
 constexpr int kQueries = 16;
 
-template <typename T, int D>
+template <int D, typename Rows>
 __global__ void __launch_bounds__(256) prefill_track(const PrefillParams p) {
   constexpr int BJ = 4096 / D;
   __shared__ float ks[BJ][D + 1];
@@ -135,19 +206,20 @@ __global__ void __launch_bounds__(256) prefill_track(const PrefillParams p) {
   const int hk = blockIdx.y;
   const int tid = threadIdx.x;
   const int j0 = blockIdx.x * BJ;
-  const HeadAt at = head_at(p.heads, static_cast<size_t>(p.seq) * p.kv_heads + hk);
-  int n = p.lengths[static_cast<size_t>(p.seq) * p.kv_heads + hk];
+  const size_t i = static_cast<size_t>(p.seq) * p.kv_heads + hk;
+  const HeadAt at = head_at(p.heads, i);
+  int n = p.lengths[i];
   n = n < p.rows ? p.rows : (n > at.cap ? at.cap : n);
   if (j0 >= n) return;
   const int first = n - p.rows;
   const uint64_t step0 = static_cast<uint64_t>(p.steps[p.seq]) - static_cast<uint64_t>(p.nrows);
   const size_t head = at.base;
-  const T* K = reinterpret_cast<const T*>(p.keys) + head * D;
+  const Rows kv = Rows::at(p, at, i, n);
   const int nj = min(BJ, n - j0);
   for (int idx = tid; idx < nj * D; idx += 256) {
     const int j = idx / D;
     const int c = idx - j * D;
-    ks[j][c] = Elem<T>::load(K + static_cast<size_t>(j0 + j) * D + c);
+    ks[j][c] = kv.key(j0 + j, c);
   }
   const int G = p.group;
   const int rows_per_tile = max(1, kQueries / G);
@@ -210,7 +282,6 @@ Result prefill(const Store& store, int32_t seq, int32_t length, Tensor q, int32_
       query_heads % s.kv_heads != 0 || query_heads > s.query_heads) {
     return Result{Status::Argument, 0, "prefill"};
   }
-  if (s.bits != 0) return prefill_packed(store, seq, length, q, rows, out, query_heads, scale, tracker, stream);
   PrefillParams p{};
   p.keys = store.keys;
   p.values = store.values;
@@ -230,6 +301,7 @@ Result prefill(const Store& store, int32_t seq, int32_t length, Tensor q, int32_
   p.scratch_heads = s.query_heads;
   p.scale = scale;
   p.tracker = tracker_args(tracker);
+  if (s.bits != 0) p.pk = packed_args(store);
   const bool track = tracker_observes(p.tracker);
   if (track && p.group > kMaxPrefillTrackGroup) return Result{Status::Argument, 0, "queryHeads"};
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
@@ -237,18 +309,31 @@ Result prefill(const Store& store, int32_t seq, int32_t length, Tensor q, int32_
   const int32_t block = std::max(1, s.capacity / 2);
   return SH_DISPATCH_DTYPE(s.dtype, T, [&] {
     return SH_DISPATCH_HEAD_DIM(s.head_dim, D, [&] {
-      Result r;
-      for (int32_t row0 = 0; row0 < rows && ok(r); row0 += block) {
-        p.row0 = row0;
-        p.nrows = std::min(block, rows - row0);
-        prefill_attend<T, D><<<dim3((p.nrows + kRows - 1) / kRows, query_heads), 128, 0, st>>>(p);
-        r = launched("prefill_attend");
-        if (!ok(r) || !track) continue;
-        constexpr int BJ = 4096 / D;
-        prefill_track<T, D><<<dim3((longest + BJ - 1) / BJ, s.kv_heads), 256, 0, st>>>(p);
-        r = launched("prefill_track");
+      auto launch = [&](auto rows_tag) -> Result {
+        using Rows = typename decltype(rows_tag)::type;
+        Result r;
+        for (int32_t row0 = 0; row0 < rows && ok(r); row0 += block) {
+          p.row0 = row0;
+          p.nrows = std::min(block, rows - row0);
+          prefill_attend<D, Rows><<<dim3((p.nrows + kRows - 1) / kRows, query_heads), 128, 0, st>>>(p);
+          r = launched("prefill_attend");
+          if (!ok(r) || !track) continue;
+          constexpr int BJ = 4096 / D;
+          prefill_track<D, Rows><<<dim3((longest + BJ - 1) / BJ, s.kv_heads), 256, 0, st>>>(p);
+          r = launched("prefill_track");
+        }
+        return r;
+      };
+      switch (s.bits) {
+        case 0:
+          return launch(RowsTag<DenseRows<T, D>>{});
+        case 2:
+          return launch(RowsTag<PackedRows<T, D, 2>>{});
+        case 4:
+          return launch(RowsTag<PackedRows<T, D, 4>>{});
+        default:
+          return launch(RowsTag<PackedRows<T, D, 8>>{});
       }
-      return r;
     });
   });
 }
