@@ -101,7 +101,6 @@ __device__ __forceinline__ HeadKeys head_keys(const DecodeParams& p, const HeadA
 }
 
 struct KeyRange {
-  int n;
   int t0;
   int t1;
 };
@@ -109,7 +108,7 @@ struct KeyRange {
 // The slots [t0, t1) of a head's n that split block `split` takes (the last split takes the rest).
 __device__ __forceinline__ KeyRange split_keys(const DecodeParams& p, int n, int split) {
   const int t0 = split * p.chunk;
-  return KeyRange{n, t0, split == p.splits - 1 ? n : min(n, t0 + p.chunk)};
+  return KeyRange{t0, split == p.splits - 1 ? n : min(n, t0 + p.chunk)};
 }
 
 // Waits until all `parties` blocks that share `meet` ([arrived, generation]) have called it, with their
@@ -179,10 +178,8 @@ __device__ void finish_decode(const DecodeParams& p, float* spare) {
     if (tracker_observes(p.tracker)) {
       __syncthreads();
       const uint32_t* words = p.aux + at.aux + observed_word(p.tracker, static_cast<uint64_t>(clock)) * at.aux_stride;
-      for (int j = j0 + tid * 32; j < j1; j += kThreads * 32) {
-        prefetch_l2(p.scores + at.base + j);
-        if (has_word) prefetch_l2(words + j);
-      }
+      prefetch_lines(p.scores + at.base + j0, (j1 - j0) * 4);
+      if (has_word) prefetch_lines(words + j0, (j1 - j0) * 4);
     }
     head_barrier(head_meet, parties);
   } else {

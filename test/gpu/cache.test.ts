@@ -65,7 +65,7 @@ describe('prefill feeds the tracker what the oracle computes', () => {
   // exponent's subtraction) gives a row's only or largest token a probability below 1, and Scissorhands
   // counts it unimportant. Dense and packed stores, every element type, with and without GQA.
   for (const storage of [undefined, { format: 'int4', groupSize: 32, residual: 8 } as const, { format: 'int2', groupSize: 32, residual: 2 } as const]) {
-    it(`scissorhands over ${storage?.format ?? 'dense'} stores, large logits, rows of 1 to 3`, () => {
+    it(`scissorhands over ${storage?.format ?? 'dense'} stores, large logits, prefills of 1 to 7 rows`, () => {
       for (const dtype of ['f32', 'f16', 'bf16'] as const) {
         for (const [queryHeads, gqa] of [[8, 'mean'], [8, 'max'], [2, 'mean']] as const) {
           const config: CacheConfig = {
